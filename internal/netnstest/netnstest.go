@@ -1,0 +1,153 @@
+// Package netnstest creates throw-away network namespaces for ctsyncd's
+// kernel and cluster test tiers. Each namespace is uniquely named, has
+// conntrack event delivery enabled (net.netfilter.nf_conntrack_events=1) and
+// is deleted when the test ends.
+//
+// Tests that need it call New, which skips the test when not run as root,
+// and fails it instead when CI=true: a skipped kernel test in CI is a
+// failure (DESIGN.md §4).
+package netnstest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// NS is a network namespace made for one test.
+type NS struct {
+	Name string
+	fd   int
+}
+
+// RequireRoot skips t when not root, or fails it under CI=true.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("kernel test needs root, and CI=true forbids skipping it")
+	}
+	t.Skip("kernel test needs root (network namespaces, netlink writes); run as root")
+}
+
+// Need fails or skips t when a command the test needs is missing.
+func Need(t testing.TB, cmds ...string) {
+	t.Helper()
+	for _, c := range cmds {
+		if _, err := exec.LookPath(c); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatalf("%s not installed (CI must install it)", c)
+			}
+			t.Skipf("%s not installed", c)
+		}
+	}
+}
+
+// UniqueName returns prefix plus a random suffix, short enough for an
+// interface name when prefix is at most 6 characters.
+func UniqueName(prefix string) string {
+	b := make([]byte, 4)
+	rand.Read(b)
+	return prefix + hex.EncodeToString(b)
+}
+
+// New creates a namespace named "ct" plus a random suffix, brings its
+// loopback up and enables conntrack events in it.
+func New(t testing.TB) *NS {
+	t.Helper()
+	RequireRoot(t)
+	Need(t, "ip", "nft")
+	ns := &NS{Name: UniqueName("ct")}
+	Run(t, "ip", "netns", "add", ns.Name)
+	t.Cleanup(func() {
+		if ns.fd > 0 {
+			unix.Close(ns.fd)
+		}
+		exec.Command("ip", "netns", "del", ns.Name).Run()
+	})
+	ns.Exec(t, "ip", "link", "set", "lo", "up")
+	// Load nf_conntrack (and so the sysctl) by using conntrack once.
+	ns.Nft(t, "table inet ctsyncd_probe { chain c { type filter hook output priority 0; ct state new accept; } }\n")
+	ns.Exec(t, "nft", "delete", "table", "inet", "ctsyncd_probe")
+	ns.Exec(t, "sysctl", "-qw", "net.netfilter.nf_conntrack_events=1")
+	return ns
+}
+
+// FD returns a file descriptor of the namespace, valid until the test ends.
+func (ns *NS) FD(t testing.TB) int {
+	t.Helper()
+	if ns.fd > 0 {
+		return ns.fd
+	}
+	fd, err := unix.Open("/run/netns/"+ns.Name, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("open netns %s: %v", ns.Name, err)
+	}
+	ns.fd = fd
+	return fd
+}
+
+// Exec runs a command inside the namespace and fails t if it fails.
+func (ns *NS) Exec(t testing.TB, args ...string) string {
+	t.Helper()
+	return Run(t, append([]string{"ip", "netns", "exec", ns.Name}, args...)...)
+}
+
+// Cmd returns an unstarted command that runs inside the namespace.
+func (ns *NS) Cmd(args ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns.Name}, args...)...)
+}
+
+// Nft loads an nftables ruleset into the namespace.
+func (ns *NS) Nft(t testing.TB, ruleset string) {
+	t.Helper()
+	cmd := ns.Cmd("nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(ruleset)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("nft in %s: %v\n%s\n%s", ns.Name, err, out, ruleset)
+	}
+}
+
+// Run runs a command on the host and fails t if it fails.
+func Run(t testing.TB, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// Veth joins two namespaces with a veth pair and gives each end an address
+// (CIDR notation, IPv4 or IPv6; several may be given as "a,b").
+func Veth(t testing.TB, a *NS, aIf, aAddrs string, b *NS, bIf, bAddrs string) {
+	t.Helper()
+	tmp := UniqueName("vt")
+	Run(t, "ip", "link", "add", tmp+"a", "type", "veth", "peer", "name", tmp+"b")
+	Run(t, "ip", "link", "set", tmp+"a", "netns", a.Name, "name", aIf)
+	Run(t, "ip", "link", "set", tmp+"b", "netns", b.Name, "name", bIf)
+	for _, side := range []struct {
+		ns    *NS
+		ifc   string
+		addrs string
+	}{{a, aIf, aAddrs}, {b, bIf, bAddrs}} {
+		for _, addr := range strings.Split(side.addrs, ",") {
+			if addr == "" {
+				continue
+			}
+			args := []string{"ip", "addr", "add", addr, "dev", side.ifc}
+			if strings.Contains(addr, ":") {
+				args = append(args, "nodad")
+			}
+			side.ns.Exec(t, args...)
+		}
+		side.ns.Exec(t, "ip", "link", "set", side.ifc, "up")
+	}
+}

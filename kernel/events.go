@@ -1,0 +1,177 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+
+	"github.com/ctsyncd/ctsyncd/flow"
+)
+
+// EventType is the kind of a conntrack event.
+type EventType uint8
+
+// Event kinds.
+const (
+	EventNew     EventType = 1 // IPCTNL_MSG_CT_NEW with NLM_F_CREATE
+	EventUpdate  EventType = 2 // IPCTNL_MSG_CT_NEW without it
+	EventDestroy EventType = 3 // IPCTNL_MSG_CT_DELETE
+)
+
+func (t EventType) String() string {
+	switch t {
+	case EventNew:
+		return "NEW"
+	case EventUpdate:
+		return "UPDATE"
+	case EventDestroy:
+		return "DESTROY"
+	}
+	return "UNKNOWN"
+}
+
+// Event is one conntrack event. PortID is the netlink port id of the socket
+// whose request caused the change, 0 when the kernel itself did (traffic,
+// timeouts): events caused by ctsyncd's own writer are recognized by it.
+type Event struct {
+	Type   EventType
+	PortID uint32
+	Flow   flow.Flow
+}
+
+// Multicast groups of ctnetlink (enum nfnetlink_groups), as a legacy bitmask.
+const (
+	groupNew     = 1 << (1 - 1) // NFNLGRP_CONNTRACK_NEW
+	groupUpdate  = 1 << (2 - 1) // NFNLGRP_CONNTRACK_UPDATE
+	groupDestroy = 1 << (3 - 1) // NFNLGRP_CONNTRACK_DESTROY
+)
+
+// ListenOptions configure a Listener.
+type ListenOptions struct {
+	// ReadBuffer is the socket's receive buffer in bytes (SO_RCVBUFFORCE).
+	// A 100k-flow flush overruns 8 MiB; 64 MiB holds. 0 means 64 MiB.
+	ReadBuffer int
+	// NetNS, when non-zero, is a file descriptor of the network namespace
+	// to listen in (tests); 0 means the calling thread's namespace.
+	NetNS int
+}
+
+// DefaultReadBuffer is the event socket's default receive buffer.
+const DefaultReadBuffer = 64 << 20
+
+// Listener receives conntrack events.
+type Listener struct {
+	sock *rawSocket
+
+	// closeOnce guards closing sock: Close may race with Run's own close.
+	closeOnce sync.Once
+	closeErr  error
+
+	events   atomic.Uint64
+	overruns atomic.Uint64
+	bad      atomic.Uint64
+}
+
+// Listen subscribes to conntrack NEW, UPDATE and DESTROY events. Subscribe
+// before dumping the table, so that no change falls between the two.
+func Listen(opts ListenOptions) (*Listener, error) {
+	s, err := dialNetfilter(opts.NetNS, groupNew|groupUpdate|groupDestroy)
+	if err != nil {
+		return nil, err
+	}
+	n := opts.ReadBuffer
+	if n <= 0 {
+		n = DefaultReadBuffer
+	}
+	if err := s.setReadBuffer(n); err != nil {
+		s.close()
+		return nil, err
+	}
+	return &Listener{sock: s}, nil
+}
+
+// ReadBuffer returns the effective receive buffer size in bytes.
+func (l *Listener) ReadBuffer() int { return l.sock.readBuffer() }
+
+// Handler receives events from a Listener. Its methods are called from the
+// Run goroutine one at a time and must not block for long: while they run,
+// the socket fills. ev is reused after Event returns.
+type Handler interface {
+	Event(ev *Event)
+	// Overrun is called when the kernel dropped events for this socket
+	// (ENOBUFS). The handler must re-read the table: reading goes on.
+	Overrun()
+}
+
+// ListenerStats are counters of a Listener.
+type ListenerStats struct {
+	Events    uint64 // events decoded and handed on
+	Overruns  uint64 // ENOBUFS seen
+	Malformed uint64 // messages that did not decode
+}
+
+// Stats returns the listener's counters.
+func (l *Listener) Stats() ListenerStats {
+	return ListenerStats{Events: l.events.Load(), Overruns: l.overruns.Load(), Malformed: l.bad.Load()}
+}
+
+// Run reads events until ctx is done or the socket fails, and then closes the
+// listener. It returns nil when ctx ended it.
+func (l *Listener) Run(ctx context.Context, h Handler) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	defer l.Close()
+
+	var ev Event
+	handle := func(m netlink.Message) error {
+		var ce conntrack.Event
+		if err := ce.Unmarshal(m); err != nil || ce.Flow == nil {
+			l.bad.Add(1)
+			return nil
+		}
+		f, ok := FromConntrack(ce.Flow)
+		if !ok {
+			l.bad.Add(1)
+			return nil
+		}
+		switch ce.Type {
+		case conntrack.EventNew:
+			ev.Type = EventNew
+		case conntrack.EventUpdate:
+			ev.Type = EventUpdate
+		case conntrack.EventDestroy:
+			ev.Type = EventDestroy
+		default:
+			return nil
+		}
+		ev.PortID = m.Header.PID
+		ev.Flow = f
+		l.events.Add(1)
+		h.Event(&ev)
+		return nil
+	}
+	for {
+		err := l.sock.recv(handle)
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrOverrun):
+			l.overruns.Add(1)
+			h.Overrun()
+		case ctx.Err() != nil:
+			return nil
+		default:
+			return fmt.Errorf("conntrack events: %w", err)
+		}
+	}
+}
+
+// Close closes the socket; a blocked Run returns. Safe to call twice.
+func (l *Listener) Close() error {
+	l.closeOnce.Do(func() { l.closeErr = l.sock.close() })
+	return l.closeErr
+}
