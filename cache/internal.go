@@ -1,0 +1,379 @@
+// Package cache holds ctsyncd's two flow caches: Internal, the flows of this
+// node's own kernel (after filters), the single source of truth for what the
+// node replicates; and External, the flows peers replicated to it, kept per
+// origin node and committed on failover.
+//
+// Package cache does not talk to the kernel or the network. Both caches
+// expose a narrow locked API (no owner goroutine): every method is safe for
+// concurrent use, and no method calls out while holding the lock.
+package cache
+
+import (
+	"sync"
+	"time"
+
+	"github.com/ctsyncd/ctsyncd/flow"
+)
+
+// TimeoutPolicy returns the timeout in seconds the kernel gives a flow in its
+// current state when a packet refreshes it (e.g. 432000 for an established
+// TCP flow). With it, a flow's idleness is known from its remaining timeout
+// the first time it is seen. nil means "unknown": idleness then counts from
+// the first sighting.
+type TimeoutPolicy func(f *flow.Flow) uint32
+
+// Entry is a cached flow with what the cache knows of its activity.
+type Entry struct {
+	flow.Flow
+	// Refreshed is when the kernel last reported this flow (event or dump),
+	// in Unix nanoseconds; Flow.Timeout was the remaining timeout then.
+	Refreshed int64
+	// Peak is the highest timeout known for the flow in its current state:
+	// a packet resets the remaining timeout to it, so Peak-Timeout is how
+	// long the flow had been idle at Refreshed.
+	Peak uint32
+	// seq is the cache's change counter when the entry last changed by an
+	// event, so that a reconcile does not undo an event newer than its dump.
+	seq uint64
+	// gen is the reconcile generation that last saw the flow in a dump.
+	gen uint32
+}
+
+// Idle returns how long the flow has carried no packet, as known at now.
+func (e *Entry) Idle(now time.Time) time.Duration {
+	idle := time.Duration(e.Peak-min(e.Peak, e.Timeout)) * time.Second
+	if d := now.UnixNano() - e.Refreshed; d > 0 {
+		idle += time.Duration(d)
+	}
+	return idle
+}
+
+// Change is one replicated change: the flow's current state, or its removal.
+type Change struct {
+	Flow    flow.Flow
+	Deleted bool
+	// Idle is how long the flow has been idle, as known when the change was
+	// taken. The receiver adds the time since.
+	Idle time.Duration
+}
+
+// InternalStats are counters of the internal cache.
+type InternalStats struct {
+	Flows       int
+	Created     uint64 // flows added by events or reconcile
+	Updated     uint64 // state changes
+	Deleted     uint64 // flows removed by events or reconcile
+	Reconciles  uint64 // reconcile dumps applied
+	ReconAdded  uint64 // flows a reconcile added (missed NEW events)
+	ReconFixed  uint64 // flows a reconcile corrected (missed UPDATEs)
+	ReconGone   uint64 // flows a reconcile removed (missed DESTROYs)
+	Dirty       int    // changes waiting to be replicated
+	LastRefresh time.Time
+}
+
+// Internal is the cache of this node's own flows.
+type Internal struct {
+	policy TimeoutPolicy
+	now    func() time.Time
+
+	// mu guards every field below.
+	mu      sync.Mutex
+	flows   map[flow.Key]*Entry
+	seq     uint64 // bumped by every event-driven change
+	recons  int    // reconciles in progress: keep tombstones while > 0
+	gen     uint32 // reconcile generation
+	tombs   map[flow.Key]uint64
+	dirty   map[flow.Key]struct{}
+	notify  chan struct{}
+	stats   InternalStats
+	lastRef time.Time
+}
+
+// NewInternal returns an empty internal cache. policy may be nil.
+func NewInternal(policy TimeoutPolicy) *Internal {
+	return &Internal{
+		policy: policy,
+		now:    time.Now,
+		flows:  make(map[flow.Key]*Entry),
+		tombs:  make(map[flow.Key]uint64),
+		dirty:  make(map[flow.Key]struct{}),
+		notify: make(chan struct{}, 1),
+	}
+}
+
+// SetClock replaces the cache's clock (tests).
+func (c *Internal) SetClock(now func() time.Time) { c.now = now }
+
+// Changed returns a channel that receives a value whenever changes wait to
+// be taken with TakeChanges. One receiver only.
+func (c *Internal) Changed() <-chan struct{} { return c.notify }
+
+func (c *Internal) markDirty(k flow.Key) {
+	c.dirty[k] = struct{}{}
+	select {
+	case c.notify <- struct{}{}:
+	default:
+	}
+}
+
+func (c *Internal) peak(f *flow.Flow) uint32 {
+	p := f.Timeout
+	if c.policy != nil {
+		p = max(p, c.policy(f))
+	}
+	return p
+}
+
+// Upsert records a NEW or UPDATE event for f.
+func (c *Internal) Upsert(f *flow.Flow) {
+	now := c.now().UnixNano()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	delete(c.tombs, f.Key)
+	e, ok := c.flows[f.Key]
+	if !ok {
+		c.flows[f.Key] = &Entry{Flow: *f, Refreshed: now, Peak: c.peak(f), seq: c.seq}
+		c.stats.Created++
+		c.markDirty(f.Key)
+		return
+	}
+	changed := !e.SameState(f)
+	if e.TCP.State != f.TCP.State {
+		e.Peak = 0 // a new state has its own timeout
+	}
+	e.Flow = *f
+	e.Refreshed = now
+	e.Peak = max(e.Peak, c.peak(f))
+	e.seq = c.seq
+	if changed {
+		c.stats.Updated++
+		c.markDirty(f.Key)
+	}
+}
+
+// Delete records a DESTROY event for k.
+func (c *Internal) Delete(k flow.Key) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.seq++
+	if c.recons > 0 {
+		c.tombs[k] = c.seq
+	}
+	if _, ok := c.flows[k]; ok {
+		delete(c.flows, k)
+		c.stats.Deleted++
+		c.markDirty(k)
+	}
+}
+
+// Flush empties the cache. Peers are not told: a flush is local.
+func (c *Internal) Flush() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := len(c.flows)
+	c.seq++
+	clear(c.flows)
+	clear(c.dirty)
+	clear(c.tombs)
+	return n
+}
+
+// Len returns the number of cached flows.
+func (c *Internal) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.flows)
+}
+
+// Get returns a copy of the entry for k.
+func (c *Internal) Get(k flow.Key) (Entry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.flows[k]
+	if !ok {
+		return Entry{}, false
+	}
+	return *e, true
+}
+
+// Snapshot returns a copy of every entry, in no particular order.
+func (c *Internal) Snapshot() []Entry {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]Entry, 0, len(c.flows))
+	for _, e := range c.flows {
+		out = append(out, *e)
+	}
+	return out
+}
+
+// Stats returns the cache's counters.
+func (c *Internal) Stats() InternalStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.stats
+	s.Flows = len(c.flows)
+	s.Dirty = len(c.dirty)
+	s.LastRefresh = c.lastRef
+	return s
+}
+
+// TakeChanges removes up to max pending changes (all when max <= 0) and
+// returns them, each with the flow's current state: several changes to one
+// flow since the last call come out as one.
+func (c *Internal) TakeChanges(max int) []Change {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := len(c.dirty)
+	if max > 0 && n > max {
+		n = max
+	}
+	out := make([]Change, 0, n)
+	for k := range c.dirty {
+		if len(out) == n {
+			break
+		}
+		delete(c.dirty, k)
+		if e, ok := c.flows[k]; ok {
+			out = append(out, Change{Flow: e.Flow, Idle: e.Idle(now)})
+		} else {
+			out = append(out, Change{Flow: flow.Flow{Key: k}, Deleted: true})
+		}
+	}
+	if len(c.dirty) > 0 {
+		select {
+		case c.notify <- struct{}{}:
+		default:
+		}
+	}
+	return out
+}
+
+// Current returns the change that brings a peer to the flow's current state
+// (for resends): its state, or its removal.
+func (c *Internal) Current(k flow.Key) Change {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e, ok := c.flows[k]; ok {
+		return Change{Flow: e.Flow, Idle: e.Idle(now)}
+	}
+	return Change{Flow: flow.Flow{Key: k}, Deleted: true}
+}
+
+// Reconcile brings the cache to a dump of the kernel table taken while
+// events keep arriving. Call BeginReconcile before starting the dump, Add
+// for each dumped flow, then Finish.
+//
+// One reconcile runs at a time; the caller serializes them.
+type Reconcile struct {
+	c     *Internal
+	start uint64
+	gen   uint32
+	now   int64
+	res   ReconcileResult
+}
+
+// ReconcileResult counts what a reconcile changed.
+type ReconcileResult struct {
+	Added, Fixed, Removed, Active int
+}
+
+// BeginReconcile starts a reconcile. Events applied after this call win over
+// the dump: a flow they changed is not overwritten, and a flow they destroyed
+// is not brought back.
+func (c *Internal) BeginReconcile() *Reconcile {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recons++
+	c.gen++
+	return &Reconcile{c: c, start: c.seq, gen: c.gen, now: c.now().UnixNano()}
+}
+
+// activitySlack is how far a flow's expiry must move forward between two
+// readings to count as traffic seen (timeouts have one-second resolution).
+const activitySlack = 2 * time.Second
+
+// Add applies one dumped flow.
+func (r *Reconcile) Add(f *flow.Flow) {
+	c := r.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if s, ok := c.tombs[f.Key]; ok && s > r.start {
+		return // destroyed after the dump began
+	}
+	e, ok := c.flows[f.Key]
+	if !ok {
+		c.flows[f.Key] = &Entry{Flow: *f, Refreshed: r.now, Peak: c.peak(f), seq: r.start, gen: r.gen}
+		c.stats.Created++
+		c.stats.ReconAdded++
+		r.res.Added++
+		c.markDirty(f.Key)
+		return
+	}
+	e.gen = r.gen
+	if e.seq > r.start {
+		return // an event newer than the dump already set it
+	}
+	if !e.SameState(f) {
+		if e.TCP.State != f.TCP.State {
+			e.Peak = 0
+		}
+		e.Flow = *f
+		e.Refreshed = r.now
+		e.Peak = max(e.Peak, c.peak(f))
+		c.stats.ReconFixed++
+		r.res.Fixed++
+		c.markDirty(f.Key)
+		return
+	}
+	// Same state: refresh the timeout, and tell peers when the flow showed
+	// activity (its expiry moved forward), so their idleness stays right.
+	oldExpiry := e.Refreshed + int64(e.Timeout)*int64(time.Second)
+	newExpiry := r.now + int64(f.Timeout)*int64(time.Second)
+	e.Timeout = f.Timeout
+	e.Refreshed = r.now
+	e.Peak = max(e.Peak, f.Timeout)
+	if newExpiry-oldExpiry > int64(activitySlack) {
+		r.res.Active++
+		c.markDirty(f.Key)
+	}
+}
+
+// Finish removes the flows the dump did not contain (unless an event touched
+// them after the dump began) and ends the reconcile.
+func (r *Reconcile) Finish() ReconcileResult {
+	c := r.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for k, e := range c.flows {
+		if e.gen == r.gen || e.seq > r.start {
+			continue
+		}
+		delete(c.flows, k)
+		c.stats.Deleted++
+		c.stats.ReconGone++
+		r.res.Removed++
+		c.markDirty(k)
+	}
+	c.recons--
+	if c.recons == 0 {
+		clear(c.tombs)
+	}
+	c.stats.Reconciles++
+	c.lastRef = time.Unix(0, r.now)
+	return r.res
+}
+
+// Abort ends a reconcile whose dump failed, changing nothing more.
+func (r *Reconcile) Abort() {
+	c := r.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.recons--
+	if c.recons == 0 {
+		clear(c.tombs)
+	}
+}
