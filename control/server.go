@@ -1,0 +1,165 @@
+package control
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// Handler serves one request, writing what it has to say to out. Returning
+// an error ends the answer with it. Handlers run concurrently.
+type Handler func(ctx context.Context, req *Request, out *Writer) error
+
+// Writer streams an answer's data frames.
+type Writer struct {
+	bw  *bufio.Writer
+	err error
+}
+
+// Write sends p as a data frame.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	total := len(p)
+	for len(p) > 0 {
+		n := min(len(p), maxFrame)
+		if w.err = writeFrame(w.bw, frameData, p[:n]); w.err != nil {
+			return 0, w.err
+		}
+		p = p[n:]
+	}
+	return total, nil
+}
+
+// ServerOptions configure a Server.
+type ServerOptions struct {
+	Path string      // socket path
+	Mode os.FileMode // socket file mode, e.g. 0600
+	GID  int         // group of the socket file; -1 leaves it
+	Log  *slog.Logger
+}
+
+// Server listens on the control socket.
+type Server struct {
+	opts ServerOptions
+	ln   *net.UnixListener
+}
+
+// Listen creates the control socket. A stale socket file left by a dead
+// daemon is replaced; a live one is an error (another ctsyncd runs).
+func Listen(opts ServerOptions) (*Server, error) {
+	if err := os.MkdirAll(filepath.Dir(opts.Path), 0o755); err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if _, err := os.Lstat(opts.Path); err == nil {
+		if c, err := net.DialTimeout("unix", opts.Path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("control socket %s: another ctsyncd is listening on it", opts.Path)
+		}
+		if err := os.Remove(opts.Path); err != nil {
+			return nil, fmt.Errorf("control socket %s: remove stale socket: %w", opts.Path, err)
+		}
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: opts.Path, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	ln.SetUnlinkOnClose(true)
+	if err := os.Chmod(opts.Path, opts.Mode); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("control socket %s: chmod: %w", opts.Path, err)
+	}
+	if opts.GID >= 0 {
+		if err := os.Chown(opts.Path, -1, opts.GID); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("control socket %s: chown: %w", opts.Path, err)
+		}
+	}
+	return &Server{opts: opts, ln: ln}, nil
+}
+
+// Serve answers requests until ctx ends, then closes the socket (removing
+// its file) and waits for running handlers to return.
+func (s *Server) Serve(ctx context.Context, h Handler) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	stop := context.AfterFunc(ctx, func() { s.ln.Close() })
+	defer stop()
+	defer s.ln.Close()
+	for {
+		c, err := s.ln.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("control socket accept: %w", err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serveConn(ctx, c, h)
+		}()
+	}
+}
+
+func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, h Handler) {
+	defer c.Close()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReaderSize(c, 4096)
+	line, err := readLine(br)
+	bw := bufio.NewWriterSize(c, 64<<10)
+	defer bw.Flush()
+	if err != nil {
+		writeFrame(bw, frameError, []byte(err.Error()))
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	req, err := DecodeRequest(line)
+	if err != nil {
+		writeFrame(bw, frameError, []byte(err.Error()))
+		return
+	}
+	w := &Writer{bw: bw}
+	err = h(ctx, req, w)
+	if w.err != nil {
+		s.opts.Log.Debug("control client went away", "command", req.Command, "err", w.err)
+		return
+	}
+	if err != nil {
+		writeFrame(bw, frameError, []byte(err.Error()))
+		return
+	}
+	writeFrame(bw, frameOK, nil)
+}
+
+func readLine(br *bufio.Reader) ([]byte, error) {
+	var line []byte
+	for {
+		chunk, isPrefix, err := br.ReadLine()
+		if err != nil {
+			return nil, fmt.Errorf("%w: reading request: %v", ErrProtocol, err)
+		}
+		line = append(line, chunk...)
+		if len(line) > MaxRequest {
+			return nil, fmt.Errorf("%w: request longer than %d bytes", ErrProtocol, MaxRequest)
+		}
+		if !isPrefix {
+			return line, nil
+		}
+	}
+}
