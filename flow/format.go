@@ -86,12 +86,8 @@ func (f *Flow) String() string {
 		b.WriteString(f.Extra.Helper)
 	}
 	if f.Extra != nil && f.Extra.Labels != ([16]byte{}) {
-		b.WriteString(" labels=0x")
-		for i := 15; i >= 0; i-- {
-			const hexd = "0123456789abcdef"
-			b.WriteByte(hexd[f.Extra.Labels[i]>>4])
-			b.WriteByte(hexd[f.Extra.Labels[i]&0xf])
-		}
+		b.WriteString(" labels=")
+		b.WriteString(LabelsHex(f.Extra.Labels))
 	}
 	b.WriteString(" zone=")
 	b.WriteString(strconv.Itoa(int(f.Zone)))
@@ -124,4 +120,16 @@ func (f *Flow) writeTuple(b *strings.Builder, t Tuple) {
 		b.WriteString(strconv.Itoa(int(t.DstPort)))
 	}
 	b.WriteByte(' ')
+}
+
+// LabelsHex formats a 128-bit conntrack label set as conntrack does: 0x and
+// the bits as one big hexadecimal number (bit 0 is the least significant).
+func LabelsHex(l [16]byte) string {
+	const hexd = "0123456789abcdef"
+	b := make([]byte, 2, 34)
+	b[0], b[1] = '0', 'x'
+	for i := 15; i >= 0; i-- {
+		b = append(b, hexd[l[i]>>4], hexd[l[i]&0xf])
+	}
+	return string(b)
 }
