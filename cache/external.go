@@ -1,0 +1,318 @@
+package cache
+
+import (
+	"math"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/ctsyncd/ctsyncd/flow"
+)
+
+// ExternalEntry is a flow a peer replicated, as returned by External's
+// readers (a copy).
+type ExternalEntry struct {
+	// Origin is the name of the node that replicated the flow.
+	Origin string
+	Flow   flow.Flow
+	// Received is when the flow's state last arrived. Flow.Timeout was the
+	// remaining timeout on the origin shortly before.
+	Received time.Time
+	// IdleAt is how long the flow has carried no packet, as known when the
+	// entry was read: the idleness the origin reported plus the time since
+	// Received.
+	IdleAt time.Duration
+}
+
+// extEntry is what External stores per flow: the flow without its key (the
+// map key holds it), the receive time, the reported idleness and the bulk
+// generation that last refreshed it. About 80 bytes on amd64 plus the map
+// slot; the origin is implied by the per-origin map.
+type extEntry struct {
+	reply    flow.Tuple
+	status   uint32
+	timeout  uint32
+	mark     uint32
+	tcp      flow.TCPInfo
+	gen      uint32 // origin's generation when last applied
+	idleMs   uint32 // reported idleness in milliseconds, saturating
+	received int64  // Unix nanoseconds
+	extra    *flow.Extra
+}
+
+func (e *extEntry) flow(k flow.Key) flow.Flow {
+	return flow.Flow{Key: k, Reply: e.reply, Status: e.status, Timeout: e.timeout,
+		Mark: e.mark, TCP: e.tcp, Extra: e.extra}
+}
+
+// origin is the state kept per origin node.
+type origin struct {
+	name  string
+	flows map[flow.Key]extEntry
+	gen   uint32 // bumped by BeginBulk; entries applied since carry it
+	bulk  uint64 // id of the bulk in progress
+	inBlk bool   // a bulk is in progress
+}
+
+// ExternalStats are counters of the external cache.
+type ExternalStats struct {
+	Flows        int
+	Applied      uint64 // changes applied (states and removals)
+	BulksBegun   uint64
+	BulksEnded   uint64
+	BulkRemoved  uint64 // entries removed at the end of a bulk
+	Taken        uint64 // entries removed by Take (commit)
+	RemovedByKey uint64 // entries removed by Remove or Delete
+}
+
+// External is the cache of the flows peers replicated, kept per origin node.
+// Entries of a peer that died are kept until they are committed, flushed or
+// removed by the end of a bulk from the same origin.
+//
+// Every method is safe for concurrent use; none calls out while holding the
+// lock.
+type External struct {
+	// mu guards every field below.
+	mu      sync.Mutex
+	origins []*origin // index is the interned origin; never shrinks
+	byName  map[string]int
+	stats   ExternalStats
+}
+
+// NewExternal returns an empty external cache.
+func NewExternal() *External {
+	return &External{byName: make(map[string]int)}
+}
+
+// originLocked returns the state of the named origin, creating it.
+func (c *External) originLocked(name string) *origin {
+	if i, ok := c.byName[name]; ok {
+		return c.origins[i]
+	}
+	o := &origin{name: name, flows: make(map[flow.Key]extEntry)}
+	c.byName[name] = len(c.origins)
+	c.origins = append(c.origins, o)
+	return o
+}
+
+// Apply records a change replicated by origin and received at now: the
+// flow's new state, or its removal when ch.Deleted.
+func (c *External) Apply(origin string, ch Change, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	o := c.originLocked(origin)
+	c.stats.Applied++
+	if ch.Deleted {
+		delete(o.flows, ch.Flow.Key)
+		return
+	}
+	f := &ch.Flow
+	idle := ch.Idle.Milliseconds()
+	if idle < 0 {
+		idle = 0
+	}
+	x := f.Extra
+	if x.IsZero() {
+		x = nil
+	}
+	o.flows[f.Key] = extEntry{
+		reply:    f.Reply,
+		status:   f.Status,
+		timeout:  f.Timeout,
+		mark:     f.Mark,
+		tcp:      f.TCP,
+		gen:      o.gen,
+		idleMs:   uint32(min(idle, math.MaxUint32)),
+		received: now.UnixNano(),
+		extra:    x,
+	}
+}
+
+// Delete removes origin's entry for k, if any.
+func (c *External) Delete(origin string, k flow.Key) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i, ok := c.byName[origin]
+	if !ok {
+		return
+	}
+	o := c.origins[i]
+	if _, ok := o.flows[k]; ok {
+		delete(o.flows, k)
+		c.stats.RemovedByKey++
+	}
+}
+
+// BeginBulk marks the start of a bulk transfer (a full copy of origin's
+// table) identified by epoch. Entries applied from now on count as
+// refreshed by the bulk. A BeginBulk while another bulk of the same origin
+// is in progress abandons that one.
+func (c *External) BeginBulk(origin string, epoch uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	o := c.originLocked(origin)
+	o.gen++
+	o.bulk = epoch
+	o.inBlk = true
+	c.stats.BulksBegun++
+}
+
+// EndBulk ends the bulk begun with the same epoch and removes origin's
+// entries the bulk did not refresh: the flows the origin no longer has. It
+// returns how many were removed. An EndBulk without a matching BeginBulk
+// removes nothing.
+func (c *External) EndBulk(origin string, epoch uint64) (removed int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i, ok := c.byName[origin]
+	if !ok {
+		return 0
+	}
+	o := c.origins[i]
+	if !o.inBlk || o.bulk != epoch {
+		return 0
+	}
+	o.inBlk = false
+	for k, e := range o.flows {
+		if e.gen != o.gen {
+			delete(o.flows, k)
+			removed++
+		}
+	}
+	c.stats.BulksEnded++
+	c.stats.BulkRemoved += uint64(removed)
+	return removed
+}
+
+// Len returns the number of entries of every origin.
+func (c *External) Len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, o := range c.origins {
+		n += len(o.flows)
+	}
+	return n
+}
+
+// Stats returns the cache's counters.
+func (c *External) Stats() ExternalStats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.stats
+	for _, o := range c.origins {
+		s.Flows += len(o.flows)
+	}
+	return s
+}
+
+func entryOf(o *origin, k flow.Key, e *extEntry, now time.Time) ExternalEntry {
+	idle := time.Duration(e.idleMs) * time.Millisecond
+	if d := now.UnixNano() - e.received; d > 0 {
+		idle += time.Duration(d)
+	}
+	return ExternalEntry{Origin: o.name, Flow: e.flow(k), Received: time.Unix(0, e.received), IdleAt: idle}
+}
+
+// Snapshot returns a copy of every entry, in no particular order.
+func (c *External) Snapshot() []ExternalEntry {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, o := range c.origins {
+		n += len(o.flows)
+	}
+	out := make([]ExternalEntry, 0, n)
+	for _, o := range c.origins {
+		for k, e := range o.flows {
+			out = append(out, entryOf(o, k, &e, now))
+		}
+	}
+	return out
+}
+
+// Get returns origin's entry for k.
+func (c *External) Get(origin string, k flow.Key) (ExternalEntry, bool) {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i, ok := c.byName[origin]
+	if !ok {
+		return ExternalEntry{}, false
+	}
+	o := c.origins[i]
+	e, ok := o.flows[k]
+	if !ok {
+		return ExternalEntry{}, false
+	}
+	return entryOf(o, k, &e, now), true
+}
+
+// Take removes the entries for keys, of every origin, and returns them (for
+// commit: what was committed leaves the cache). Keys without an entry are
+// skipped.
+func (c *External) Take(keys []flow.Key) []ExternalEntry {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]ExternalEntry, 0, len(keys))
+	for _, k := range keys {
+		for _, o := range c.origins {
+			if e, ok := o.flows[k]; ok {
+				out = append(out, entryOf(o, k, &e, now))
+				delete(o.flows, k)
+			}
+		}
+	}
+	c.stats.Taken += uint64(len(out))
+	return out
+}
+
+// Remove removes the entries for keys, of every origin, and returns how many
+// there were.
+func (c *External) Remove(keys []flow.Key) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, k := range keys {
+		for _, o := range c.origins {
+			if _, ok := o.flows[k]; ok {
+				delete(o.flows, k)
+				n++
+			}
+		}
+	}
+	c.stats.RemovedByKey += uint64(n)
+	return n
+}
+
+// Flush removes origin's entries, or every origin's when origin is "", and
+// returns how many there were.
+func (c *External) Flush(origin string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, o := range c.origins {
+		if origin == "" || o.name == origin {
+			n += len(o.flows)
+			o.flows = make(map[flow.Key]extEntry)
+		}
+	}
+	return n
+}
+
+// Origins returns the names of the nodes that have entries in the cache,
+// sorted.
+func (c *External) Origins() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, o := range c.origins {
+		if len(o.flows) > 0 {
+			out = append(out, o.name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

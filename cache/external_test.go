@@ -1,0 +1,117 @@
+package cache
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ctsyncd/ctsyncd/flow"
+)
+
+// extTable prints the external cache as sorted text: "origin port state".
+func extTable(c *External) string {
+	var lines []string
+	for _, e := range c.Snapshot() {
+		lines = append(lines, fmt.Sprintf("%s %d %s", e.Origin, e.Flow.Orig.SrcPort, flow.TCPStateName(e.Flow.TCP.State)))
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+func TestExternalApplyDelete(t *testing.T) {
+	c := NewExternal()
+	now := time.Unix(1000, 0)
+	c.Apply("a", Change{Flow: tcp(1, flow.TCPEstablished, 100), Idle: 2 * time.Second}, now)
+	c.Apply("a", Change{Flow: tcp(2, flow.TCPSynSent, 100)}, now)
+	c.Apply("b", Change{Flow: tcp(1, flow.TCPEstablished, 100)}, now)
+	c.Apply("a", Change{Flow: tcp(2, flow.TCPEstablished, 100)}, now)
+	if got, want := extTable(c), "a 1001 ESTABLISHED\na 1002 ESTABLISHED\nb 1001 ESTABLISHED"; got != want {
+		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
+	}
+	c.Apply("a", Change{Flow: flow.Flow{Key: tcp(2, 0, 0).Key}, Deleted: true}, now)
+	c.Delete("b", tcp(1, 0, 0).Key)
+	c.Delete("nobody", tcp(1, 0, 0).Key)
+	if got, want := extTable(c), "a 1001 ESTABLISHED"; got != want {
+		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
+	}
+	e, ok := c.Get("a", tcp(1, 0, 0).Key)
+	if !ok {
+		t.Fatal("Get: missing")
+	}
+	if e.Received != now || e.IdleAt < 2*time.Second {
+		t.Errorf("entry: received %v idle %v", e.Received, e.IdleAt)
+	}
+	want := tcp(1, flow.TCPEstablished, 100)
+	if !e.Flow.Equal(&want) {
+		t.Errorf("flow %+v, want %+v", e.Flow, want)
+	}
+	if got := c.Origins(); !slices.Equal(got, []string{"a"}) {
+		t.Errorf("Origins = %v", got)
+	}
+}
+
+func TestExternalBulk(t *testing.T) {
+	c := NewExternal()
+	now := time.Now()
+	for i := range 5 {
+		c.Apply("a", Change{Flow: tcp(i, flow.TCPEstablished, 100)}, now)
+		c.Apply("b", Change{Flow: tcp(i, flow.TCPEstablished, 100)}, now)
+	}
+	c.BeginBulk("a", 7)
+	c.Apply("a", Change{Flow: tcp(1, flow.TCPEstablished, 100)}, now)
+	c.Apply("a", Change{Flow: tcp(3, flow.TCPFinWait, 100)}, now)
+	c.Apply("a", Change{Flow: tcp(9, flow.TCPEstablished, 100)}, now)
+	if n := c.EndBulk("a", 8); n != 0 {
+		t.Fatalf("EndBulk with another epoch removed %d", n)
+	}
+	if n := c.EndBulk("a", 7); n != 3 {
+		t.Fatalf("EndBulk removed %d, want 3", n)
+	}
+	if n := c.EndBulk("a", 7); n != 0 {
+		t.Fatalf("second EndBulk removed %d", n)
+	}
+	want := "a 1001 ESTABLISHED\na 1003 FIN_WAIT\na 1009 ESTABLISHED\n" +
+		"b 1000 ESTABLISHED\nb 1001 ESTABLISHED\nb 1002 ESTABLISHED\nb 1003 ESTABLISHED\nb 1004 ESTABLISHED"
+	if got := extTable(c); got != want {
+		t.Fatalf("table:\n%s\nwant:\n%s", got, want)
+	}
+	// An abandoned bulk: the second BeginBulk wins.
+	c.BeginBulk("b", 1)
+	c.Apply("b", Change{Flow: tcp(0, flow.TCPEstablished, 100)}, now)
+	c.BeginBulk("b", 2)
+	c.Apply("b", Change{Flow: tcp(1, flow.TCPEstablished, 100)}, now)
+	if n := c.EndBulk("b", 2); n != 4 {
+		t.Fatalf("EndBulk removed %d, want 4", n)
+	}
+	if c.Len() != 4 {
+		t.Fatalf("Len = %d", c.Len())
+	}
+}
+
+func TestExternalTakeRemoveFlush(t *testing.T) {
+	c := NewExternal()
+	now := time.Now()
+	for i := range 4 {
+		c.Apply("a", Change{Flow: tcp(i, flow.TCPEstablished, 100)}, now)
+	}
+	c.Apply("b", Change{Flow: tcp(0, flow.TCPEstablished, 100)}, now)
+	got := c.Take([]flow.Key{tcp(0, 0, 0).Key, tcp(7, 0, 0).Key})
+	if len(got) != 2 {
+		t.Fatalf("Take returned %d entries, want 2", len(got))
+	}
+	if n := c.Remove([]flow.Key{tcp(1, 0, 0).Key}); n != 1 {
+		t.Fatalf("Remove = %d", n)
+	}
+	if n := c.Flush("a"); n != 2 {
+		t.Fatalf("Flush(a) = %d", n)
+	}
+	c.Apply("b", Change{Flow: tcp(5, flow.TCPEstablished, 100)}, now)
+	if n := c.Flush(""); n != 1 {
+		t.Fatalf("Flush() = %d", n)
+	}
+	if c.Len() != 0 || len(c.Origins()) != 0 {
+		t.Fatalf("not empty: %d %v", c.Len(), c.Origins())
+	}
+}
