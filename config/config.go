@@ -1,0 +1,400 @@
+// Package config loads and validates ctsyncd's TOML configuration
+// (/etc/ctsyncd/ctsyncd.toml; configs/ctsyncd.toml is the annotated example).
+//
+// Load and Parse decode the file over Default, reject unknown keys, and
+// validate every value, so that a Config they return can be used as is.
+// Every problem is an *Error that names the file, the line and the key,
+// printed as
+//
+//	/etc/ctsyncd/ctsyncd.toml:12: sync.transport: "tcp" is not one of udp, multicast, gossip
+//
+// and matched by errors.Is(err, ErrInvalid); when a file has several
+// problems they are all reported, joined with errors.Join.
+//
+// What it is not: it does not read the sync key file (package sync does,
+// and checks its permissions), resolve group names, look at interfaces or
+// open sockets. It checks what can be checked from the text alone.
+//
+// Concurrency: a Config is plain data with no hidden state; it is safe to
+// read from many goroutines and to copy. Parse keeps no state between calls.
+// A reload parses a new Config; nothing mutates one in place.
+package config
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/ctsyncd/ctsyncd/flow"
+)
+
+// Config is the whole configuration. The comment on each field gives its
+// default; Default returns a Config with all of them applied.
+type Config struct {
+	Node     Node     `toml:"node"`
+	Control  Control  `toml:"control"`
+	Kernel   Kernel   `toml:"kernel"`
+	Sync     Sync     `toml:"sync"`
+	Filter   Filter   `toml:"filter"`
+	Failover Failover `toml:"failover"`
+	Log      Log      `toml:"log"`
+
+	// Path is the file the config was loaded from (the name given to
+	// Parse); it is not a TOML key.
+	Path string `toml:"-"`
+}
+
+// Node identifies this node to its peers.
+type Node struct {
+	// Name of this node in the cluster, in logs and in ctsyncctl status.
+	// Default: the hostname. At most 64 bytes, printable, no spaces.
+	Name string `toml:"name"`
+}
+
+// Control is the local UNIX socket ctsyncctl talks to.
+type Control struct {
+	// Socket is the path of the control socket.
+	// Default "/run/ctsyncd/ctsyncd.sock".
+	Socket string `toml:"socket"`
+	// Mode is the socket's permission bits as an octal string, at most
+	// "0777". Default "0600". See FileMode.
+	Mode string `toml:"mode"`
+	// Group, if set, is the group (name or numeric gid) the socket is
+	// given, so that its members may use ctsyncctl. Default: unset.
+	Group string `toml:"group"`
+}
+
+// Kernel tunes the conntrack netlink sockets.
+type Kernel struct {
+	// EventBuffer is the receive buffer of the event socket
+	// (SO_RCVBUFFORCE). Bigger survives longer bursts before the kernel
+	// drops events (ENOBUFS, which forces a resync). Default 64MiB,
+	// 64KiB..1GiB.
+	EventBuffer ByteSize `toml:"event_buffer"`
+	// ResyncInterval is how often the kernel table is dumped and the
+	// internal cache reconciled with it. Default 30s; "0s" disables it;
+	// otherwise at least 1s.
+	ResyncInterval Duration `toml:"resync_interval"`
+	// WriteSockets is the number of netlink sockets a commit writes
+	// through in parallel. Default 2, 1..16.
+	WriteSockets int `toml:"write_sockets"`
+	// WriteBatch is the number of messages per sendmsg on a write socket.
+	// Default 256, 1..4096.
+	WriteBatch int `toml:"write_batch"`
+}
+
+// Sync is the replication channel between nodes.
+type Sync struct {
+	// Transport is "udp" (unicast to each peer; the default), "multicast"
+	// (one group on a dedicated link) or "gossip" (clusters of N).
+	Transport string `toml:"transport"`
+	// Interface is the dedicated sync link. Required for multicast.
+	Interface string `toml:"interface"`
+	// Listen is this node's address, "IP:port" or "[IPv6]:port" (an IP
+	// address, not a hostname). Required unless Disabled.
+	Listen string `toml:"listen"`
+	// Peers are the other nodes' addresses, same form as Listen. udp: at
+	// least one; gossip: seeds to join (empty on the first node);
+	// multicast: unused.
+	Peers []string `toml:"peers"`
+	// Group is the multicast group "IP:port", same family as Listen.
+	// Required for multicast; unused otherwise.
+	Group string `toml:"group"`
+	// KeyFile holds the pre-shared key (64 hex characters). Required
+	// unless Insecure or Disabled. Only its path is checked here.
+	KeyFile string `toml:"key_file"`
+	// Insecure runs without authentication. Default false.
+	Insecure bool `toml:"insecure"`
+	// Inject writes received flows straight into this node's kernel
+	// instead of keeping them for a commit. Default false.
+	Inject bool `toml:"inject"`
+	// Disabled turns replication off (a single node, tests); Listen,
+	// Peers and KeyFile are then not required. Default false.
+	Disabled bool `toml:"disabled"`
+	// MTU is the largest datagram payload sent. Default 1400, 576..65000.
+	MTU int `toml:"mtu"`
+	// ResendQueue is how many sent messages are kept for retransmission.
+	// Default 4096, 16..1048576.
+	ResendQueue int `toml:"resend_queue"`
+	// AckInterval is how long a receiver waits before acknowledging.
+	// Default 50ms, 1ms..10s.
+	AckInterval Duration `toml:"ack_interval"`
+	// HeartbeatInterval is how often an idle node says it is alive.
+	// Default 1s, 10ms..1m.
+	HeartbeatInterval Duration `toml:"heartbeat_interval"`
+	// PeerTimeout is the silence after which a peer counts as gone.
+	// Default 5s; longer than HeartbeatInterval.
+	PeerTimeout Duration `toml:"peer_timeout"`
+}
+
+// Filter selects the flows that are replicated.
+type Filter struct {
+	// Protocols are the layer 4 protocols replicated, any of tcp, udp,
+	// icmp, icmpv6, sctp, dccp, gre, udplite. Default all but udplite.
+	Protocols []string `toml:"protocols"`
+	// IgnoreAddresses are CIDRs or plain addresses (IPv4 or IPv6); a flow
+	// with either original address in one of them is not replicated.
+	// Default ["127.0.0.0/8", "::1/128"].
+	IgnoreAddresses []string `toml:"ignore_addresses"`
+	// TCPStates are the TCP states whose flows are replicated
+	// (case-insensitive): syn_sent, syn_recv, established, fin_wait,
+	// close_wait, last_ack, time_wait, close, syn_sent2. Default the
+	// first seven.
+	TCPStates []string `toml:"tcp_states"`
+	// IgnoreOwnAddresses also ignores flows to or from this node's own
+	// addresses. Default true; see IgnoreOwn.
+	IgnoreOwnAddresses *bool `toml:"ignore_own_addresses"`
+}
+
+// Failover tunes commit and purge.
+type Failover struct {
+	// PurgeTimeout caps the kernel timeout of flows this node no longer
+	// owns after it loses mastership: timeout = min(current, this).
+	// Default 60s, at least 1s.
+	PurgeTimeout Duration `toml:"purge_timeout"`
+	// CommitTimeout bounds a commit of the external cache into the
+	// kernel. Default 30s, at least 1s.
+	CommitTimeout Duration `toml:"commit_timeout"`
+	// MinTimeout is the floor for the timeout of committed flows, so that
+	// a flow that was about to expire on the old master survives the
+	// failover. Default 30s; "0s" for no floor.
+	MinTimeout Duration `toml:"min_timeout"`
+	// ReadyFile, if set, is an absolute path written when this node is
+	// in sync and removed when it is not, for keepalived's track_file.
+	ReadyFile string `toml:"ready_file"`
+}
+
+// Log configures the log/slog handler on stderr.
+type Log struct {
+	// Level is debug, info, warn or error. Default info.
+	Level string `toml:"level"`
+	// Format is text or json. Default text.
+	Format string `toml:"format"`
+}
+
+// Default values. Slices are copied by Default.
+const (
+	DefaultSocket            = "/run/ctsyncd/ctsyncd.sock"
+	DefaultMode              = "0600"
+	DefaultEventBuffer       = 64 << 20
+	DefaultWriteSockets      = 2
+	DefaultWriteBatch        = 256
+	DefaultTransport         = "udp"
+	DefaultMTU               = 1400
+	DefaultResendQueue       = 4096
+	DefaultLogLevel          = "info"
+	DefaultLogFormat         = "text"
+	defaultResyncInterval    = "30s"
+	defaultAckInterval       = "50ms"
+	defaultHeartbeatInterval = "1s"
+	defaultPeerTimeout       = "5s"
+	defaultPurgeTimeout      = "60s"
+	defaultCommitTimeout     = "30s"
+	defaultMinTimeout        = "30s"
+)
+
+var (
+	defaultProtocols       = []string{"tcp", "udp", "icmp", "icmpv6", "sctp", "dccp", "gre"}
+	defaultIgnoreAddresses = []string{"127.0.0.0/8", "::1/128"}
+	defaultTCPStates       = []string{"syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack", "time_wait"}
+)
+
+func mustDuration(s string) Duration {
+	var d Duration
+	if err := d.UnmarshalText([]byte(s)); err != nil {
+		panic(err)
+	}
+	return d
+}
+
+// Default returns a Config with every default applied. Node.Name is the
+// hostname (empty if it cannot be read). Sync is enabled, so Listen, Peers
+// and KeyFile still have to be set for it to validate.
+func Default() *Config {
+	host, _ := os.Hostname()
+	own := true
+	return &Config{
+		Node:    Node{Name: host},
+		Control: Control{Socket: DefaultSocket, Mode: DefaultMode},
+		Kernel: Kernel{
+			EventBuffer:    DefaultEventBuffer,
+			ResyncInterval: mustDuration(defaultResyncInterval),
+			WriteSockets:   DefaultWriteSockets,
+			WriteBatch:     DefaultWriteBatch,
+		},
+		Sync: Sync{
+			Transport:         DefaultTransport,
+			MTU:               DefaultMTU,
+			ResendQueue:       DefaultResendQueue,
+			AckInterval:       mustDuration(defaultAckInterval),
+			HeartbeatInterval: mustDuration(defaultHeartbeatInterval),
+			PeerTimeout:       mustDuration(defaultPeerTimeout),
+		},
+		Filter: Filter{
+			Protocols:          append([]string(nil), defaultProtocols...),
+			IgnoreAddresses:    append([]string(nil), defaultIgnoreAddresses...),
+			TCPStates:          append([]string(nil), defaultTCPStates...),
+			IgnoreOwnAddresses: &own,
+		},
+		Failover: Failover{
+			PurgeTimeout:  mustDuration(defaultPurgeTimeout),
+			CommitTimeout: mustDuration(defaultCommitTimeout),
+			MinTimeout:    mustDuration(defaultMinTimeout),
+		},
+		Log: Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
+	}
+}
+
+// Load reads the file at path and parses it with Parse. Errors reading the
+// file are returned as they are (an *os.PathError); configuration problems
+// as described in Parse.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, data)
+}
+
+// Parse decodes data over Default, rejects unknown keys and validates the
+// result. name is the file name used in errors and stored in Path. The
+// error is an *Error, or several joined with errors.Join; either way it
+// matches ErrInvalid.
+func Parse(name string, data []byte) (*Config, error) {
+	c := Default()
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(c)
+	if err != nil {
+		return nil, fromDecodeError(name, err, len(md.Keys()) == 0)
+	}
+	loc := locate(string(data))
+	if errs := unknownKeys(name, md, loc); len(errs) > 0 {
+		return nil, joinErrors(errs)
+	}
+	c.Path = name
+	if err := c.validate(loc); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// FileMode returns Mode as permission bits, or 0600 if Mode does not parse
+// (Validate reports that).
+func (c Control) FileMode() os.FileMode {
+	m, err := parseMode(c.Mode)
+	if err != nil {
+		return 0o600
+	}
+	return m
+}
+
+func parseMode(s string) (os.FileMode, error) {
+	t := strings.TrimPrefix(strings.TrimPrefix(s, "0o"), "0O")
+	if t == "" {
+		return 0, fmt.Errorf("%q is not an octal mode such as \"0600\"", s)
+	}
+	v, err := strconv.ParseUint(t, 8, 32)
+	if err != nil {
+		return 0, fmt.Errorf("%q is not an octal mode such as \"0600\"", s)
+	}
+	if v > 0o777 {
+		return 0, fmt.Errorf("%q has bits beyond 0777 (setuid, setgid and sticky mean nothing on a socket)", s)
+	}
+	return os.FileMode(v), nil
+}
+
+// IgnoreOwn reports whether flows to or from this node's own addresses are
+// ignored (IgnoreOwnAddresses, default true).
+func (f Filter) IgnoreOwn() bool {
+	return f.IgnoreOwnAddresses == nil || *f.IgnoreOwnAddresses
+}
+
+// ProtocolNumbers returns the IP protocol numbers of Protocols, without
+// duplicates, in the order given.
+func (f Filter) ProtocolNumbers() ([]uint8, error) {
+	out := make([]uint8, 0, len(f.Protocols))
+	seen := map[uint8]bool{}
+	for _, name := range f.Protocols {
+		p, ok := flow.ProtoByName(name)
+		if !ok {
+			return nil, errf("", 0, "filter.protocols", "%q is not one of %s", name, strings.Join(knownProtocols, ", "))
+		}
+		if !seen[p] {
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+var knownProtocols = []string{"tcp", "udp", "icmp", "icmpv6", "sctp", "dccp", "gre", "udplite"}
+
+// knownTCPStates are the names accepted in tcp_states; flow.TCPStateByName
+// also knows "none", which no flow in the table has.
+var knownTCPStates = []string{"syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack", "time_wait", "close", "syn_sent2"}
+
+func tcpStateByName(name string) (uint8, bool) {
+	for _, k := range knownTCPStates {
+		if strings.EqualFold(k, name) {
+			return flow.TCPStateByName(k)
+		}
+	}
+	return 0, false
+}
+
+// TCPStateNumbers returns the conntrack numbers (TCP_CONNTRACK_*) of
+// TCPStates, without duplicates, in the order given.
+func (f Filter) TCPStateNumbers() ([]uint8, error) {
+	out := make([]uint8, 0, len(f.TCPStates))
+	seen := map[uint8]bool{}
+	for _, name := range f.TCPStates {
+		s, ok := tcpStateByName(name)
+		if !ok {
+			return nil, errf("", 0, "filter.tcp_states", "%q is not one of %s", name, strings.Join(knownTCPStates, ", "))
+		}
+		if !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+// Prefixes returns IgnoreAddresses as prefixes; a plain address becomes a
+// /32 or /128.
+func (f Filter) Prefixes() ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(f.IgnoreAddresses))
+	for _, s := range f.IgnoreAddresses {
+		p, err := parsePrefix(s)
+		if err != nil {
+			return nil, errf("", 0, "filter.ignore_addresses", "%v", err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not a CIDR or an IP address", s)
+		}
+		if m := p.Masked(); m != p {
+			return netip.Prefix{}, fmt.Errorf("%q has host bits set: write %q", s, m.String())
+		}
+		return p, nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("%q is not a CIDR or an IP address", s)
+	}
+	if a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%q has a zone; zones are not allowed here", s)
+	}
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
