@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -74,7 +75,7 @@ func New(t testing.TB) *NS {
 	})
 	ns.Exec(t, "ip", "link", "set", "lo", "up")
 	// Load nf_conntrack (and so the sysctl) by using conntrack once.
-	ns.Nft(t, "table inet ctsyncd_probe { chain c { type filter hook output priority 0; ct state new accept; } }\n")
+	ns.Nft(t, "table inet ctsyncd_probe {\n\tchain c {\n\t\ttype filter hook output priority 0;\n\t\tct state new accept\n\t}\n}\n")
 	ns.Exec(t, "nft", "delete", "table", "inet", "ctsyncd_probe")
 	ns.Exec(t, "sysctl", "-qw", "net.netfilter.nf_conntrack_events=1")
 	return ns
@@ -150,4 +151,55 @@ func Veth(t testing.TB, a *NS, aIf, aAddrs string, b *NS, bIf, bAddrs string) {
 		}
 		side.ns.Exec(t, "ip", "link", "set", side.ifc, "up")
 	}
+}
+
+// Do runs fn on a thread switched into the namespace, e.g. to open a socket
+// there (a socket stays in the namespace it was created in).
+func (ns *NS) Do(t testing.TB, fn func()) {
+	t.Helper()
+	fd := ns.FD(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatalf("open own netns: %v", err)
+	}
+	defer unix.Close(orig)
+	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
+		t.Fatalf("setns %s: %v", ns.Name, err)
+	}
+	defer func() {
+		if err := unix.Setns(orig, unix.CLONE_NEWNET); err != nil {
+			panic("cannot return to the original netns: " + err.Error())
+		}
+	}()
+	fn()
+}
+
+// Router makes three namespaces, client — fw — server, with IPv4 and IPv6
+// on both links and forwarding on fw:
+//
+//	client 10.0.1.2/24 fd00:1::2/64 — fw 10.0.1.1, fd00:1::1 | 10.0.2.1, fd00:2::1 — server 10.0.2.2/24 fd00:2::2/64
+//
+// fw gets a forward chain that uses conntrack (without a conntrack-using
+// rule the kernel tracks nothing, DESIGN.md §6).
+func Router(t testing.TB) (client, fw, server *NS) {
+	t.Helper()
+	client, fw, server = New(t), New(t), New(t)
+	Veth(t, client, "eth0", "10.0.1.2/24,fd00:1::2/64", fw, "lan0", "10.0.1.1/24,fd00:1::1/64")
+	Veth(t, server, "eth0", "10.0.2.2/24,fd00:2::2/64", fw, "lan1", "10.0.2.1/24,fd00:2::1/64")
+	client.Exec(t, "ip", "route", "add", "default", "via", "10.0.1.1")
+	client.Exec(t, "ip", "-6", "route", "add", "default", "via", "fd00:1::1")
+	server.Exec(t, "ip", "route", "add", "default", "via", "10.0.2.1")
+	server.Exec(t, "ip", "-6", "route", "add", "default", "via", "fd00:2::1")
+	fw.Exec(t, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	fw.Nft(t, `table inet filter {
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		ct state established,related counter accept
+		ct state new counter accept
+	}
+}
+`)
+	return client, fw, server
 }
