@@ -163,3 +163,13 @@ func readLine(br *bufio.Reader) ([]byte, error) {
 		}
 	}
 }
+
+// Close closes the socket and removes its file, for a server that will not
+// Serve. Safe to call more than once, and after Serve.
+func (s *Server) Close() error {
+	err := s.ln.Close()
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}

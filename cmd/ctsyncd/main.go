@@ -1,0 +1,123 @@
+// Command ctsyncd replicates the Linux conntrack table between firewalls,
+// so that a standby can take over established connections. See the README.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/ctsyncd/ctsyncd/config"
+	"github.com/ctsyncd/ctsyncd/daemon"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+const usage = `Usage: ctsyncd [--config FILE] [--check] [--log-level LEVEL]
+
+ctsyncd keeps a cache of this node's conntrack table (kernel events plus
+periodic dumps), replicates it to its peers over an authenticated, reliable
+sync channel, and commits the peers' flows into the kernel on failover, so
+that established connections survive the move of the virtual IPs.
+
+It runs in the foreground (systemd style) and logs to stderr. It is driven
+with ctsyncctl over a UNIX socket (control.socket in the config).
+
+Signals: SIGTERM or SIGINT stop it cleanly (control socket removed);
+SIGHUP re-reads the config and applies what can change without losing
+state (log level and format excepted: log level only; filters), reporting
+what it could not apply.
+
+Options:
+`
+
+func main() {
+	fs := flag.NewFlagSet("ctsyncd", flag.ContinueOnError)
+	cfgPath := fs.String("config", "/etc/ctsyncd/ctsyncd.toml", "configuration `file` (TOML)")
+	check := fs.Bool("check", false, "validate the configuration and exit")
+	logLevel := fs.String("log-level", "", "override log.level: debug, info, warn or error")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			os.Exit(0)
+		}
+		os.Exit(2)
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "ctsyncd: unexpected argument %q (see --help)\n", fs.Arg(0))
+		os.Exit(2)
+	}
+	if *showVersion {
+		fmt.Println("ctsyncd", buildVersion())
+		return
+	}
+	cfg, err := config.Load(*cfgPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ctsyncd: %v\n", err)
+		os.Exit(1)
+	}
+	if *logLevel != "" {
+		cfg.Log.Level = *logLevel
+		if err := cfg.Validate(); err != nil {
+			fmt.Fprintf(os.Stderr, "ctsyncd: --log-level: %v\n", err)
+			os.Exit(2)
+		}
+	}
+	if *check {
+		fmt.Printf("%s: ok\n", *cfgPath)
+		return
+	}
+	level := new(slog.LevelVar)
+	level.UnmarshalText([]byte(cfg.Log.Level))
+	hopts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(os.Stderr, hopts)
+	if cfg.Log.Format == "json" {
+		h = slog.NewJSONHandler(os.Stderr, hopts)
+	}
+	log := slog.New(h)
+
+	d, err := daemon.New(daemon.Options{Config: cfg, Log: log, Version: buildVersion(), LogLevel: level})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ctsyncd: %v\n", err)
+		os.Exit(1)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				d.Reload(*cfgPath)
+			}
+		}
+	}()
+	if err := d.Run(ctx); err != nil {
+		log.Error("ctsyncd failed", "err", err)
+		os.Exit(1)
+	}
+}

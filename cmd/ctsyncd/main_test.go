@@ -1,0 +1,204 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ctsyncd/ctsyncd/internal/netnstest"
+)
+
+// buildBinaries builds ctsyncd and ctsyncctl into a temporary directory.
+func buildBinaries(t *testing.T) (ctsyncd, ctsyncctl string) {
+	t.Helper()
+	dir := t.TempDir()
+	for _, name := range []string{"ctsyncd", "ctsyncctl"} {
+		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), "github.com/ctsyncd/ctsyncd/cmd/"+name).CombinedOutput()
+		if err != nil {
+			t.Fatalf("build %s: %v\n%s", name, err, out)
+		}
+	}
+	return filepath.Join(dir, "ctsyncd"), filepath.Join(dir, "ctsyncctl")
+}
+
+type ctl struct {
+	t      *testing.T
+	bin    string
+	socket string
+}
+
+func (c ctl) run(args ...string) (stdout, stderr string, code int) {
+	cmd := exec.Command(c.bin, append([]string{"--socket", c.socket}, args...)...)
+	var o, e bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.t.Fatal(err)
+	}
+	return o.String(), e.String(), code
+}
+
+func (c ctl) must(args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.run(args...)
+	if code != 0 {
+		c.t.Fatalf("ctsyncctl %s: exit %d: %s", strings.Join(args, " "), code, errOut)
+	}
+	return out
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestKernelDaemonLifecycle runs the real binaries in a namespace: start,
+// ctsyncctl status/dump/stats, errors, SIGTERM, restart.
+func TestKernelDaemonLifecycle(t *testing.T) {
+	ns := netnstest.New(t)
+	netnstest.Need(t, "conntrack")
+	daemonBin, ctlBin := buildBinaries(t)
+	dir := t.TempDir()
+	socket := filepath.Join(dir, "ctsyncd.sock")
+	cfgPath := filepath.Join(dir, "ctsyncd.toml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`
+[node]
+name = "fw-test"
+
+[control]
+socket = %q
+
+[sync]
+disabled = true
+`, socket)), 0o600)
+	c := ctl{t: t, bin: ctlBin, socket: socket}
+
+	// A flow that exists before the daemon starts comes in with the first dump.
+	ns.Exec(t, "conntrack", "-I", "-p", "tcp", "-s", "10.1.1.1", "-d", "10.2.2.2", "--sport", "1000", "--dport", "80",
+		"--state", "ESTABLISHED", "-t", "300", "-u", "SEEN_REPLY,ASSURED")
+
+	start := func() (*exec.Cmd, *bytes.Buffer) {
+		cmd := ns.Cmd(daemonBin, "--config", cfgPath)
+		var logs bytes.Buffer
+		cmd.Stderr = &logs
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		waitUntil(t, "ctsyncd to answer", func() bool {
+			_, _, code := c.run("status")
+			return code == 0
+		})
+		return cmd, &logs
+	}
+	stop := func(cmd *exec.Cmd, logs *bytes.Buffer) {
+		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		done := make(chan error, 1)
+		go func() { done <- cmd.Wait() }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("ctsyncd exited with %v after SIGTERM; log:\n%s", err, logs)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("ctsyncd did not stop on SIGTERM; log:\n%s", logs)
+		}
+		if _, err := os.Stat(socket); !os.IsNotExist(err) {
+			t.Fatalf("control socket left after SIGTERM: %v", err)
+		}
+	}
+
+	for run := 1; run <= 2; run++ { // the second run is the restart
+		cmd, logs := start()
+		status := c.must("status")
+		if !strings.Contains(status, "fw-test") {
+			t.Errorf("run %d: status does not name the node:\n%s", run, status)
+		}
+		want := "src=10.1.1.1 dst=10.2.2.2 sport=1000 dport=80 src=10.2.2.2 dst=10.1.1.1 sport=80 dport=1000 [ASSURED]"
+		waitUntil(t, "the pre-existing flow in the dump", func() bool {
+			return strings.Contains(c.must("dump", "internal"), want)
+		})
+
+		// A flow made while it runs arrives by event.
+		sport := fmt.Sprint(2000 + run)
+		ns.Exec(t, "conntrack", "-I", "-p", "udp", "-s", "10.1.1.1", "-d", "10.2.2.2", "--sport", sport, "--dport", "53", "-t", "60")
+		waitUntil(t, "the new UDP flow in the dump", func() bool {
+			return strings.Contains(c.must("dump", "internal"), "sport="+sport+" dport=53")
+		})
+		var views []map[string]any
+		for _, line := range strings.Split(strings.TrimSpace(c.must("dump", "internal", "--json")), "\n") {
+			var v map[string]any
+			if err := json.Unmarshal([]byte(line), &v); err != nil {
+				t.Fatalf("dump --json line %q: %v", line, err)
+			}
+			views = append(views, v)
+		}
+		if len(views) < 2 {
+			t.Errorf("dump --json: %d flows", len(views))
+		}
+		var st struct {
+			Events struct {
+				New uint64 `json:"new"`
+			} `json:"events"`
+			Internal struct {
+				Flows int `json:"flows"`
+			} `json:"internal"`
+		}
+		if err := json.Unmarshal([]byte(c.must("stats", "--json")), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Events.New == 0 || st.Internal.Flows < 2 {
+			t.Errorf("stats: %+v", st)
+		}
+		if out := c.must("stats"); !strings.Contains(out, "events.new:") {
+			t.Errorf("text stats:\n%s", out)
+		}
+		if out := c.must("resync"); !strings.Contains(out, "Flows") && !strings.Contains(out, "flows") {
+			t.Errorf("resync output:\n%s", out)
+		}
+
+		// Errors: one line, non-zero exit.
+		if _, e, code := c.run("frobnicate"); code == 0 || !strings.Contains(e, `unknown command "frobnicate"`) || strings.Count(e, "\n") != 1 {
+			t.Errorf("unknown command: exit %d, %q", code, e)
+		}
+		if _, e, code := c.run("dump", "sideways"); code == 0 || !strings.Contains(e, "dump internal") {
+			t.Errorf("bad dump argument: exit %d, %q", code, e)
+		}
+		stop(cmd, logs)
+	}
+
+	// No daemon: a clear line, exit 1.
+	if _, e, code := c.run("status"); code != 1 || !strings.Contains(e, "cannot reach ctsyncd") {
+		t.Errorf("no daemon: exit %d, %q", code, e)
+	}
+	// A broken config names file, line and key; nothing starts.
+	bad := filepath.Join(dir, "bad.toml")
+	os.WriteFile(bad, []byte("[sync]\ndisabled = true\ntransport = \"carrier-pigeon\"\n"), 0o600)
+	out, err := exec.Command(daemonBin, "--config", bad).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), bad+":3:") || !strings.Contains(string(out), "sync.transport") {
+		t.Errorf("bad config: %v, %s", err, out)
+	}
+	if out, err := exec.Command(daemonBin, "--version").CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "ctsyncd ") {
+		t.Errorf("--version: %v %s", err, out)
+	}
+	if out, err := exec.Command(daemonBin, "--help").CombinedOutput(); err != nil || !strings.Contains(string(out), "--config") {
+		t.Errorf("--help: %v %s", err, out)
+	}
+}

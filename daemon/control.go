@@ -1,0 +1,206 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/ctsyncd/ctsyncd/control"
+)
+
+// commandUsage lists the commands this daemon answers, for error messages.
+const commandUsage = "status, stats, dump internal, resync, flush internal"
+
+// handle answers one control request.
+func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.Writer) error {
+	args := req.Args
+	want := func(n int, usage string) error {
+		if len(args) != n {
+			return fmt.Errorf("%w: %s", control.ErrUsage, usage)
+		}
+		return nil
+	}
+	switch req.Command {
+	case "status":
+		if err := want(0, "status"); err != nil {
+			return err
+		}
+		return d.writeValue(out, req.JSON, d.status())
+	case "stats":
+		if err := want(0, "stats"); err != nil {
+			return err
+		}
+		return d.writeValue(out, req.JSON, d.stats())
+	case "dump":
+		if err := want(1, "dump internal"); err != nil {
+			return err
+		}
+		switch args[0] {
+		case "internal":
+			return d.dumpInternal(out, req.JSON)
+		}
+		return fmt.Errorf("%w: dump internal (not %q)", control.ErrUsage, args[0])
+	case "resync":
+		if err := want(0, "resync"); err != nil {
+			return err
+		}
+		rep, err := d.reconcile(ctx, "ctsyncctl resync")
+		if err != nil {
+			return err
+		}
+		return d.writeValue(out, req.JSON, rep)
+	case "flush":
+		if err := want(1, "flush internal"); err != nil {
+			return err
+		}
+		switch args[0] {
+		case "internal":
+			n := d.internal.Flush()
+			d.log.Info("internal cache flushed", "flows", n)
+			return d.writeValue(out, req.JSON, map[string]int{"flushed": n})
+		}
+		return fmt.Errorf("%w: flush internal (not %q)", control.ErrUsage, args[0])
+	}
+	return fmt.Errorf("%w %q (this daemon knows: %s)", control.ErrUnknownCommand, req.Command, commandUsage)
+}
+
+// Status is the answer to `ctsyncctl status`.
+type Status struct {
+	Node          string    `json:"node"`
+	Version       string    `json:"version"`
+	Started       time.Time `json:"started"`
+	Uptime        string    `json:"uptime"`
+	InternalFlows int       `json:"internal_flows"`
+	Transport     string    `json:"transport"`
+	LastReconcile time.Time `json:"last_reconcile"`
+	EventBuffer   int       `json:"event_buffer_bytes"`
+	OwnAddresses  int       `json:"own_addresses"`
+}
+
+func (d *Daemon) status() Status {
+	s := Status{
+		Node: d.cfg.Node.Name, Version: d.version, Started: d.started,
+		Uptime:        time.Since(d.started).Round(time.Second).String(),
+		InternalFlows: d.internal.Len(),
+		Transport:     d.cfg.Sync.Transport,
+		EventBuffer:   d.listener.ReadBuffer(),
+		OwnAddresses:  len(d.filter.Load().Own()),
+	}
+	if d.cfg.Sync.Disabled {
+		s.Transport = "disabled"
+	}
+	if r := d.lastRec.Load(); r != nil {
+		s.LastReconcile = r.At
+	}
+	return s
+}
+
+// Stats is the answer to `ctsyncctl stats`.
+type Stats struct {
+	Events struct {
+		New       uint64 `json:"new"`
+		Update    uint64 `json:"update"`
+		Destroy   uint64 `json:"destroy"`
+		Own       uint64 `json:"own_writes_ignored"`
+		Filtered  uint64 `json:"filtered"`
+		Overruns  uint64 `json:"overruns"`
+		Malformed uint64 `json:"malformed"`
+	} `json:"events"`
+	Internal struct {
+		Flows      int    `json:"flows"`
+		Created    uint64 `json:"created"`
+		Updated    uint64 `json:"updated"`
+		Deleted    uint64 `json:"deleted"`
+		Pending    int    `json:"pending_changes"`
+		Reconciles uint64 `json:"reconciles"`
+		ReconAdded uint64 `json:"reconcile_added"`
+		ReconFixed uint64 `json:"reconcile_fixed"`
+		ReconGone  uint64 `json:"reconcile_removed"`
+	} `json:"internal"`
+	LastReconcile *reconcileReport `json:"last_reconcile,omitempty"`
+}
+
+func (d *Daemon) stats() Stats {
+	var s Stats
+	ls := d.listener.Stats()
+	s.Events.New, s.Events.Update, s.Events.Destroy = d.evNew.Load(), d.evUpdate.Load(), d.evDestroy.Load()
+	s.Events.Own, s.Events.Filtered = d.evOwn.Load(), d.evFiltered.Load()
+	s.Events.Overruns, s.Events.Malformed = ls.Overruns, ls.Malformed
+	is := d.internal.Stats()
+	s.Internal.Flows, s.Internal.Created, s.Internal.Updated, s.Internal.Deleted = is.Flows, is.Created, is.Updated, is.Deleted
+	s.Internal.Pending, s.Internal.Reconciles = is.Dirty, is.Reconciles
+	s.Internal.ReconAdded, s.Internal.ReconFixed, s.Internal.ReconGone = is.ReconAdded, is.ReconFixed, is.ReconGone
+	s.LastReconcile = d.lastRec.Load()
+	return s
+}
+
+// writeValue prints v as indented JSON, or as "key: value" lines.
+func (d *Daemon) writeValue(out io.Writer, asJSON bool, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		_, err = out.Write(append(b, '\n'))
+		return err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 1, ' ', 0)
+	writeFlat(tw, "", m)
+	return tw.Flush()
+}
+
+func writeFlat(w io.Writer, prefix string, m map[string]any) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		name := k
+		if prefix != "" {
+			name = prefix + "." + k
+		}
+		switch v := m[k].(type) {
+		case map[string]any:
+			writeFlat(w, name, v)
+		case float64:
+			fmt.Fprintf(w, "%s:\t%s\n", name, strings.TrimSuffix(fmt.Sprintf("%f", v), ".000000"))
+		default:
+			fmt.Fprintf(w, "%s:\t%v\n", name, v)
+		}
+	}
+}
+
+// dumpInternal prints the internal cache, one flow a line like `conntrack
+// -L`, or one JSON object a line. Timeouts are the remaining ones now.
+func (d *Daemon) dumpInternal(out io.Writer, asJSON bool) error {
+	now := time.Now()
+	bw := bufio.NewWriterSize(out, 64<<10)
+	enc := json.NewEncoder(bw)
+	for _, e := range d.internal.Snapshot() {
+		f := e.Flow
+		elapsed := uint32(max(0, now.Sub(time.Unix(0, e.Refreshed))/time.Second))
+		f.Timeout -= min(f.Timeout, elapsed)
+		if asJSON {
+			v := f.View()
+			v.IdleSecs = e.Idle(now).Seconds()
+			if err := enc.Encode(v); err != nil {
+				return err
+			}
+			continue
+		}
+		bw.WriteString(f.String())
+		bw.WriteByte('\n')
+	}
+	return bw.Flush()
+}

@@ -1,0 +1,355 @@
+// Package daemon wires ctsyncd together: the kernel event listener and
+// reconciler feeding the internal cache through the filter, the control
+// socket, and (when enabled) replication and failover.
+//
+// It is not a library: cmd/ctsyncd builds one Daemon from the config and
+// runs it. Concurrency: Run owns every goroutine it starts, all stopped
+// through its context; the caches have their own locks; reconciles are
+// serialized by reconMu.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os/user"
+	"reflect"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/ctsyncd/ctsyncd/cache"
+	"github.com/ctsyncd/ctsyncd/config"
+	"github.com/ctsyncd/ctsyncd/control"
+	"github.com/ctsyncd/ctsyncd/filter"
+	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/kernel"
+)
+
+// Options configure a Daemon.
+type Options struct {
+	Config  *config.Config
+	Log     *slog.Logger
+	Version string
+	// LogLevel, when set, is the level of Log's handler: SIGHUP changes it.
+	LogLevel *slog.LevelVar
+	// NetNS, when non-zero, is a file descriptor of the network namespace
+	// whose conntrack table the daemon follows (in-process tests). Its
+	// sysctls are then the caller's job. 0: the daemon's own namespace.
+	NetNS int
+}
+
+// Daemon is one running ctsyncd.
+type Daemon struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	logLevel *slog.LevelVar
+	version  string
+	netns    int
+	started  time.Time
+
+	filter   atomic.Pointer[filter.Filter] // replaced whole on SIGHUP
+	internal *cache.Internal
+
+	// ownPorts are the netlink port ids of this daemon's write sockets:
+	// events they caused are never replicated as local state.
+	ownPorts atomic.Pointer[[]uint32]
+
+	ready    chan struct{} // closed when Run has set up the caches
+	resyncCh chan struct{} // wakes the reconciler (overrun, request)
+	reconMu  sync.Mutex    // serializes reconciles
+	lastRec  atomic.Pointer[reconcileReport]
+
+	listener *kernel.Listener
+	ctl      *control.Server
+
+	lastOverrunLog time.Time // listener goroutine only
+
+	// counters of the event path, written by the listener goroutine only
+	evNew, evUpdate, evDestroy, evOwn, evFiltered atomic.Uint64
+}
+
+type reconcileReport struct {
+	At       time.Time
+	Duration time.Duration
+	Reason   string
+	Flows    int
+	Result   cache.ReconcileResult
+	Err      string
+}
+
+// New prepares a daemon: it builds the filter and caches and creates the
+// control socket, so that configuration problems surface before Run.
+func New(opts Options) (*Daemon, error) {
+	cfg := opts.Config
+	flt, err := newFilter(cfg.Filter)
+	if err != nil {
+		return nil, err
+	}
+	d := &Daemon{
+		cfg:      cfg,
+		log:      opts.Log,
+		logLevel: opts.LogLevel,
+		version:  opts.Version,
+		netns:    opts.NetNS,
+		resyncCh: make(chan struct{}, 1),
+		ready:    make(chan struct{}),
+	}
+	d.filter.Store(flt)
+	empty := []uint32{}
+	d.ownPorts.Store(&empty)
+	gid := -1
+	if g := cfg.Control.Group; g != "" {
+		if gid, err = lookupGroup(g); err != nil {
+			return nil, fmt.Errorf("control.group: %w", err)
+		}
+	}
+	d.ctl, err = control.Listen(control.ServerOptions{
+		Path: cfg.Control.Socket, Mode: cfg.Control.FileMode(), GID: gid, Log: opts.Log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func newFilter(c config.Filter) (*filter.Filter, error) {
+	protos, err := c.ProtocolNumbers()
+	if err != nil {
+		return nil, err
+	}
+	states, err := c.TCPStateNumbers()
+	if err != nil {
+		return nil, err
+	}
+	prefixes, err := c.Prefixes()
+	if err != nil {
+		return nil, err
+	}
+	return filter.New(protos, states, prefixes), nil
+}
+
+// Reload re-reads the config file (SIGHUP) and applies what can change
+// without losing state: the log level and the filters. A broken file
+// changes nothing. What changed but needs a restart is logged.
+func (d *Daemon) Reload(path string) {
+	cfg, err := config.Load(path)
+	if err != nil {
+		d.log.Error("reload: config not applied", "err", err)
+		return
+	}
+	if d.logLevel != nil {
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(cfg.Log.Level)); err == nil {
+			d.logLevel.Set(l)
+		}
+	}
+	if !reflect.DeepEqual(cfg.Filter, d.cfg.Filter) {
+		flt, err := newFilter(cfg.Filter)
+		if err != nil {
+			d.log.Error("reload: filter not applied", "err", err)
+		} else {
+			flt.SetOwn(d.filter.Load().Own())
+			d.filter.Store(flt)
+			d.log.Info("reload: filters applied; resynchronizing the internal cache")
+			d.requestResync()
+		}
+	}
+	var needRestart []string
+	for name, pair := range map[string][2]any{
+		"node": {cfg.Node, d.cfg.Node}, "control": {cfg.Control, d.cfg.Control},
+		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
+		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
+	} {
+		if !reflect.DeepEqual(pair[0], pair[1]) {
+			needRestart = append(needRestart, name)
+		}
+	}
+	if len(needRestart) > 0 {
+		slices.Sort(needRestart)
+		d.log.Warn("reload: these settings changed but take effect only after a restart", "sections", needRestart)
+	}
+	d.log.Info("reload: done", "log_level", cfg.Log.Level)
+}
+
+func lookupGroup(g string) (int, error) {
+	if n, err := strconv.Atoi(g); err == nil {
+		return n, nil
+	}
+	gr, err := user.LookupGroup(g)
+	if err != nil {
+		return -1, err
+	}
+	return strconv.Atoi(gr.Gid)
+}
+
+// Run runs the daemon until ctx ends or a part of it fails. It always
+// removes the control socket before it returns.
+func (d *Daemon) Run(ctx context.Context) error {
+	d.started = time.Now()
+	// Subscribe before the first dump, so that no change falls between.
+	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns})
+	if err != nil {
+		d.ctl.Close()
+		return fmt.Errorf("subscribe to conntrack events: %w", err)
+	}
+	d.listener = l
+	if d.netns == 0 {
+		if err := kernel.EnsureEvents(); err != nil {
+			l.Close()
+			d.ctl.Close()
+			return err
+		}
+	}
+	d.internal = cache.NewInternal(kernel.TimeoutPolicy())
+	close(d.ready)
+	d.log.Info("ctsyncd started", "version", d.version, "node", d.cfg.Node.Name,
+		"socket", d.cfg.Control.Socket, "event_buffer", l.ReadBuffer())
+
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.listener.Run(ctx, d) })
+	g.Go(func() error { return d.ctl.Serve(ctx, d.handle) })
+	if d.cfg.Filter.IgnoreOwn() {
+		g.Go(func() error {
+			return kernel.WatchAddrs(ctx, d.netns, func(addrs []netip.Addr) {
+				d.filter.Load().SetOwn(addrs)
+				d.log.Debug("own addresses", "count", len(addrs))
+			})
+		})
+	}
+	g.Go(func() error { return d.reconciler(ctx) })
+	err = g.Wait()
+	d.ctl.Close()
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	d.log.Info("ctsyncd stopped")
+	return nil
+}
+
+// Event implements kernel.Handler; it runs on the listener goroutine.
+func (d *Daemon) Event(ev *kernel.Event) {
+	if ev.PortID != 0 && slices.Contains(*d.ownPorts.Load(), ev.PortID) {
+		d.evOwn.Add(1)
+		return
+	}
+	switch ev.Type {
+	case kernel.EventDestroy:
+		d.evDestroy.Add(1)
+		d.internal.Delete(ev.Flow.Key)
+		return
+	case kernel.EventNew:
+		d.evNew.Add(1)
+	default:
+		d.evUpdate.Add(1)
+	}
+	if !d.filter.Load().Match(&ev.Flow) {
+		d.evFiltered.Add(1)
+		// A cached flow that moved into an ignored state leaves the cache.
+		d.internal.Delete(ev.Flow.Key)
+		return
+	}
+	d.internal.Upsert(&ev.Flow)
+}
+
+// Overrun implements kernel.Handler: events were lost, re-read the table.
+// The warning is logged at most every overrunLogEvery.
+func (d *Daemon) Overrun() {
+	d.requestResync()
+	now := time.Now()
+	if now.Sub(d.lastOverrunLog) < overrunLogEvery {
+		return
+	}
+	d.lastOverrunLog = now
+	d.log.Warn("conntrack event socket overrun: events lost, resynchronizing from a dump",
+		"overruns", d.listener.Stats().Overruns, "event_buffer", d.listener.ReadBuffer(),
+		"hint", "raise kernel.event_buffer")
+}
+
+const overrunLogEvery = 10 * time.Second
+
+func (d *Daemon) requestResync() {
+	select {
+	case d.resyncCh <- struct{}{}:
+	default:
+	}
+}
+
+// reconciler dumps the table at start, on every overrun and every
+// kernel.resync_interval, and reconciles the internal cache with it.
+func (d *Daemon) reconciler(ctx context.Context) error {
+	var tick <-chan time.Time
+	if iv := d.cfg.Kernel.ResyncInterval.Duration; iv > 0 {
+		t := time.NewTicker(iv)
+		defer t.Stop()
+		tick = t.C
+	}
+	reason := "start"
+	for {
+		if _, err := d.reconcile(ctx, reason); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			d.log.Error("reconcile failed; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.resyncCh:
+			reason = "overrun or request"
+		case <-tick:
+			reason = "periodic"
+		}
+	}
+}
+
+// reconcile dumps the kernel table and brings the internal cache to it.
+func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport, error) {
+	d.reconMu.Lock()
+	defer d.reconMu.Unlock()
+	start := time.Now()
+	r := d.internal.BeginReconcile()
+	n := 0
+	flt := d.filter.Load()
+	err := kernel.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, func(f *flow.Flow) {
+		if flt.Match(f) {
+			r.Add(f)
+			n++
+		}
+	})
+	rep := &reconcileReport{At: start, Duration: time.Since(start), Reason: reason, Flows: n}
+	if err != nil {
+		r.Abort()
+		rep.Err = err.Error()
+		d.lastRec.Store(rep)
+		return rep, fmt.Errorf("dump conntrack table: %w", err)
+	}
+	rep.Result = r.Finish()
+	d.lastRec.Store(rep)
+	lvl := slog.LevelDebug
+	if rep.Result.Added+rep.Result.Fixed+rep.Result.Removed > 0 || reason != "periodic" {
+		lvl = slog.LevelInfo
+	}
+	d.log.Log(ctx, lvl, "reconciled internal cache with the kernel table", "reason", reason,
+		"flows", n, "added", rep.Result.Added, "fixed", rep.Result.Fixed, "removed", rep.Result.Removed,
+		"took", rep.Duration.Round(time.Millisecond))
+	return rep, nil
+}
+
+// Internal returns the internal cache (tests, and the parts wired later).
+func (d *Daemon) Internal() *cache.Internal { return d.internal }
+
+// Ready is closed once Run has subscribed to events and made the caches.
+func (d *Daemon) Ready() <-chan struct{} { return d.ready }
