@@ -77,16 +77,17 @@ type Internal struct {
 	now    func() time.Time
 
 	// mu guards every field below.
-	mu      sync.Mutex
-	flows   map[flow.Key]*Entry
-	seq     uint64 // bumped by every event-driven change
-	recons  int    // reconciles in progress: keep tombstones while > 0
-	gen     uint32 // reconcile generation
-	tombs   map[flow.Key]uint64
-	dirty   map[flow.Key]struct{}
-	notify  chan struct{}
-	stats   InternalStats
-	lastRef time.Time
+	mu        sync.Mutex
+	flows     map[flow.Key]*Entry
+	seq       uint64 // bumped by every event-driven change
+	recons    int    // reconciles in progress: keep tombstones while > 0
+	gen       uint32 // reconcile generation
+	tombs     map[flow.Key]uint64
+	dirty     map[flow.Key]struct{}
+	noChanges bool
+	notify    chan struct{}
+	stats     InternalStats
+	lastRef   time.Time
 }
 
 // NewInternal returns an empty internal cache. policy may be nil.
@@ -108,7 +109,19 @@ func (c *Internal) SetClock(now func() time.Time) { c.now = now }
 // be taken with TakeChanges. One receiver only.
 func (c *Internal) Changed() <-chan struct{} { return c.notify }
 
+// DisableChanges stops recording changes for TakeChanges (a node that does
+// not replicate).
+func (c *Internal) DisableChanges() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.noChanges = true
+	clear(c.dirty)
+}
+
 func (c *Internal) markDirty(k flow.Key) {
+	if c.noChanges {
+		return
+	}
 	c.dirty[k] = struct{}{}
 	select {
 	case c.notify <- struct{}{}:
@@ -278,7 +291,10 @@ type Reconcile struct {
 
 // ReconcileResult counts what a reconcile changed.
 type ReconcileResult struct {
-	Added, Fixed, Removed, Active int
+	Added   int `json:"added"`   // flows the cache lacked (missed NEW)
+	Fixed   int `json:"fixed"`   // flows whose state differed (missed UPDATE)
+	Removed int `json:"removed"` // flows the kernel no longer has (missed DESTROY)
+	Active  int `json:"active"`  // flows that carried traffic since the last dump
 }
 
 // BeginReconcile starts a reconcile. Events applied after this call win over

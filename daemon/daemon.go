@@ -76,12 +76,12 @@ type Daemon struct {
 }
 
 type reconcileReport struct {
-	At       time.Time
-	Duration time.Duration
-	Reason   string
-	Flows    int
-	Result   cache.ReconcileResult
-	Err      string
+	At       time.Time             `json:"at"`
+	Duration string                `json:"took"`
+	Reason   string                `json:"reason"`
+	Flows    int                   `json:"flows"`
+	Result   cache.ReconcileResult `json:"result"`
+	Err      string                `json:"error,omitempty"`
 }
 
 // New prepares a daemon: it builds the filter and caches and creates the
@@ -208,6 +208,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 	d.internal = cache.NewInternal(kernel.TimeoutPolicy())
+	if d.cfg.Sync.Disabled {
+		d.internal.DisableChanges() // nobody takes them
+	}
 	close(d.ready)
 	d.log.Info("ctsyncd started", "version", d.version, "node", d.cfg.Node.Name,
 		"socket", d.cfg.Control.Socket, "event_buffer", l.ReadBuffer())
@@ -329,7 +332,8 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 			n++
 		}
 	})
-	rep := &reconcileReport{At: start, Duration: time.Since(start), Reason: reason, Flows: n}
+	took := time.Since(start)
+	rep := &reconcileReport{At: start, Duration: took.Round(time.Microsecond).String(), Reason: reason, Flows: n}
 	if err != nil {
 		r.Abort()
 		rep.Err = err.Error()
@@ -344,7 +348,7 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 	}
 	d.log.Log(ctx, lvl, "reconciled internal cache with the kernel table", "reason", reason,
 		"flows", n, "added", rep.Result.Added, "fixed", rep.Result.Fixed, "removed", rep.Result.Removed,
-		"took", rep.Duration.Round(time.Millisecond))
+		"took", took.Round(time.Millisecond))
 	return rep, nil
 }
 
