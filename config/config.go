@@ -269,7 +269,7 @@ func Parse(name string, data []byte) (*Config, error) {
 	c := Default()
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(c)
 	if err != nil {
-		return nil, fromDecodeError(name, err, len(md.Keys()) == 0)
+		return nil, fromDecodeError(name, data, err, len(md.Keys()) == 0)
 	}
 	loc := locate(string(data))
 	if errs := unknownKeys(name, md, loc); len(errs) > 0 {

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"regexp"
@@ -93,11 +94,22 @@ var decodeErrRE = regexp.MustCompile(`(?s)^toml: (?:line (\d+) )?\(last key ("(?
 // fromDecodeError converts what toml.Decode returned into an *Error.
 // syntax is true when the document did not parse at all (then the decoder's
 // "last key" is only the last key read before the error and is not named).
-func fromDecodeError(file string, err error, syntax bool) *Error {
+func fromDecodeError(file string, data []byte, err error, syntax bool) *Error {
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
 		e := &Error{File: file, Line: pe.Position.Line, Msg: pe.Message, err: err}
-		if !syntax {
+		// The lexer counts a newline before reporting an error found at it
+		// ("expected ']' ... but got '\n'"): name the line that it ends.
+		if st := pe.Position.Start; st >= 0 && st < len(data) && data[st] == '\n' {
+			e.Line = 1 + bytes.Count(data[:st], []byte{'\n'})
+		}
+		switch {
+		case !syntax:
+			e.Key = pe.LastKey
+		case pe.LastKey != "" && locate(string(data)).keys[pe.LastKey] == e.Line:
+			// The parser's "last key" is the key being read when the
+			// error was found, or an earlier one; name it only if it
+			// is on the line of the error.
 			e.Key = pe.LastKey
 		}
 		return e

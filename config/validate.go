@@ -391,13 +391,16 @@ func unknownKeys(file string, md toml.MetaData, loc *locator) []*Error {
 		return false
 	}
 	check := func(k toml.Key) {
-		if len(k) == 0 || isKnown(k) {
-			return
-		}
+		// Report the shortest unknown prefix: for sync.ack.interval
+		// that is sync.ack.
 		for i := 1; i <= len(k); i++ {
-			if reported[k[:i].String()] {
-				return
+			if !isKnown(k[:i]) {
+				k = k[:i]
+				break
 			}
+		}
+		if len(k) == 0 || isKnown(k) || reported[k.String()] {
+			return
 		}
 		name := k.String()
 		reported[name] = true
