@@ -22,7 +22,8 @@ import (
 // the first sighting.
 type TimeoutPolicy func(f *flow.Flow) uint32
 
-// Entry is a cached flow with what the cache knows of its activity.
+// Entry is a cached flow with what the cache knows of its activity, as
+// handed out by the cache (a copy).
 type Entry struct {
 	flow.Flow
 	// Refreshed is when the kernel last reported this flow (event or dump),
@@ -32,12 +33,34 @@ type Entry struct {
 	// a packet resets the remaining timeout to it, so Peak-Timeout is how
 	// long the flow had been idle at Refreshed.
 	Peak uint32
+}
+
+// entry is what the cache stores: 120 bytes, one 128-byte allocation.
+type entry struct {
+	flow.Flow
+	ref  uint32 // Refreshed, in tenths of a second since the cache's base
+	peak uint32
 	// seq is the cache's change counter when the entry last changed by an
-	// event, so that a reconcile does not undo an event newer than its dump.
-	seq uint64
+	// event, so that a reconcile does not undo an event newer than its dump
+	// (compared with serial arithmetic: it may wrap).
+	seq uint32
 	// gen is the reconcile generation that last saw the flow in a dump.
 	gen uint32
 }
+
+// tick is the resolution of entry.ref.
+const tick = 100 * time.Millisecond
+
+func (c *Internal) ticks(unixNano int64) uint32 {
+	return uint32((unixNano - c.base) / int64(tick))
+}
+
+func (c *Internal) export(e *entry) Entry {
+	return Entry{Flow: e.Flow, Refreshed: c.base + int64(e.ref)*int64(tick), Peak: e.peak}
+}
+
+// newer reports whether change counter a is after b (serial arithmetic).
+func newer(a, b uint32) bool { return int32(a-b) > 0 }
 
 // Idle returns how long the flow has carried no packet, as known at now.
 func (e *Entry) Idle(now time.Time) time.Duration {
@@ -75,14 +98,15 @@ type InternalStats struct {
 type Internal struct {
 	policy TimeoutPolicy
 	now    func() time.Time
+	base   int64 // Unix nanoseconds that entry.ref counts from
 
 	// mu guards every field below.
 	mu        sync.Mutex
-	flows     map[flow.Key]*Entry
-	seq       uint64 // bumped by every event-driven change
+	flows     map[flow.Key]*entry
+	seq       uint32 // bumped by every event-driven change
 	recons    int    // reconciles in progress: keep tombstones while > 0
 	gen       uint32 // reconcile generation
-	tombs     map[flow.Key]uint64
+	tombs     map[flow.Key]uint32
 	dirty     map[flow.Key]struct{}
 	noChanges bool
 	notify    chan struct{}
@@ -95,15 +119,19 @@ func NewInternal(policy TimeoutPolicy) *Internal {
 	return &Internal{
 		policy: policy,
 		now:    time.Now,
-		flows:  make(map[flow.Key]*Entry),
-		tombs:  make(map[flow.Key]uint64),
+		base:   time.Now().Add(-time.Hour).UnixNano(),
+		flows:  make(map[flow.Key]*entry),
+		tombs:  make(map[flow.Key]uint32),
 		dirty:  make(map[flow.Key]struct{}),
 		notify: make(chan struct{}, 1),
 	}
 }
 
 // SetClock replaces the cache's clock (tests).
-func (c *Internal) SetClock(now func() time.Time) { c.now = now }
+func (c *Internal) SetClock(now func() time.Time) {
+	c.now = now
+	c.base = now().Add(-time.Hour).UnixNano()
+}
 
 // Changed returns a channel that receives a value whenever changes wait to
 // be taken with TakeChanges. One receiver only.
@@ -139,25 +167,25 @@ func (c *Internal) peak(f *flow.Flow) uint32 {
 
 // Upsert records a NEW or UPDATE event for f.
 func (c *Internal) Upsert(f *flow.Flow) {
-	now := c.now().UnixNano()
+	now := c.ticks(c.now().UnixNano())
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
 	delete(c.tombs, f.Key)
 	e, ok := c.flows[f.Key]
 	if !ok {
-		c.flows[f.Key] = &Entry{Flow: *f, Refreshed: now, Peak: c.peak(f), seq: c.seq}
+		c.flows[f.Key] = &entry{Flow: *f, ref: now, peak: c.peak(f), seq: c.seq}
 		c.stats.Created++
 		c.markDirty(f.Key)
 		return
 	}
 	changed := !e.SameState(f)
 	if e.TCP.State != f.TCP.State {
-		e.Peak = 0 // a new state has its own timeout
+		e.peak = 0 // a new state has its own timeout
 	}
 	e.Flow = *f
-	e.Refreshed = now
-	e.Peak = max(e.Peak, c.peak(f))
+	e.ref = now
+	e.peak = max(e.peak, c.peak(f))
 	e.seq = c.seq
 	if changed {
 		c.stats.Updated++
@@ -207,7 +235,7 @@ func (c *Internal) Get(k flow.Key) (Entry, bool) {
 	if !ok {
 		return Entry{}, false
 	}
-	return *e, true
+	return c.export(e), true
 }
 
 // Snapshot returns a copy of every entry, in no particular order.
@@ -216,7 +244,7 @@ func (c *Internal) Snapshot() []Entry {
 	defer c.mu.Unlock()
 	out := make([]Entry, 0, len(c.flows))
 	for _, e := range c.flows {
-		out = append(out, *e)
+		out = append(out, c.export(e))
 	}
 	return out
 }
@@ -250,7 +278,8 @@ func (c *Internal) TakeChanges(max int) []Change {
 		}
 		delete(c.dirty, k)
 		if e, ok := c.flows[k]; ok {
-			out = append(out, Change{Flow: e.Flow, Idle: e.Idle(now)})
+			x := c.export(e)
+			out = append(out, Change{Flow: e.Flow, Idle: x.Idle(now)})
 		} else {
 			out = append(out, Change{Flow: flow.Flow{Key: k}, Deleted: true})
 		}
@@ -271,7 +300,8 @@ func (c *Internal) Current(k flow.Key) Change {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.flows[k]; ok {
-		return Change{Flow: e.Flow, Idle: e.Idle(now)}
+		x := c.export(e)
+		return Change{Flow: e.Flow, Idle: x.Idle(now)}
 	}
 	return Change{Flow: flow.Flow{Key: k}, Deleted: true}
 }
@@ -283,9 +313,9 @@ func (c *Internal) Current(k flow.Key) Change {
 // One reconcile runs at a time; the caller serializes them.
 type Reconcile struct {
 	c     *Internal
-	start uint64
+	start uint32
 	gen   uint32
-	now   int64
+	now   uint32 // ticks
 	res   ReconcileResult
 }
 
@@ -305,7 +335,7 @@ func (c *Internal) BeginReconcile() *Reconcile {
 	defer c.mu.Unlock()
 	c.recons++
 	c.gen++
-	return &Reconcile{c: c, start: c.seq, gen: c.gen, now: c.now().UnixNano()}
+	return &Reconcile{c: c, start: c.seq, gen: c.gen, now: c.ticks(c.now().UnixNano())}
 }
 
 // activitySlack is how far a flow's expiry must move forward between two
@@ -317,12 +347,12 @@ func (r *Reconcile) Add(f *flow.Flow) {
 	c := r.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if s, ok := c.tombs[f.Key]; ok && s > r.start {
+	if s, ok := c.tombs[f.Key]; ok && newer(s, r.start) {
 		return // destroyed after the dump began
 	}
 	e, ok := c.flows[f.Key]
 	if !ok {
-		c.flows[f.Key] = &Entry{Flow: *f, Refreshed: r.now, Peak: c.peak(f), seq: r.start, gen: r.gen}
+		c.flows[f.Key] = &entry{Flow: *f, ref: r.now, peak: c.peak(f), seq: r.start, gen: r.gen}
 		c.stats.Created++
 		c.stats.ReconAdded++
 		r.res.Added++
@@ -330,16 +360,16 @@ func (r *Reconcile) Add(f *flow.Flow) {
 		return
 	}
 	e.gen = r.gen
-	if e.seq > r.start {
+	if newer(e.seq, r.start) {
 		return // an event newer than the dump already set it
 	}
 	if !e.SameState(f) {
 		if e.TCP.State != f.TCP.State {
-			e.Peak = 0
+			e.peak = 0
 		}
 		e.Flow = *f
-		e.Refreshed = r.now
-		e.Peak = max(e.Peak, c.peak(f))
+		e.ref = r.now
+		e.peak = max(e.peak, c.peak(f))
 		c.stats.ReconFixed++
 		r.res.Fixed++
 		c.markDirty(f.Key)
@@ -347,12 +377,13 @@ func (r *Reconcile) Add(f *flow.Flow) {
 	}
 	// Same state: refresh the timeout, and tell peers when the flow showed
 	// activity (its expiry moved forward), so their idleness stays right.
-	oldExpiry := e.Refreshed + int64(e.Timeout)*int64(time.Second)
-	newExpiry := r.now + int64(f.Timeout)*int64(time.Second)
+	perSec := int64(time.Second / tick)
+	oldExpiry := int64(e.ref) + int64(e.Timeout)*perSec
+	newExpiry := int64(r.now) + int64(f.Timeout)*perSec
 	e.Timeout = f.Timeout
-	e.Refreshed = r.now
-	e.Peak = max(e.Peak, f.Timeout)
-	if newExpiry-oldExpiry > int64(activitySlack) {
+	e.ref = r.now
+	e.peak = max(e.peak, f.Timeout)
+	if newExpiry-oldExpiry > int64(activitySlack/tick) {
 		r.res.Active++
 		c.markDirty(f.Key)
 	}
@@ -365,7 +396,7 @@ func (r *Reconcile) Finish() ReconcileResult {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for k, e := range c.flows {
-		if e.gen == r.gen || e.seq > r.start {
+		if e.gen == r.gen || newer(e.seq, r.start) {
 			continue
 		}
 		delete(c.flows, k)
@@ -379,7 +410,7 @@ func (r *Reconcile) Finish() ReconcileResult {
 		clear(c.tombs)
 	}
 	c.stats.Reconciles++
-	c.lastRef = time.Unix(0, r.now)
+	c.lastRef = time.Unix(0, c.base+int64(r.now)*int64(tick))
 	return r.res
 }
 
