@@ -1,0 +1,56 @@
+// Package sync replicates conntrack flows between ctsyncd nodes: it batches
+// the changes of this node's internal cache into datagrams, authenticates
+// and encrypts them, delivers them reliably and in order to every peer, and
+// applies what peers send to the external cache, per origin node.
+//
+// It is not a transport and not a membership protocol: datagrams travel
+// over a Transport (UDP unicast, UDP multicast, or the in-memory MemNetwork
+// of tests), and the set of peers is the transport's. It does not talk to
+// the kernel.
+//
+// # Protocol
+//
+// Each node sends one stream of sequenced messages (DATA, BULK_BEGIN,
+// BULK_END) to all its peers, plus unsequenced control messages (ACK,
+// NACK, HEARTBEAT, RESYNC_REQUEST, HELLO, CHALLENGE, RESPONSE); see
+// wire.go for the format. A receiver applies a stream strictly in sequence
+// order, buffers what arrives early, drops what it applied already,
+// acknowledges cumulatively and NACKs gaps. The sender keeps the last
+// Options.ResendQueue messages and answers a NACK by sending each lost
+// message again under its sequence number with the current state of the
+// flows it carried (cache.Internal.Current), so that a flow destroyed since
+// goes as a removal and nothing stale is resurrected. A gap that can no
+// longer be repaired is healed by a bulk: BULK_BEGIN, the whole internal
+// cache, BULK_END; at BULK_END the receiver drops the origin's entries the
+// bulk did not refresh, and a bulk supersedes every gap before its
+// BULK_BEGIN. Heartbeats carry the last sequence number sent so that a
+// lost tail is noticed.
+//
+// # Security
+//
+// With a pre-shared key, each node derives a key per start (its random
+// epoch) with HKDF-SHA256 over the pre-shared key, its node id and the
+// epoch, and seals every datagram body with AES-256-GCM under a counter
+// nonce, the header as associated data. A receiver authenticates before it
+// decodes. It accepts a peer's epoch only after the peer answered a fresh
+// random challenge sealed under that epoch, so a capture replayed to a
+// restarted receiver is never accepted; within an accepted epoch a replay
+// window drops repeated and too old counters. Every drop is counted by
+// kind in PeerStats.Drops. Without a key the node runs insecure: the same
+// protocol, unauthenticated.
+//
+// Accepting a peer's epoch (its first contact, or its return after a
+// restart) makes the receiver ask that peer for a bulk, so a node that
+// starts or returns gets every peer's table, and every peer gets its table
+// when it accepts the node's new epoch.
+//
+// # Concurrency
+//
+// A Node's state is owned by the goroutine running Run; Stats, Bulk and
+// RequestResync are safe to call from any goroutine at any time and do not
+// block on the network. The caches are called from Run's goroutine with no
+// lock of theirs held across calls. Run is the single reader of the
+// internal cache's Changed channel and of the transport's Packets channel.
+// Transports must not block in Send or SendTo and must not retain the
+// buffer passed to them; see Transport.
+package sync

@@ -1,0 +1,772 @@
+package sync
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/vmihailenco/msgpack/v5"
+
+	"github.com/ctsyncd/ctsyncd/cache"
+	"github.com/ctsyncd/ctsyncd/flow"
+)
+
+// Wire format, version 1.
+//
+// A datagram is a fixed 32-byte header followed by the body. The header is
+// sent in the clear and authenticated as associated data; the body is
+// sealed with AES-256-GCM (16-byte tag appended) unless the node runs
+// insecure.
+//
+//	0      2   3    4     5          8        16        24         32
+//	+------+---+----+-----+----------+--------+---------+----------+
+//	|magic |ver|type|flags| reserved | node id|  epoch  | counter  |
+//	+------+---+----+-----+----------+--------+---------+----------+
+//
+// node id is the first 8 bytes of SHA-256(node name); epoch is random per
+// start of the sender; counter counts the sender's datagrams in that epoch
+// from 1 (the AEAD nonce and the replay window use it). The sequence number
+// of the reliable stream travels in the body of DATA, BULK_BEGIN and
+// BULK_END.
+//
+// The DATA body is a compact binary encoding (see AppendChange); every other
+// body is a msgpack array of its fields, in the order listed on each type.
+// Receivers ignore array elements they do not know (later minor additions)
+// and refuse missing ones.
+const (
+	magic0, magic1 = 0xC7, 0x5C
+
+	// Version is the protocol version this package speaks.
+	Version = 1
+
+	// HeaderLen is the length of the fixed header.
+	HeaderLen = 32
+
+	// MaxDatagram is the largest datagram accepted or sent (the IPv4 UDP
+	// payload limit).
+	MaxDatagram = 65507
+
+	// MaxFlowsPerMessage bounds the changes one DATA message may carry.
+	MaxFlowsPerMessage = 4096
+
+	// MaxNackRanges bounds the ranges one NACK may carry.
+	MaxNackRanges = 64
+
+	// MaxNameLen bounds a node name.
+	MaxNameLen = 255
+
+	// NonceLen is the length of a challenge nonce.
+	NonceLen = 16
+
+	// maxHelperLen bounds a helper name (NF_CT_HELPER_NAME_LEN is 16).
+	maxHelperLen = 32
+)
+
+// flagSealed marks a body sealed with the sender's epoch key.
+const flagSealed = 0x01
+
+// MsgType is the type of a message.
+type MsgType uint8
+
+// Message types. ONLY APPEND: a number, once used, keeps its meaning.
+const (
+	MsgData          MsgType = 1  // a batch of flow changes, sequenced
+	MsgAck           MsgType = 2  // cumulative: every message up to Seq arrived
+	MsgNack          MsgType = 3  // these sequence ranges are missing
+	MsgHeartbeat     MsgType = 4  // alive; Seq is the last sequence number sent
+	MsgBulkBegin     MsgType = 5  // a full copy of the sender's table begins, sequenced
+	MsgBulkEnd       MsgType = 6  // the bulk ends: drop what it did not refresh, sequenced
+	MsgResyncRequest MsgType = 7  // please send a bulk
+	MsgHello         MsgType = 8  // a node announces itself (name)
+	MsgChallenge     MsgType = 9  // prove you hold the key and live in your epoch
+	MsgResponse      MsgType = 10 // the answer to a challenge
+	msgTypeEnd                    // one past the last known type
+)
+
+var msgTypeNames = [...]string{
+	MsgData: "DATA", MsgAck: "ACK", MsgNack: "NACK", MsgHeartbeat: "HEARTBEAT",
+	MsgBulkBegin: "BULK_BEGIN", MsgBulkEnd: "BULK_END", MsgResyncRequest: "RESYNC_REQUEST",
+	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE",
+}
+
+func (t MsgType) String() string {
+	if t > 0 && t < msgTypeEnd {
+		return msgTypeNames[t]
+	}
+	return fmt.Sprintf("MsgType(%d)", uint8(t))
+}
+
+// sequenced reports whether messages of type t are part of the reliable
+// stream (carry a sequence number, are acknowledged and resent).
+func (t MsgType) sequenced() bool {
+	return t == MsgData || t == MsgBulkBegin || t == MsgBulkEnd
+}
+
+// NodeID returns the node id of a node name: the first 8 bytes of its
+// SHA-256, big endian.
+func NodeID(name string) uint64 {
+	s := sha256.Sum256([]byte(name))
+	return binary.BigEndian.Uint64(s[:8])
+}
+
+// Header is the fixed header of a datagram.
+type Header struct {
+	Type    MsgType
+	Flags   uint8
+	Node    uint64 // sender's node id
+	Epoch   uint64 // sender's epoch
+	Counter uint64 // sender's datagram counter in the epoch, from 1
+}
+
+// AppendHeader appends the encoded header to b.
+func AppendHeader(b []byte, h *Header) []byte {
+	b = append(b, magic0, magic1, Version, byte(h.Type), h.Flags, 0, 0, 0)
+	b = binary.BigEndian.AppendUint64(b, h.Node)
+	b = binary.BigEndian.AppendUint64(b, h.Epoch)
+	return binary.BigEndian.AppendUint64(b, h.Counter)
+}
+
+// ParseHeader decodes the header at the start of b. It checks the magic,
+// the version and the reserved bytes, and that the type is known.
+func ParseHeader(b []byte) (Header, error) {
+	if len(b) < HeaderLen {
+		return Header{}, fmt.Errorf("%w: %d bytes, shorter than a header", ErrMalformed, len(b))
+	}
+	if len(b) > MaxDatagram {
+		return Header{}, fmt.Errorf("%w: %d bytes, over %d", ErrMalformed, len(b), MaxDatagram)
+	}
+	if b[0] != magic0 || b[1] != magic1 {
+		return Header{}, fmt.Errorf("%w: bad magic %#x%02x", ErrMalformed, b[0], b[1])
+	}
+	if b[2] != Version {
+		return Header{}, fmt.Errorf("%w: version %d, want %d", ErrVersion, b[2], Version)
+	}
+	h := Header{
+		Type:    MsgType(b[3]),
+		Flags:   b[4],
+		Node:    binary.BigEndian.Uint64(b[8:]),
+		Epoch:   binary.BigEndian.Uint64(b[16:]),
+		Counter: binary.BigEndian.Uint64(b[24:]),
+	}
+	if h.Type == 0 || h.Type >= msgTypeEnd {
+		return Header{}, fmt.Errorf("%w: unknown message type %d", ErrMalformed, b[3])
+	}
+	if h.Flags&^flagSealed != 0 || b[5]|b[6]|b[7] != 0 {
+		return Header{}, fmt.Errorf("%w: reserved header bits set", ErrMalformed)
+	}
+	return h, nil
+}
+
+// SeqRange is an inclusive range of sequence numbers.
+type SeqRange struct {
+	First, Last uint64
+}
+
+// Message is a decoded message body. Which fields are used depends on the
+// type:
+//
+//	DATA            Seq, Changes
+//	ACK             Seq (every message up to it arrived)
+//	NACK            Ranges
+//	HEARTBEAT       Seq (the last sequence number sent; 0: none yet)
+//	BULK_BEGIN/END  Seq, Bulk (the bulk's id)
+//	RESYNC_REQUEST  (nothing)
+//	HELLO           Name
+//	CHALLENGE       Name (the challenger), Nonce
+//	RESPONSE        Name (the responder), Nonce (the challenge's), Seq (the
+//	                responder's next sequence number)
+type Message struct {
+	Type    MsgType
+	Seq     uint64
+	Bulk    uint64
+	Changes []cache.Change
+	Ranges  []SeqRange
+	Name    string
+	Nonce   []byte
+}
+
+// AppendBody appends the encoded body of m to b.
+func AppendBody(b []byte, m *Message) []byte {
+	if m.Type == MsgData {
+		b = binary.AppendUvarint(b, m.Seq)
+		b = binary.AppendUvarint(b, uint64(len(m.Changes)))
+		for i := range m.Changes {
+			b = AppendChange(b, &m.Changes[i])
+		}
+		return b
+	}
+	buf := bytes.NewBuffer(b)
+	e := msgpack.NewEncoder(buf)
+	// Writes to a bytes.Buffer do not fail.
+	switch m.Type {
+	case MsgAck, MsgHeartbeat:
+		_ = e.EncodeArrayLen(1)
+		_ = e.EncodeUint(m.Seq)
+	case MsgNack:
+		_ = e.EncodeArrayLen(1)
+		_ = e.EncodeArrayLen(2 * len(m.Ranges))
+		for _, r := range m.Ranges {
+			_ = e.EncodeUint(r.First)
+			_ = e.EncodeUint(r.Last)
+		}
+	case MsgBulkBegin, MsgBulkEnd:
+		_ = e.EncodeArrayLen(2)
+		_ = e.EncodeUint(m.Seq)
+		_ = e.EncodeUint(m.Bulk)
+	case MsgResyncRequest:
+		_ = e.EncodeArrayLen(0)
+	case MsgHello:
+		_ = e.EncodeArrayLen(1)
+		_ = e.EncodeString(m.Name)
+	case MsgChallenge:
+		_ = e.EncodeArrayLen(2)
+		_ = e.EncodeString(m.Name)
+		_ = e.EncodeBytes(m.Nonce)
+	case MsgResponse:
+		_ = e.EncodeArrayLen(3)
+		_ = e.EncodeString(m.Name)
+		_ = e.EncodeBytes(m.Nonce)
+		_ = e.EncodeUint(m.Seq)
+	}
+	return buf.Bytes()
+}
+
+// DecodeBody decodes a body of type t. It never panics, refuses trailing
+// bytes and checks every length before allocating.
+func DecodeBody(t MsgType, b []byte) (*Message, error) {
+	if len(b) > MaxDatagram {
+		return nil, fmt.Errorf("%w: body of %d bytes", ErrMalformed, len(b))
+	}
+	m := &Message{Type: t}
+	var err error
+	switch t {
+	case MsgData:
+		err = decodeData(b, m)
+	case MsgAck, MsgNack, MsgHeartbeat, MsgBulkBegin, MsgBulkEnd, MsgResyncRequest,
+		MsgHello, MsgChallenge, MsgResponse:
+		err = decodeControl(b, m)
+	default:
+		err = fmt.Errorf("unknown message type %d", t)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrMalformed, t, err)
+	}
+	return m, nil
+}
+
+func decodeData(b []byte, m *Message) error {
+	seq, n := binary.Uvarint(b)
+	if n <= 0 {
+		return errShort
+	}
+	b = b[n:]
+	cnt, n := binary.Uvarint(b)
+	if n <= 0 {
+		return errShort
+	}
+	b = b[n:]
+	if cnt > MaxFlowsPerMessage {
+		return fmt.Errorf("%d flows, over %d", cnt, MaxFlowsPerMessage)
+	}
+	if cnt*minChangeLen > uint64(len(b)) {
+		return fmt.Errorf("%d flows cannot fit in %d bytes", cnt, len(b))
+	}
+	if seq == 0 {
+		return fmt.Errorf("sequence number 0")
+	}
+	m.Seq = seq
+	m.Changes = make([]cache.Change, cnt)
+	for i := range m.Changes {
+		n, err := DecodeChange(b, &m.Changes[i])
+		if err != nil {
+			return fmt.Errorf("flow %d: %w", i, err)
+		}
+		b = b[n:]
+	}
+	if len(b) != 0 {
+		return fmt.Errorf("%d trailing bytes", len(b))
+	}
+	return nil
+}
+
+// fields returns how many array elements a control message has.
+func fields(t MsgType) int {
+	switch t {
+	case MsgResyncRequest:
+		return 0
+	case MsgBulkBegin, MsgBulkEnd, MsgChallenge:
+		return 2
+	case MsgResponse:
+		return 3
+	}
+	return 1
+}
+
+func decodeControl(b []byte, m *Message) error {
+	r := bytes.NewReader(b)
+	d := msgpack.NewDecoder(r)
+	n, err := d.DecodeArrayLen()
+	if err != nil {
+		return err
+	}
+	want := fields(m.Type)
+	if n < want {
+		return fmt.Errorf("%d fields, want %d", n, want)
+	}
+	if n > 32 {
+		return fmt.Errorf("%d fields", n)
+	}
+	switch m.Type {
+	case MsgAck, MsgHeartbeat:
+		m.Seq, err = d.DecodeUint64()
+	case MsgNack:
+		m.Ranges, err = decodeRanges(d)
+	case MsgBulkBegin, MsgBulkEnd:
+		if m.Seq, err = d.DecodeUint64(); err == nil {
+			m.Bulk, err = d.DecodeUint64()
+		}
+		if err == nil && m.Seq == 0 {
+			err = fmt.Errorf("sequence number 0")
+		}
+	case MsgHello:
+		m.Name, err = decodeName(d, r)
+	case MsgChallenge, MsgResponse:
+		if m.Name, err = decodeName(d, r); err != nil {
+			break
+		}
+		var nonce []byte
+		if nonce, err = decodeBytes(d, r, NonceLen); err != nil {
+			break
+		}
+		if len(nonce) != NonceLen {
+			err = fmt.Errorf("nonce of %d bytes", len(nonce))
+			break
+		}
+		m.Nonce = nonce
+		if m.Type == MsgResponse {
+			m.Seq, err = d.DecodeUint64()
+		}
+	}
+	if err != nil {
+		return err
+	}
+	for range n - want {
+		if err := d.Skip(); err != nil {
+			return err
+		}
+	}
+	if r.Len() != 0 {
+		return fmt.Errorf("%d trailing bytes", r.Len())
+	}
+	return nil
+}
+
+func decodeRanges(d *msgpack.Decoder) ([]SeqRange, error) {
+	n, err := d.DecodeArrayLen()
+	if err != nil {
+		return nil, err
+	}
+	if n < 0 || n%2 != 0 || n/2 > MaxNackRanges {
+		return nil, fmt.Errorf("%d range bounds", n)
+	}
+	out := make([]SeqRange, n/2)
+	for i := range out {
+		if out[i].First, err = d.DecodeUint64(); err != nil {
+			return nil, err
+		}
+		if out[i].Last, err = d.DecodeUint64(); err != nil {
+			return nil, err
+		}
+		if out[i].First == 0 || out[i].Last < out[i].First {
+			return nil, fmt.Errorf("bad range %d-%d", out[i].First, out[i].Last)
+		}
+	}
+	return out, nil
+}
+
+// decodeBytes reads a msgpack str or bin of at most max bytes, checking the
+// length against what is left before allocating. d reads r directly (a
+// bytes.Reader is an io.ByteScanner, so msgpack does not buffer ahead).
+func decodeBytes(d *msgpack.Decoder, r *bytes.Reader, max int) ([]byte, error) {
+	n, err := d.DecodeBytesLen()
+	if err != nil {
+		return nil, err
+	}
+	if n < 0 || n > max || n > r.Len() {
+		return nil, fmt.Errorf("string of %d bytes", n)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+func decodeName(d *msgpack.Decoder, r *bytes.Reader) (string, error) {
+	b, err := decodeBytes(d, r, MaxNameLen)
+	if err != nil {
+		return "", err
+	}
+	if len(b) == 0 {
+		return "", fmt.Errorf("empty node name")
+	}
+	return string(b), nil
+}
+
+// Flow encoding (DATA hot path).
+//
+//	flags    1 byte, chFlag* below
+//	proto    1 byte
+//	orig     src addr, dst addr (4 bytes each for IPv4, 16 for IPv6),
+//	         src port, dst port (2 bytes each, big endian)
+//	zone     2 bytes                      if chZone
+//	-- the rest is absent for a removal (chDeleted) --
+//	reply    like orig                    if chReply (else the inverse of orig)
+//	status   uvarint
+//	timeout  uvarint (seconds)
+//	mark     uvarint                      if chMark
+//	tcp      state, wscale orig, wscale reply, flags orig, flags reply
+//	                                      if chTCP
+//	idle     uvarint (milliseconds)       if chIdle
+//	extra    1 byte of xFlag*, then each present part   if chExtra
+const (
+	chDeleted = 1 << iota
+	chIPv6
+	chReply
+	chMark
+	chZone
+	chTCP
+	chExtra
+	chIdle
+)
+
+const (
+	xLabels = 1 << iota
+	xHelper
+	xSeqAdjOrig
+	xSeqAdjReply
+	xSynProxy
+	xSCTP
+	xDCCP
+)
+
+// minChangeLen is the shortest encoded change (an IPv4 removal).
+const minChangeLen = 2 + 12
+
+func appendTuple(b []byte, t *flow.Tuple, v6 bool) []byte {
+	if v6 {
+		b = append(b, t.Src[:]...)
+		b = append(b, t.Dst[:]...)
+	} else {
+		b = append(b, t.Src[:4]...)
+		b = append(b, t.Dst[:4]...)
+	}
+	b = binary.BigEndian.AppendUint16(b, t.SrcPort)
+	return binary.BigEndian.AppendUint16(b, t.DstPort)
+}
+
+func appendSeqAdj(b []byte, s *flow.SeqAdj) []byte {
+	b = binary.BigEndian.AppendUint32(b, s.CorrectionPos)
+	b = binary.BigEndian.AppendUint32(b, uint32(s.OffsetBefore))
+	return binary.BigEndian.AppendUint32(b, uint32(s.OffsetAfter))
+}
+
+// AppendChange appends the compact encoding of one change to b. An IPv4 TCP
+// flow that is not NATed costs about 26 bytes.
+func AppendChange(b []byte, ch *cache.Change) []byte {
+	f := &ch.Flow
+	var fl byte
+	v6 := f.Family == flow.FamilyIPv6
+	if v6 {
+		fl |= chIPv6
+	}
+	if f.Zone != 0 {
+		fl |= chZone
+	}
+	if ch.Deleted {
+		fl |= chDeleted
+	} else {
+		if f.Reply != f.Orig.Invert(f.Proto) {
+			fl |= chReply
+		}
+		if f.Mark != 0 {
+			fl |= chMark
+		}
+		if f.TCP != (flow.TCPInfo{}) {
+			fl |= chTCP
+		}
+		if !f.Extra.IsZero() {
+			fl |= chExtra
+		}
+		if ch.Idle >= 1e6 {
+			fl |= chIdle
+		}
+	}
+	b = append(b, fl, f.Proto)
+	b = appendTuple(b, &f.Orig, v6)
+	if fl&chZone != 0 {
+		b = binary.BigEndian.AppendUint16(b, f.Zone)
+	}
+	if ch.Deleted {
+		return b
+	}
+	if fl&chReply != 0 {
+		b = appendTuple(b, &f.Reply, v6)
+	}
+	b = binary.AppendUvarint(b, uint64(f.Status))
+	b = binary.AppendUvarint(b, uint64(f.Timeout))
+	if fl&chMark != 0 {
+		b = binary.AppendUvarint(b, uint64(f.Mark))
+	}
+	if fl&chTCP != 0 {
+		t := &f.TCP
+		b = append(b, t.State, t.WScaleOrig, t.WScaleRep, t.FlagsOrig, t.FlagsRep)
+	}
+	if fl&chIdle != 0 {
+		b = binary.AppendUvarint(b, uint64(ch.Idle.Milliseconds()))
+	}
+	if fl&chExtra != 0 {
+		b = appendExtra(b, f.Extra)
+	}
+	return b
+}
+
+func appendExtra(b []byte, x *flow.Extra) []byte {
+	var xf byte
+	if x.Labels != [16]byte{} {
+		xf |= xLabels
+	}
+	if x.Helper != "" {
+		xf |= xHelper
+	}
+	if x.SeqAdjOrig != (flow.SeqAdj{}) {
+		xf |= xSeqAdjOrig
+	}
+	if x.SeqAdjReply != (flow.SeqAdj{}) {
+		xf |= xSeqAdjReply
+	}
+	if x.SynProxy != (flow.SynProxy{}) {
+		xf |= xSynProxy
+	}
+	if x.SCTP != (flow.SCTPInfo{}) {
+		xf |= xSCTP
+	}
+	if x.DCCP != (flow.DCCPInfo{}) {
+		xf |= xDCCP
+	}
+	b = append(b, xf)
+	if xf&xLabels != 0 {
+		b = append(b, x.Labels[:]...)
+	}
+	if xf&xHelper != 0 {
+		h := x.Helper
+		if len(h) > maxHelperLen {
+			h = h[:maxHelperLen]
+		}
+		b = append(b, byte(len(h)))
+		b = append(b, h...)
+	}
+	if xf&xSeqAdjOrig != 0 {
+		b = appendSeqAdj(b, &x.SeqAdjOrig)
+	}
+	if xf&xSeqAdjReply != 0 {
+		b = appendSeqAdj(b, &x.SeqAdjReply)
+	}
+	if xf&xSynProxy != 0 {
+		b = binary.BigEndian.AppendUint32(b, x.SynProxy.ISN)
+		b = binary.BigEndian.AppendUint32(b, x.SynProxy.ITS)
+		b = binary.BigEndian.AppendUint32(b, x.SynProxy.TSOff)
+	}
+	if xf&xSCTP != 0 {
+		b = append(b, x.SCTP.State)
+		b = binary.BigEndian.AppendUint32(b, x.SCTP.VTagOriginal)
+		b = binary.BigEndian.AppendUint32(b, x.SCTP.VTagReply)
+	}
+	if xf&xDCCP != 0 {
+		b = append(b, x.DCCP.State, x.DCCP.Role)
+		b = binary.BigEndian.AppendUint64(b, x.DCCP.HandshakeSeq)
+	}
+	return b
+}
+
+// reader is a bounds-checked cursor over a byte slice. After the first
+// short read it returns zeros and keeps err set.
+type reader struct {
+	b   []byte
+	off int
+	err error
+}
+
+func (r *reader) take(n int) []byte {
+	if r.err != nil || n < 0 || len(r.b)-r.off < n {
+		r.err = errShort
+		return nil
+	}
+	p := r.b[r.off : r.off+n]
+	r.off += n
+	return p
+}
+
+func (r *reader) byte() byte {
+	if p := r.take(1); p != nil {
+		return p[0]
+	}
+	return 0
+}
+
+func (r *reader) u16() uint16 {
+	if p := r.take(2); p != nil {
+		return binary.BigEndian.Uint16(p)
+	}
+	return 0
+}
+
+func (r *reader) u32() uint32 {
+	if p := r.take(4); p != nil {
+		return binary.BigEndian.Uint32(p)
+	}
+	return 0
+}
+
+func (r *reader) u64() uint64 {
+	if p := r.take(8); p != nil {
+		return binary.BigEndian.Uint64(p)
+	}
+	return 0
+}
+
+func (r *reader) uvarint(max uint64) uint64 {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b[r.off:])
+	if n <= 0 {
+		r.err = errShort
+		return 0
+	}
+	if v > max {
+		r.err = fmt.Errorf("value %d over %d", v, max)
+		return 0
+	}
+	r.off += n
+	return v
+}
+
+func (r *reader) tuple(t *flow.Tuple, v6 bool) {
+	n := 4
+	if v6 {
+		n = 16
+	}
+	copy(t.Src[:], r.take(n))
+	copy(t.Dst[:], r.take(n))
+	t.SrcPort = r.u16()
+	t.DstPort = r.u16()
+}
+
+func (r *reader) seqAdj(s *flow.SeqAdj) {
+	s.CorrectionPos = r.u32()
+	s.OffsetBefore = int32(r.u32())
+	s.OffsetAfter = int32(r.u32())
+}
+
+// maxIdleMs bounds a reported idleness (about 50 days).
+const maxIdleMs = 1 << 32
+
+// DecodeChange decodes one change from the start of b into ch and returns
+// the bytes used.
+func DecodeChange(b []byte, ch *cache.Change) (int, error) {
+	r := reader{b: b}
+	fl := r.byte()
+	*ch = cache.Change{}
+	f := &ch.Flow
+	f.Proto = r.byte()
+	v6 := fl&chIPv6 != 0
+	f.Family = flow.FamilyIPv4
+	if v6 {
+		f.Family = flow.FamilyIPv6
+	}
+	r.tuple(&f.Orig, v6)
+	if fl&chZone != 0 {
+		f.Zone = r.u16()
+	}
+	if fl&chDeleted != 0 {
+		if fl&^(chDeleted|chIPv6|chZone) != 0 {
+			return 0, fmt.Errorf("removal with state flags %#x", fl)
+		}
+		ch.Deleted = true
+		return r.off, r.err
+	}
+	if fl&chReply != 0 {
+		r.tuple(&f.Reply, v6)
+	} else {
+		f.Reply = f.Orig.Invert(f.Proto)
+	}
+	f.Status = uint32(r.uvarint(1<<32 - 1))
+	f.Timeout = uint32(r.uvarint(1<<32 - 1))
+	if fl&chMark != 0 {
+		f.Mark = uint32(r.uvarint(1<<32 - 1))
+	}
+	if fl&chTCP != 0 {
+		t := &f.TCP
+		if p := r.take(5); p != nil {
+			t.State, t.WScaleOrig, t.WScaleRep, t.FlagsOrig, t.FlagsRep = p[0], p[1], p[2], p[3], p[4]
+		}
+	}
+	if fl&chIdle != 0 {
+		ch.Idle = time.Duration(r.uvarint(maxIdleMs)) * time.Millisecond
+	}
+	if fl&chExtra != 0 && r.err == nil {
+		x, err := decodeExtra(&r)
+		if err != nil {
+			return 0, err
+		}
+		f.Extra = x
+	}
+	return r.off, r.err
+}
+
+func decodeExtra(r *reader) (*flow.Extra, error) {
+	xf := r.byte()
+	if r.err != nil {
+		return nil, r.err
+	}
+	if xf == 0 || xf&0x80 != 0 {
+		return nil, fmt.Errorf("bad extra flags %#x", xf)
+	}
+	x := new(flow.Extra)
+	if xf&xLabels != 0 {
+		copy(x.Labels[:], r.take(16))
+	}
+	if xf&xHelper != 0 {
+		n := int(r.byte())
+		if n == 0 || n > maxHelperLen {
+			return nil, fmt.Errorf("helper name of %d bytes", n)
+		}
+		x.Helper = string(r.take(n))
+	}
+	if xf&xSeqAdjOrig != 0 {
+		r.seqAdj(&x.SeqAdjOrig)
+	}
+	if xf&xSeqAdjReply != 0 {
+		r.seqAdj(&x.SeqAdjReply)
+	}
+	if xf&xSynProxy != 0 {
+		x.SynProxy.ISN = r.u32()
+		x.SynProxy.ITS = r.u32()
+		x.SynProxy.TSOff = r.u32()
+	}
+	if xf&xSCTP != 0 {
+		x.SCTP.State = r.byte()
+		x.SCTP.VTagOriginal = r.u32()
+		x.SCTP.VTagReply = r.u32()
+	}
+	if xf&xDCCP != 0 {
+		x.DCCP.State = r.byte()
+		x.DCCP.Role = r.byte()
+		x.DCCP.HandshakeSeq = r.u64()
+	}
+	return x, r.err
+}
