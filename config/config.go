@@ -177,18 +177,21 @@ type Log struct {
 	Format string `toml:"format"`
 }
 
-// Default values. Slices are copied by Default.
+// DefaultSocket is the default path of the control socket, also
+// ctsyncctl's default for --socket.
+const DefaultSocket = "/run/ctsyncd/ctsyncd.sock"
+
+// Defaults; Default applies them (and copies the slices).
 const (
-	DefaultSocket            = "/run/ctsyncd/ctsyncd.sock"
-	DefaultMode              = "0600"
-	DefaultEventBuffer       = 64 << 20
-	DefaultWriteSockets      = 2
-	DefaultWriteBatch        = 256
-	DefaultTransport         = "udp"
-	DefaultMTU               = 1400
-	DefaultResendQueue       = 4096
-	DefaultLogLevel          = "info"
-	DefaultLogFormat         = "text"
+	defaultMode              = "0600"
+	defaultEventBuffer       = 64 << 20
+	defaultWriteSockets      = 2
+	defaultWriteBatch        = 256
+	defaultTransport         = "udp"
+	defaultMTU               = 1400
+	defaultResendQueue       = 4096
+	defaultLogLevel          = "info"
+	defaultLogFormat         = "text"
 	defaultResyncInterval    = "30s"
 	defaultAckInterval       = "50ms"
 	defaultHeartbeatInterval = "1s"
@@ -220,17 +223,17 @@ func Default() *Config {
 	own := true
 	return &Config{
 		Node:    Node{Name: host},
-		Control: Control{Socket: DefaultSocket, Mode: DefaultMode},
+		Control: Control{Socket: DefaultSocket, Mode: defaultMode},
 		Kernel: Kernel{
-			EventBuffer:    DefaultEventBuffer,
+			EventBuffer:    defaultEventBuffer,
 			ResyncInterval: mustDuration(defaultResyncInterval),
-			WriteSockets:   DefaultWriteSockets,
-			WriteBatch:     DefaultWriteBatch,
+			WriteSockets:   defaultWriteSockets,
+			WriteBatch:     defaultWriteBatch,
 		},
 		Sync: Sync{
-			Transport:         DefaultTransport,
-			MTU:               DefaultMTU,
-			ResendQueue:       DefaultResendQueue,
+			Transport:         defaultTransport,
+			MTU:               defaultMTU,
+			ResendQueue:       defaultResendQueue,
 			AckInterval:       mustDuration(defaultAckInterval),
 			HeartbeatInterval: mustDuration(defaultHeartbeatInterval),
 			PeerTimeout:       mustDuration(defaultPeerTimeout),
@@ -246,7 +249,7 @@ func Default() *Config {
 			CommitTimeout: mustDuration(defaultCommitTimeout),
 			MinTimeout:    mustDuration(defaultMinTimeout),
 		},
-		Log: Log{Level: DefaultLogLevel, Format: DefaultLogFormat},
+		Log: Log{Level: defaultLogLevel, Format: defaultLogFormat},
 	}
 }
 

@@ -279,12 +279,12 @@ func TestErrors(t *testing.T) {
 		name string
 		src  string
 		line int    // expected line; 0: none
-		key  string // expected key; "": none (syntax errors)
+		key  string // expected key; "": none
 		msg  string // substring of the message
 	}{
 		// Syntax errors: the decoder's message and line.
-		{"syntax-value", base + "[kernel]\nwrite_batch = 25 6\n", 6, "", "expected a top-level item to end"},
-		{"syntax-unterminated-string", "[sync]\nlisten = \"10.200.0.1:3780\ndisabled = true\n", 2, "", "strings cannot contain newlines"},
+		{"syntax-value", base + "[kernel]\nwrite_batch = 25 6\n", 6, "kernel.write_batch", "expected a top-level item to end"},
+		{"syntax-unterminated-string", "[sync]\nlisten = \"10.200.0.1:3780\ndisabled = true\n", 2, "sync.listen", "strings cannot contain newlines"},
 		{"syntax-table-header", "[node]\nname = \"a\"\n[sync\n", 3, "", "to end table name"},
 		{"syntax-duplicate-key", base + "\nlisten = \"10.200.0.1:3781\"\n", 6, "", "already been defined"},
 		{"syntax-duplicate-table", base + "[log]\n[sync]\n", 6, "", "already been defined"},

@@ -24,12 +24,13 @@ var ErrInvalid = errors.New("invalid configuration")
 //
 // Line is 0 when the line is unknown (a required key that is absent, or a
 // Config built in code): the text is then "FILE: KEY: problem". Key is empty
-// for TOML syntax errors ("FILE:LINE: problem") and File is empty for a
-// Config that was not read from a file ("KEY: problem").
+// for a TOML syntax error that no key on its line explains ("FILE:LINE:
+// problem"), and File is empty for a Config that was not read from a file
+// ("KEY: problem").
 type Error struct {
 	File string // file name as given to Load or Parse; may be empty
 	Line int    // 1-based line number; 0 if unknown
-	Key  string // dotted TOML key, e.g. "sync.transport"; empty for syntax errors
+	Key  string // dotted TOML key, e.g. "sync.transport"; may be empty for syntax errors
 	Msg  string // the problem, without location
 
 	err error // underlying decoder error, if any
@@ -93,7 +94,7 @@ var decodeErrRE = regexp.MustCompile(`(?s)^toml: (?:line (\d+) )?\(last key ("(?
 
 // fromDecodeError converts what toml.Decode returned into an *Error.
 // syntax is true when the document did not parse at all (then the decoder's
-// "last key" is only the last key read before the error and is not named).
+// "last key" may be a key read before the error: see keyOnLine).
 func fromDecodeError(file string, data []byte, err error, syntax bool) *Error {
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
@@ -103,14 +104,10 @@ func fromDecodeError(file string, data []byte, err error, syntax bool) *Error {
 		if st := pe.Position.Start; st >= 0 && st < len(data) && data[st] == '\n' {
 			e.Line = 1 + bytes.Count(data[:st], []byte{'\n'})
 		}
-		switch {
-		case !syntax:
+		if !syntax {
 			e.Key = pe.LastKey
-		case pe.LastKey != "" && locate(string(data)).keys[pe.LastKey] == e.Line:
-			// The parser's "last key" is the key being read when the
-			// error was found, or an earlier one; name it only if it
-			// is on the line of the error.
-			e.Key = pe.LastKey
+		} else {
+			e.Key = keyOnLine(data, e.Line, pe.LastKey)
 		}
 		return e
 	}
@@ -127,6 +124,31 @@ func fromDecodeError(file string, data []byte, err error, syntax bool) *Error {
 		return e
 	}
 	return &Error{File: file, Msg: strings.TrimPrefix(msg, "toml: "), err: err}
+}
+
+// keyOnLine names the key a syntax error is about: the parser's "last key"
+// is the key being read when the error was found, or an earlier one, so it
+// is named only if it is on the line of the error; otherwise the deepest key
+// the scanner finds starting on that line, if any.
+func keyOnLine(data []byte, line int, lastKey string) string {
+	if line <= 0 {
+		return ""
+	}
+	loc := locate(string(data))
+	if lastKey != "" && loc.keys[lastKey] == line {
+		return lastKey
+	}
+	best, depth := "", 0
+	for k, l := range loc.keys {
+		if l != line {
+			continue
+		}
+		d := strings.Count(k, ".") + 1 // enough to compare: quoted dots are rare
+		if d > depth || d == depth && k < best {
+			best, depth = k, d
+		}
+	}
+	return best
 }
 
 var (

@@ -16,7 +16,7 @@ type Duration struct{ time.Duration }
 // UnmarshalText parses a duration string with time.ParseDuration.
 func (d *Duration) UnmarshalText(text []byte) error {
 	s := strings.TrimSpace(string(text))
-	if s != "" && strings.Trim(s, "0123456789+-") == "" && s != "0" {
+	if digits := strings.TrimLeft(s, "+-"); digits != "" && digits != "0" && strings.Trim(digits, "0123456789") == "" {
 		return fmt.Errorf("%q has no unit: write a duration string such as \"%ss\" or \"%sms\"", s, s, s)
 	}
 	v, err := time.ParseDuration(s)
