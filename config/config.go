@@ -265,7 +265,9 @@ func Load(path string) (*Config, error) {
 }
 
 // Parse decodes data over Default, rejects unknown keys and validates the
-// result. name is the file name used in errors and stored in Path. The
+// result. Decoding over the defaults keeps "absent" apart from "zero": an
+// absent key keeps its default, while resync_interval = "0s" disables the
+// resync and mtu = 0 is an error. name is the file name used in errors and stored in Path. The
 // error is an *Error, or several joined with errors.Join; either way it
 // matches ErrInvalid.
 func Parse(name string, data []byte) (*Config, error) {
@@ -279,7 +281,7 @@ func Parse(name string, data []byte) (*Config, error) {
 		return nil, joinErrors(errs)
 	}
 	c.Path = name
-	if err := c.validate(loc); err != nil {
+	if err := c.validate(&md, loc); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -45,11 +45,12 @@ var (
 // all problems, each an *Error naming the key; the lines are known only for
 // a Config that came from Parse or Load, which validate already, so this is
 // for a Config built or changed in code. File is c.Path.
-func (c *Config) Validate() error { return c.validate(nil) }
+func (c *Config) Validate() error { return c.validate(nil, nil) }
 
 type validator struct {
 	file string
-	loc  *locator
+	md   *toml.MetaData // nil for a Config built in code
+	loc  *locator       // nil for a Config built in code
 	errs []*Error
 }
 
@@ -61,13 +62,10 @@ func (v *validator) addElem(key string, i int, format string, args ...any) {
 	v.errs = append(v.errs, errf(v.file, v.loc.elemLine(key, i), key, format, args...))
 }
 
-// inFile reports whether key was written in the file.
+// inFile reports whether key (bare parts only) was written in the file, as
+// opposed to left at its default.
 func (v *validator) inFile(key string) bool {
-	if v.loc == nil {
-		return false
-	}
-	_, ok := v.loc.keys[key]
-	return ok
+	return v.md != nil && v.md.IsDefined(strings.Split(key, ".")...)
 }
 
 func (v *validator) intRange(key string, n, lo, hi int) {
@@ -93,13 +91,13 @@ func (v *validator) oneOf(key, val string, allowed []string) {
 	}
 }
 
-func (c *Config) validate(loc *locator) error {
-	v := &validator{file: c.Path, loc: loc}
+func (c *Config) validate(md *toml.MetaData, loc *locator) error {
+	v := &validator{file: c.Path, md: md, loc: loc}
 
 	// [node]
 	switch n := c.Node.Name; {
 	case n == "" && !v.inFile("node.name"):
-		v.add("node.name", "required: the hostname could not be read")
+		v.add("node.name", "required: it defaults to the hostname, which could not be read")
 	case n == "":
 		v.add("node.name", "must not be empty")
 	case len(n) > maxNodeName:
@@ -119,7 +117,7 @@ func (c *Config) validate(loc *locator) error {
 		v.add("control.mode", "%v", err)
 	}
 	if g := c.Control.Group; g != "" {
-		if g[0] >= '0' && g[0] <= '9' {
+		if strings.Trim(g, "0123456789") == "" {
 			if n, err := strconv.ParseUint(g, 10, 32); err != nil || n == 1<<32-1 {
 				v.add("control.group", "%q is not a valid numeric gid", g)
 			}
@@ -172,10 +170,7 @@ func sizeString(b ByteSize) string {
 }
 
 func (s Sync) validate(v *validator) {
-	known := slices.Contains(transports, s.Transport)
-	if !known {
-		v.oneOf("sync.transport", s.Transport, transports)
-	}
+	v.oneOf("sync.transport", s.Transport, transports)
 	multicast := s.Transport == "multicast" && !s.Disabled
 
 	if s.Interface != "" {
