@@ -238,7 +238,13 @@ protocols = ["TCP", "udp", "tcp"]
 tcp_states = ["ESTABLISHED", "close", "syn_sent2"]
 [failover]
 min_timeout = "0s"
+[control]
+mode = "0660"
+group = "990"
 `)
+	if c.Control.FileMode() != 0o660 || c.Control.Group != "990" {
+		t.Errorf("control = %+v", c.Control)
+	}
 	if c.Kernel.ResyncInterval.Duration != 0 || c.Failover.MinTimeout.Duration != 0 {
 		t.Errorf("explicit 0s replaced: resync %v, min %v", c.Kernel.ResyncInterval, c.Failover.MinTimeout)
 	}
