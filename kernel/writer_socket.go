@@ -1,0 +1,230 @@
+package kernel
+
+import (
+	"context"
+	"errors"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mdlayher/netlink"
+	"github.com/ti-mo/conntrack"
+	"golang.org/x/sys/unix"
+
+	"github.com/ctsyncd/ctsyncd/flow"
+)
+
+// Per-request outcome codes of a round: 0 success, > 0 an errno, codePending
+// not answered (the round was cut short).
+const codePending int32 = -1
+
+// encodeFunc appends request k of a round to b as one netlink message with
+// the given sequence number and flags (NLM_F_REQUEST and, on the last of a
+// batch, NLM_F_ACK are already set; the function adds its own).
+type encodeFunc func(b []byte, k int, seq uint32, flags netlink.HeaderFlags) []byte
+
+// replyFunc receives a non-error reply (a GET's answer) to request k. m's
+// data alias the socket buffer and are valid only during the call.
+type replyFunc func(k int, m netlink.Message)
+
+// writeSocket is one of the writer's netlink sockets. It is used by one
+// goroutine of a round at a time; seq is touched only by that goroutine.
+type writeSocket struct {
+	s   *rawSocket
+	seq uint32
+	buf []byte // the batch being sent, reused
+}
+
+func dialWriteSocket(netns int) (*writeSocket, error) {
+	s, err := dialNetfilter(netns, 0)
+	if err != nil {
+		return nil, err
+	}
+	// Errors of a whole batch come back at once: a large receive buffer
+	// keeps them from being dropped. NETLINK_CAP_ACK trims each error reply
+	// to the failing message's header.
+	if err := s.setReadBuffer(writerReadBuffer); err != nil {
+		s.close()
+		return nil, err
+	}
+	var serr error
+	if err := s.rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, writerWriteBuffer)
+	}); err != nil || serr != nil {
+		_ = s.conn.SetWriteBuffer(writerWriteBuffer)
+	}
+	_ = s.conn.SetOption(netlink.CapAcknowledge, true)
+	return &writeSocket{s: s, seq: uint32(time.Now().UnixNano())}, nil
+}
+
+const (
+	writerReadBuffer  = 16 << 20
+	writerWriteBuffer = 8 << 20
+)
+
+// round sends n requests over all sockets in batches and collects one code
+// per request. Sockets take batches from a shared counter, one goroutine
+// each. It returns early with ctx's error (requests not answered stay
+// codePending) or with a socket's error.
+func (w *Writer) round(ctx context.Context, n int, enc encodeFunc, onReply replyFunc) ([]int32, error) {
+	return w.roundOn(ctx, w.socks, w.opts.Batch, n, enc, onReply)
+}
+
+// roundOn is round over the given sockets and batch size.
+func (w *Writer) roundOn(ctx context.Context, socks []*writeSocket, batch, n int, enc encodeFunc, onReply replyFunc) ([]int32, error) {
+	codes := make([]int32, n)
+	for i := range codes {
+		codes[i] = codePending
+	}
+	if n == 0 {
+		return codes, nil
+	}
+	nbatches := (n + batch - 1) / batch
+	if len(socks) > nbatches {
+		socks = socks[:nbatches]
+	}
+
+	// ctx ends a round by moving all deadlines into the past, which
+	// interrupts blocked reads and writes; they are reset afterwards.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		for _, s := range socks {
+			_ = s.s.conn.SetDeadline(time.Unix(1, 0))
+		}
+	})
+	defer func() {
+		if !stop() {
+			<-fired
+			for _, s := range socks {
+				_ = s.s.conn.SetDeadline(time.Time{})
+			}
+		}
+	}()
+
+	var (
+		next    atomic.Int64
+		wg      sync.WaitGroup
+		errOnce sync.Once
+		rerr    error
+	)
+	for _, s := range socks {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				b := int(next.Add(1) - 1)
+				if b >= nbatches {
+					return
+				}
+				lo := b * batch
+				hi := min(lo+batch, n)
+				if err := s.batch(lo, hi, codes, enc, onReply); err != nil {
+					errOnce.Do(func() { rerr = err })
+					next.Store(int64(nbatches)) // stop the others too
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		return codes, ctx.Err()
+	}
+	return codes, rerr
+}
+
+// batch sends requests [lo, hi) in one sendmsg and reads the replies until
+// the last request's ACK or error. NLMSG_ERROR replies carry the sequence
+// number of the request they answer.
+func (s *writeSocket) batch(lo, hi int, codes []int32, enc encodeFunc, onReply replyFunc) error {
+	base := s.seq + 1
+	s.buf = s.buf[:0]
+	for k := lo; k < hi; k++ {
+		flags := netlink.Request
+		if k == hi-1 {
+			flags |= netlink.Acknowledge
+		}
+		s.buf = enc(s.buf, k, base+uint32(k-lo), flags)
+	}
+	s.seq += uint32(hi - lo)
+	last := s.seq
+
+	if err := s.send(s.buf); err != nil {
+		return err
+	}
+	done := false
+	handle := func(m netlink.Message) error {
+		off := m.Header.Sequence - base
+		if off >= uint32(hi-lo) {
+			return nil // a late reply of an earlier, interrupted batch
+		}
+		k := lo + int(off)
+		if m.Header.Type == netlink.Error {
+			codes[k] = int32(errnoOf(m))
+			if m.Header.Sequence == last {
+				done = true
+			}
+			return nil
+		}
+		if onReply != nil {
+			onReply(k, m)
+		}
+		return nil
+	}
+	for !done {
+		err := s.s.recv(handle)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, ErrOverrun) {
+			// Replies were dropped: the outcome of the unanswered requests
+			// of this batch is unknown. Report them as ENOBUFS; later
+			// replies of this batch are ignored by sequence number.
+			for k := lo; k < hi; k++ {
+				if codes[k] == codePending {
+					codes[k] = int32(unix.ENOBUFS)
+				}
+			}
+			return nil
+		}
+		return err
+	}
+	// Success is silent but for the last message's ACK.
+	for k := lo; k < hi; k++ {
+		if codes[k] == codePending {
+			codes[k] = 0
+		}
+	}
+	return nil
+}
+
+func (s *writeSocket) send(b []byte) error {
+	var serr error
+	err := s.s.rc.Write(func(fd uintptr) bool {
+		serr = unix.Sendto(int(fd), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
+		return serr != unix.EAGAIN && serr != unix.EWOULDBLOCK
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return err
+		}
+		return &OpError{Op: "send", Err: err}
+	}
+	return nil
+}
+
+// decodeFlow decodes a GET reply into f.
+func decodeFlow(m netlink.Message, f *flow.Flow) bool {
+	var ce conntrack.Event
+	if err := ce.Unmarshal(m); err != nil || ce.Flow == nil {
+		return false
+	}
+	var ok bool
+	*f, ok = FromConntrack(ce.Flow)
+	return ok
+}
