@@ -836,11 +836,16 @@ func (n *Node) repair(pr *peer, ranges []SeqRange) {
 	lost := false
 	for _, r := range ranges {
 		last := min(r.Last, n.nextSeq-1)
-		for s := r.First; s <= last && budget > 0; s++ {
+		first := r.First
+		if pr.ackKnown && first <= pr.acked {
+			first = pr.acked + 1 // a stale NACK, overtaken by an ACK
+		}
+		for s := first; s <= last && budget > 0; s++ {
 			e := n.queue.get(s)
 			if e == nil {
 				if s >= n.lastBegin {
 					lost = true
+					n.log.Debug("NACKed message no longer queued", "seq", s, "queued", n.queue.Len(), "next", n.nextSeq, "lastBegin", n.lastBegin)
 				}
 				continue
 			}

@@ -129,6 +129,12 @@ func TestHeaderRoundTrip(t *testing.T) {
 			t.Errorf("ParseHeader(%x): no error", c)
 		}
 	}
+	for typ := MsgData; typ < msgTypeEnd; typ++ {
+		h := Header{Type: typ}
+		if _, err := ParseHeader(AppendHeader(nil, &h)); err != nil {
+			t.Errorf("type %s refused: %v", typ, err)
+		}
+	}
 	c := bytes.Clone(b)
 	c[2] = 9
 	if _, err := ParseHeader(c); err == nil {
