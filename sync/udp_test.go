@@ -1,0 +1,122 @@
+package sync
+
+import (
+	"context"
+	"errors"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/ctsyncd/ctsyncd/cache"
+)
+
+// TestUDPLoopback: datagrams both ways on 127.0.0.1, then two nodes
+// replicating over real sockets.
+func TestUDPLoopback(t *testing.T) {
+	probe := func() string {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Skipf("no loopback UDP: %v", err)
+		}
+		defer c.Close()
+		return c.LocalAddr().String()
+	}
+	addrA, addrB := probe(), probe()
+	ta, err := NewUDP(UDPOptions{Listen: addrA, Peers: []string{addrB}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb, err := NewUDP(UDPOptions{Listen: addrB, Peers: []string{addrA}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ta.Peers(); len(got) != 1 || got[0] != addrB {
+		t.Fatalf("Peers = %v", got)
+	}
+
+	// Raw datagrams both ways.
+	if err := ta.Send([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-tb.Packets():
+		if string(p.Data) != "hello" || p.From != addrA {
+			t.Fatalf("got %q from %s", p.Data, p.From)
+		}
+		if err := tb.SendTo(p.From, []byte("back")); err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing received")
+	}
+	select {
+	case p := <-ta.Packets():
+		if string(p.Data) != "back" {
+			t.Fatalf("got %q", p.Data)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reply")
+	}
+	if err := ta.SendTo("nonsense", nil); !errors.Is(err, ErrUnknownPeer) {
+		t.Errorf("SendTo(nonsense) = %v", err)
+	}
+
+	// Two nodes replicate over it.
+	key := testKey
+	ina, exb := cache.NewInternal(nil), cache.NewExternal()
+	for i := range 500 {
+		f := tcpFlow(i)
+		ina.Upsert(&f)
+	}
+	na, err := New(testOptions("a", &key), ina, cache.NewExternal(), ta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb, err := New(testOptions("b", &key), cache.NewInternal(nil), exb, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- na.Run(ctx) }()
+	go func() { done <- nb.Run(ctx) }()
+	eventually(t, 10*time.Second, "500 flows over UDP", func() bool { return exb.Len() == 500 })
+	cancel()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	for _, tr := range []*UDP{ta, tb} {
+		if err := tr.Close(); err != nil {
+			t.Error(err)
+		}
+		if err := tr.Close(); err != nil {
+			t.Error("second Close:", err)
+		}
+		if _, ok := <-tr.Packets(); ok {
+			// drain what was queued
+			for range tr.Packets() {
+			}
+		}
+	}
+}
+
+func TestUDPDropsStrangers(t *testing.T) {
+	ta, err := NewUDP(UDPOptions{Listen: "127.0.0.1:0", Peers: []string{"127.0.0.2:9"}})
+	if err != nil {
+		t.Skipf("no loopback UDP: %v", err)
+	}
+	defer ta.Close()
+	c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(ta.LocalAddr()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte("stranger"))
+	select {
+	case p := <-ta.Packets():
+		t.Fatalf("accepted a datagram from %s, not a peer", p.From)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
