@@ -1,6 +1,5 @@
 package flow
 
-
 // View is a flow as printed by `ctsyncctl dump --json`: readable names,
 // stable field names.
 type View struct {

@@ -160,4 +160,3 @@ func ToConntrack(f *flow.Flow) conntrack.Flow {
 	}
 	return c
 }
-

@@ -90,4 +90,3 @@ func Dump(ctx context.Context, opts DumpOptions, fn func(f *flow.Flow)) error {
 	}
 	return nil
 }
-
