@@ -87,6 +87,7 @@ const (
 	maxAnon        = 256 // senders tracked before they are identified
 	maxKeyCache    = 64  // derived peer epoch keys kept
 	maxChallenges  = 1024
+	nackRetry      = 4 // ack intervals before missing messages are NACKed again
 )
 
 // DropStats count datagrams dropped unapplied, by reason.
@@ -641,7 +642,7 @@ func (n *Node) receiveSeq(pr *peer, m *Message, now time.Time) {
 	rx.buf[m.Seq] = m
 	n.deliver(pr, now)
 	if rx.maxSeen >= rx.next && rx.maxSeen > rx.nackedTo {
-		n.sendNack(pr, now) // a new gap: ask at once
+		n.sendNewNack(pr, now) // a new gap: ask at once
 	}
 	if rx.sinceAck >= ackEvery {
 		n.sendAck(pr)
@@ -731,6 +732,25 @@ func (rx *rxState) missing() []SeqRange {
 	return out
 }
 
+// sendNewNack NACKs only what went missing since the last NACK.
+func (n *Node) sendNewNack(pr *peer, now time.Time) {
+	rx := &pr.rx
+	var r []SeqRange
+	for _, x := range rx.missing() {
+		if x.Last <= rx.nackedTo {
+			continue
+		}
+		x.First = max(x.First, rx.nackedTo+1)
+		r = append(r, x)
+	}
+	rx.nackedTo = rx.maxSeen
+	if len(r) == 0 {
+		return
+	}
+	pr.stats.NacksOut++
+	n.sendTo(pr.addr, &Message{Type: MsgNack, Ranges: r})
+}
+
 func (n *Node) sendNack(pr *peer, now time.Time) {
 	rx := &pr.rx
 	r := rx.missing()
@@ -757,7 +777,7 @@ func (n *Node) ackTick() {
 			n.sendAck(pr)
 		}
 		if rx.maxSeen >= rx.next {
-			if now.Sub(rx.lastNack) >= 2*n.opt.AckInterval {
+			if now.Sub(rx.lastNack) >= nackRetry*n.opt.AckInterval {
 				n.sendNack(pr, now)
 			}
 			if now.Sub(rx.lastProgress) > stuck && now.Sub(rx.lastResync) > stuck {
@@ -832,6 +852,7 @@ func (n *Node) sendMarker(t MsgType, bulk uint64) uint64 {
 // message no longer queued cannot be repaired: a bulk follows, unless one
 // began after it.
 func (n *Node) repair(pr *peer, ranges []SeqRange) {
+	now := n.now()
 	budget := maxResendBurst
 	lost := false
 	for _, r := range ranges {
@@ -849,6 +870,10 @@ func (n *Node) repair(pr *peer, ranges []SeqRange) {
 				}
 				continue
 			}
+			if e.resentTo == pr.id && now.Sub(e.resentAt) < n.opt.AckInterval {
+				continue // a duplicate NACK: the resend is on its way
+			}
+			e.resentTo, e.resentAt = pr.id, now
 			budget--
 			pr.stats.Resends++
 			n.resend(pr, e)
@@ -1001,6 +1026,9 @@ type queued struct {
 	keys []flow.Key // DATA: the flows it carried
 	bulk uint64     // BULK_BEGIN/END: the bulk id
 	sent time.Time
+
+	resentTo uint64 // the peer it was last resent to, and when
+	resentAt time.Time
 }
 
 // resendQueue holds the last max stream messages, in sequence order

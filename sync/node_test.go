@@ -567,3 +567,64 @@ func TestRunStops(t *testing.T) {
 		t.Fatal("second Run succeeded")
 	}
 }
+
+// TestOnDemand: Bulk resends the table to peers whose copy was flushed, and
+// RequestResync asks peers for theirs.
+func TestOnDemand(t *testing.T) {
+	net := NewMemNetwork(17)
+	a := start(t, net, testOptions("a", &testKey), nil)
+	b := start(t, net, testOptions("b", &testKey), nil)
+	for i := range 200 {
+		f := tcpFlow(i)
+		a.in.Upsert(&f)
+	}
+	established(t, a, b)
+	converged(t, a, b, 10*time.Second)
+
+	b.ex.Flush("")
+	a.n.Bulk()
+	converged(t, a, b, 10*time.Second)
+
+	b.ex.Flush("a")
+	b.n.RequestResync()
+	converged(t, a, b, 10*time.Second)
+	if got := b.n.Stats()["a"].BulksReceived; got < 3 {
+		t.Errorf("bulks received %d, want 3", got)
+	}
+}
+
+// TestLargeTable: a table of 20000 flows over a network losing 10%.
+func TestLargeTable(t *testing.T) {
+	net := NewMemNetwork(18)
+	net.SetFaults(0.1, 0.01, 0.05)
+	a := start(t, net, testOptions("a", &testKey), nil)
+	for i := range 20000 {
+		f := tcpFlow(i)
+		a.in.Upsert(&f)
+	}
+	b := start(t, net, testOptions("b", &testKey), nil)
+	converged(t, a, b, 15*time.Second)
+	t.Logf("a→b: %+v", a.n.Stats()["b"])
+}
+
+// TestPeerDiesFlowsStay: the flows of a peer that died stay in the
+// external cache, and the peer shows as down.
+func TestPeerDiesFlowsStay(t *testing.T) {
+	net := NewMemNetwork(19)
+	a := start(t, net, testOptions("a", &testKey), nil)
+	b := start(t, net, testOptions("b", &testKey), nil)
+	for i := range 30 {
+		f := tcpFlow(i)
+		a.in.Upsert(&f)
+	}
+	established(t, a, b)
+	converged(t, a, b, 10*time.Second)
+	a.stop()
+	time.Sleep(1200 * time.Millisecond) // past PeerTimeout
+	if b.n.Stats()["a"].Up {
+		t.Error("dead peer still up")
+	}
+	if n := b.ex.Len(); n != 30 {
+		t.Fatalf("a dead: %d flows of it kept, want 30", n)
+	}
+}
