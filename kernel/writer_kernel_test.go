@@ -673,3 +673,65 @@ func TestWriterEventsPortID(t *testing.T) {
 		}
 	}
 }
+
+// The rarer attributes: SCTP state, GRE keys, helper, labels, sequence
+// adjustment, zone.
+func TestWriterExtras(t *testing.T) {
+	ns := netnstest.New(t)
+	// Labels are kept only when a ct label rule exists in the namespace.
+	ns.Nft(t, `table inet ctsyncd_labels {
+	chain output {
+		type filter hook output priority 0;
+		ct label 127 counter
+	}
+}
+`)
+	w := newTestWriter(t, ns, WriterOptions{})
+	a := mustAddr
+	st := flow.StatusConfirmed | flow.StatusSeenReply | flow.StatusAssured
+	mk := func(proto uint8, o flow.Tuple, x *flow.Extra) flow.Flow {
+		f := flow.Flow{Key: flow.Key{Family: flow.FamilyIPv4, Proto: proto, Orig: o, Zone: 3},
+			Status: st, Timeout: 300, Mark: 0x42, Extra: x}
+		f.Reply = f.Orig.Invert(proto)
+		return f
+	}
+	flows := []flow.Flow{
+		mk(flow.ProtoSCTP, flow.Tuple{Src: a("10.2.0.1"), Dst: a("10.2.0.2"), SrcPort: 5000, DstPort: 38412},
+			&flow.Extra{SCTP: flow.SCTPInfo{State: 3, VTagOriginal: 0x1234, VTagReply: 0x5678}}),
+		mk(flow.ProtoGRE, flow.Tuple{Src: a("10.2.0.1"), Dst: a("10.2.0.3"), SrcPort: 0, DstPort: 0}, nil),
+		mk(flow.ProtoTCP, flow.Tuple{Src: a("10.2.0.1"), Dst: a("10.2.0.4"), SrcPort: 40000, DstPort: 21},
+			&flow.Extra{Helper: "ftp", Labels: [16]byte{0: 0x01, 15: 0x80},
+				SeqAdjOrig: flow.SeqAdj{CorrectionPos: 1000, OffsetBefore: 3, OffsetAfter: 7}}),
+	}
+	flows[2].TCP = flow.TCPInfo{State: flow.TCPEstablished}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for round, want := range []Op{Created, Updated} {
+		res, err := w.Commit(ctx, flows, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range res {
+			if r.Op != want {
+				t.Errorf("round %d flow %d: %v %v, want %v", round, i, r.Op, r.Err, want)
+			}
+		}
+		got := dumpTable(t, ns)
+		checkWritten(t, flows, got, 0, kernelTCPFlags(t, ns))
+		for i, f := range flows {
+			g := got[f.Key]
+			if f.Extra.IsZero() != g.Extra.IsZero() {
+				t.Errorf("flow %d: extra %+v, want %+v", i, g.Extra, f.Extra)
+				continue
+			}
+			if f.Extra.IsZero() {
+				continue
+			}
+			gx, fx := *g.Extra, *f.Extra
+			gx.SynProxy = flow.SynProxy{}
+			if gx != fx {
+				t.Errorf("round %d flow %d: extra\n got %+v\nwant %+v", round, i, gx, fx)
+			}
+		}
+	}
+}
