@@ -405,6 +405,38 @@ func (n *Node) Stats() map[string]PeerStats {
 	return out
 }
 
+// NodeStatus describes this node's side of the protocol.
+type NodeStatus struct {
+	Name    string `json:"name"`
+	ID      string `json:"id"`    // node id, hexadecimal
+	Epoch   string `json:"epoch"` // epoch of this start, hexadecimal
+	Secure  bool   `json:"secure"`
+	LastSeq uint64 `json:"last_seq"` // last stream sequence number sent
+	Queued  int    `json:"queued"`   // messages in the resend queue
+	// BulkSent and BulkTotal are the progress of a bulk transfer in
+	// progress (both 0 when none is).
+	BulkSent  int `json:"bulk_sent"`
+	BulkTotal int `json:"bulk_total"`
+}
+
+// Status returns this node's side of the protocol.
+func (n *Node) Status() NodeStatus {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := NodeStatus{
+		Name:    n.opt.NodeName,
+		ID:      fmt.Sprintf("%016x", n.id),
+		Epoch:   fmt.Sprintf("%016x", n.epoch),
+		Secure:  n.aead != nil,
+		LastSeq: n.nextSeq - 1,
+		Queued:  n.queue.Len(),
+	}
+	if b := n.bulk; b != nil {
+		s.BulkSent, s.BulkTotal = b.pos, len(b.keys)
+	}
+	return s
+}
+
 // statsFor returns the counters to charge for a datagram from addr claiming
 // node id.
 func (n *Node) statsFor(id uint64, addr string) *PeerStats {

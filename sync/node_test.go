@@ -2,6 +2,7 @@ package sync
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime"
@@ -626,5 +627,30 @@ func TestPeerDiesFlowsStay(t *testing.T) {
 	}
 	if n := b.ex.Len(); n != 30 {
 		t.Fatalf("a dead: %d flows of it kept, want 30", n)
+	}
+}
+
+// TestTransportClosed: Run ends with ErrClosed when the transport closes.
+func TestTransportClosed(t *testing.T) {
+	net := NewMemNetwork(20)
+	tr := net.Endpoint("a")
+	n, err := New(testOptions("a", nil), cache.NewInternal(nil), cache.NewExternal(), tr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- n.Run(context.Background()) }()
+	time.Sleep(20 * time.Millisecond)
+	tr.Close()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("Run = %v, want ErrClosed", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	if st := n.Status(); st.Secure || st.Name != "a" || st.LastSeq != 0 {
+		t.Errorf("Status = %+v", st)
 	}
 }

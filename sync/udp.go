@@ -1,16 +1,29 @@
 package sync
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"sync"
+	"syscall"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
+	"golang.org/x/sys/unix"
 )
+
+// reuseAddr lets several sockets bind the group port (SO_REUSEADDR), as
+// conntrackd's multicast channel does.
+var reuseAddr = net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
+	})
+	return errors.Join(err, serr)
+}}
 
 // Socket buffer sizes asked for (the kernel caps them at
 // net.core.rmem_max / wmem_max unless the process may override).
@@ -215,7 +228,7 @@ func NewMulticast(opt MulticastOptions) (*Multicast, error) {
 	t := &Multicast{group: group, ifi: ifi}
 	gaddr := &net.UDPAddr{IP: group.Addr().AsSlice()}
 	if group.Addr().Is4() {
-		t.conn, err = net.ListenPacket("udp4", fmt.Sprintf("0.0.0.0:%d", group.Port()))
+		t.conn, err = reuseAddr.ListenPacket(context.Background(), "udp4", fmt.Sprintf("0.0.0.0:%d", group.Port()))
 		if err != nil {
 			return nil, fmt.Errorf("multicast: listen: %w", err)
 		}
@@ -229,7 +242,7 @@ func NewMulticast(opt MulticastOptions) (*Multicast, error) {
 		)
 		t.p4 = p
 	} else {
-		t.conn, err = net.ListenPacket("udp6", fmt.Sprintf("[::]:%d", group.Port()))
+		t.conn, err = reuseAddr.ListenPacket(context.Background(), "udp6", fmt.Sprintf("[::]:%d", group.Port()))
 		if err != nil {
 			return nil, fmt.Errorf("multicast: listen: %w", err)
 		}

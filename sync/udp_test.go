@@ -120,3 +120,16 @@ func TestUDPDropsStrangers(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 }
+
+func TestMulticastOptions(t *testing.T) {
+	for _, o := range []MulticastOptions{
+		{Group: "10.0.0.1:3780", Interface: "lo"},
+		{Group: "225.0.0.50", Interface: "lo"},
+		{Group: "225.0.0.50:3780", Interface: "no-such-interface"},
+	} {
+		if tr, err := NewMulticast(o); err == nil {
+			tr.Close()
+			t.Errorf("NewMulticast(%+v) succeeded", o)
+		}
+	}
+}
