@@ -2,6 +2,7 @@ package cache
 
 import (
 	"fmt"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -113,5 +114,29 @@ func TestExternalTakeRemoveFlush(t *testing.T) {
 	}
 	if c.Len() != 0 || len(c.Origins()) != 0 {
 		t.Fatalf("not empty: %d %v", c.Len(), c.Origins())
+	}
+}
+
+// BenchmarkExternalMemory reports the heap bytes per cached flow.
+func BenchmarkExternalMemory(b *testing.B) {
+	const flows = 100000
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		c := NewExternal()
+		now := time.Now()
+		for i := range flows {
+			f := tcp(i, flow.TCPEstablished, 100)
+			f.Orig.Src[2], f.Orig.Src[3] = byte(i>>16), byte(i>>8)
+			c.Apply("a", Change{Flow: f}, now)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if c.Len() != flows {
+			b.Fatalf("%d flows", c.Len())
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/flows, "bytes/flow")
+		runtime.KeepAlive(c)
 	}
 }

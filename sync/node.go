@@ -256,7 +256,9 @@ func New(opt Options, internal *cache.Internal, external *cache.External, tr Tra
 		n.epoch = randUint64()
 	}
 	if opt.Key != nil {
-		a, err := epochAEAD(opt.Key, n.id, n.epoch)
+		k := *opt.Key // the caller may reuse its array
+		n.opt.Key = &k
+		a, err := epochAEAD(n.opt.Key, n.id, n.epoch)
 		if err != nil {
 			return nil, fmt.Errorf("sync: epoch key: %w", err)
 		}

@@ -654,3 +654,39 @@ func TestTransportClosed(t *testing.T) {
 		t.Errorf("Status = %+v", st)
 	}
 }
+
+// BenchmarkReplicate measures flows replicated per second between two
+// nodes on a lossless in-memory network, sealing and opening included.
+func BenchmarkReplicate(b *testing.B) {
+	const flows = 50000
+	for b.Loop() {
+		net := NewMemNetwork(21)
+		ctx, cancel := context.WithCancel(context.Background())
+		ina, exb := cache.NewInternal(nil), cache.NewExternal()
+		oa := testOptions("a", &testKey)
+		oa.Logger = slog.New(slog.DiscardHandler)
+		ob := testOptions("b", &testKey)
+		ob.Logger = oa.Logger
+		na, _ := New(oa, ina, cache.NewExternal(), net.Endpoint("a"))
+		nb, _ := New(ob, cache.NewInternal(nil), exb, net.Endpoint("b"))
+		done := make(chan error, 2)
+		go func() { done <- na.Run(ctx) }()
+		go func() { done <- nb.Run(ctx) }()
+		for nb.Stats()["a"].BulksReceived == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		start := time.Now()
+		for i := range flows {
+			f := tcpFlow(i)
+			ina.Upsert(&f)
+		}
+		for exb.Len() < flows {
+			time.Sleep(time.Millisecond)
+		}
+		el := time.Since(start)
+		b.ReportMetric(flows/el.Seconds(), "flows/s")
+		cancel()
+		<-done
+		<-done
+	}
+}
