@@ -44,11 +44,12 @@ type Event struct {
 	Flow   flow.Flow
 }
 
-// Multicast groups of ctnetlink (enum nfnetlink_groups), as a legacy bitmask.
+// Multicast groups of ctnetlink as a legacy bitmask: group g is bit g-1
+// (enum nfnetlink_groups).
 const (
-	groupNew     = 1 << (1 - 1) // NFNLGRP_CONNTRACK_NEW
-	groupUpdate  = 1 << (2 - 1) // NFNLGRP_CONNTRACK_UPDATE
-	groupDestroy = 1 << (3 - 1) // NFNLGRP_CONNTRACK_DESTROY
+	groupNew     = 0x1 // NFNLGRP_CONNTRACK_NEW (1)
+	groupUpdate  = 0x2 // NFNLGRP_CONNTRACK_UPDATE (2)
+	groupDestroy = 0x4 // NFNLGRP_CONNTRACK_DESTROY (3)
 )
 
 // ListenOptions configure a Listener.
