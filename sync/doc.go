@@ -3,10 +3,11 @@
 // and encrypts them, delivers them reliably and in order to every peer, and
 // applies what peers send to the external cache, per origin node.
 //
-// It is not a transport and not a membership protocol: datagrams travel
-// over a Transport (UDP unicast, UDP multicast, or the in-memory MemNetwork
-// of tests), and the set of peers is the transport's. It does not talk to
-// the kernel.
+// It is not a membership protocol and does not talk to the kernel:
+// datagrams travel over a Transport (NewUDP: unicast to a list of peers;
+// NewMulticast: a group on a dedicated link; NewGossip: memberlist
+// membership with the data on a UDP channel; MemNetwork: in memory, for
+// tests), and the set of peers is the transport's.
 //
 // # Protocol
 //

@@ -174,6 +174,7 @@ type Node struct {
 	lastBegin  uint64 // sequence number of the last BULK_BEGIN sent
 	scratch    []byte
 	out        []byte
+	warnedTwin bool // a datagram from another node with our name was logged
 }
 
 type challenge struct {
@@ -496,6 +497,10 @@ func (n *Node) handle(p Packet) {
 		return
 	}
 	if h.Node == n.id {
+		if h.Epoch != n.epoch && !n.warnedTwin {
+			n.warnedTwin = true
+			n.log.Error("another node uses this node's name; its datagrams are ignored", "from", p.From)
+		}
 		return // our own, looped back by multicast
 	}
 	st := n.statsFor(h.Node, p.From)
