@@ -19,7 +19,10 @@ type WriterOptions struct {
 	Sockets int
 	// Batch is the number of messages per sendmsg. Only the last message
 	// of a batch asks for an ACK; failures come back as NLMSG_ERROR with
-	// the failing request's sequence number. Default 256.
+	// the failing request's sequence number. Default 256, at most
+	// MaxWriterBatch: every reply of a batch (an error, or a GET's answer,
+	// each taking a few KiB of receive buffer) must fit in the socket's
+	// receive buffer at once.
 	Batch int
 	// NetNS, when non-zero, is a file descriptor of the network namespace
 	// to write into (tests); 0 means the calling thread's namespace.
@@ -34,6 +37,7 @@ const (
 	DefaultWriterSockets    = 2
 	DefaultWriterBatch      = 256
 	DefaultWriterMinTimeout = 30
+	MaxWriterBatch          = 1024
 )
 
 // Op is what a write did to one flow.
@@ -99,6 +103,7 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 	if opts.Batch <= 0 {
 		opts.Batch = DefaultWriterBatch
 	}
+	opts.Batch = min(opts.Batch, MaxWriterBatch)
 	if opts.MinTimeout == 0 {
 		opts.MinTimeout = DefaultWriterMinTimeout
 	}

@@ -735,3 +735,36 @@ func TestWriterExtras(t *testing.T) {
 		}
 	}
 }
+
+// A batch bigger than a sendmsg may carry goes out in several, and the
+// replies still match their flows.
+func TestWriterSplitSend(t *testing.T) {
+	ns := netnstest.New(t)
+	w := newTestWriter(t, ns, WriterOptions{Batch: 1 << 20})
+	if w.opts.Batch != MaxWriterBatch {
+		t.Errorf("batch %d, want it capped at %d", w.opts.Batch, MaxWriterBatch)
+	}
+	for _, s := range w.socks {
+		s.maxSend = 1000 // a few messages per sendmsg
+	}
+	flows := testFlows(5000)
+	flows[1512].Orig.DstPort = 3 << 8 // ICMP unreachable: invalid
+	flows[1023].TCP.State = 200       // invalid, last of a batch
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, want := range []Op{Created, Updated} {
+		res, err := w.Commit(ctx, flows, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range res {
+			bad := i == 1512 || i == 1023
+			if bad != (r.Op == Failed) || !bad && r.Op != want {
+				t.Fatalf("flow %d: %v %v", i, r.Op, r.Err)
+			}
+		}
+	}
+	if got := dumpTable(t, ns); len(got) != len(flows)-2 {
+		t.Errorf("kernel holds %d flows, want %d", len(got), len(flows)-2)
+	}
+}

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"sync"
@@ -31,9 +32,10 @@ type replyFunc func(k int, m netlink.Message)
 // writeSocket is one of the writer's netlink sockets. It is used by one
 // goroutine of a round at a time; seq is touched only by that goroutine.
 type writeSocket struct {
-	s   *rawSocket
-	seq uint32
-	buf []byte // the batch being sent, reused
+	s       *rawSocket
+	seq     uint32
+	buf     []byte // the batch being sent, reused
+	maxSend int    // bytes per sendmsg the socket accepts (below sk_sndbuf)
 }
 
 func dialWriteSocket(netns int) (*writeSocket, error) {
@@ -55,7 +57,14 @@ func dialWriteSocket(netns int) (*writeSocket, error) {
 		_ = s.conn.SetWriteBuffer(writerWriteBuffer)
 	}
 	_ = s.conn.SetOption(netlink.CapAcknowledge, true)
-	return &writeSocket{s: s, seq: uint32(time.Now().UnixNano())}, nil
+	// netlink_sendmsg refuses (EMSGSIZE) a datagram above sk_sndbuf - 32;
+	// a batch larger than half the send buffer goes out in several
+	// sendmsg calls, split at message boundaries.
+	maxSend := 64 << 10
+	if n, err := s.conn.WriteBuffer(); err == nil && n/2 > maxSend {
+		maxSend = n / 2
+	}
+	return &writeSocket{s: s, seq: uint32(time.Now().UnixNano()), maxSend: maxSend}, nil
 }
 
 const (
@@ -151,7 +160,7 @@ func (s *writeSocket) batch(lo, hi int, codes []int32, enc encodeFunc, onReply r
 	s.seq += uint32(hi - lo)
 	last := s.seq
 
-	if err := s.send(s.buf); err != nil {
+	if err := s.sendSplit(s.buf); err != nil {
 		return err
 	}
 	done := false
@@ -196,6 +205,27 @@ func (s *writeSocket) batch(lo, hi int, codes []int32, enc encodeFunc, onReply r
 		if codes[k] == codePending {
 			codes[k] = 0
 		}
+	}
+	return nil
+}
+
+// sendSplit sends b, a sequence of netlink messages, in as few sendmsg
+// calls of at most maxSend bytes as it can. The kernel handles each call's
+// messages in order before the call returns.
+func (s *writeSocket) sendSplit(b []byte) error {
+	for len(b) > 0 {
+		n := 0
+		for n < len(b) {
+			l := int(binary.NativeEndian.Uint32(b[n:]))
+			if n > 0 && n+l > s.maxSend {
+				break
+			}
+			n += l
+		}
+		if err := s.send(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
 	}
 	return nil
 }
