@@ -900,13 +900,17 @@ func (n *Node) repair(pr *peer, ranges []SeqRange) {
 		if pr.ackKnown && first <= pr.acked {
 			first = pr.acked + 1 // a stale NACK, overtaken by an ACK
 		}
+		// The queue holds every sequence number from its oldest on.
+		if qFirst := n.queue.first(n.nextSeq); first < qFirst {
+			if min(last, qFirst-1) >= n.lastBegin {
+				lost = true
+				n.log.Debug("NACKed messages no longer queued", "from", first, "oldest queued", qFirst, "last bulk", n.lastBegin)
+			}
+			first = qFirst
+		}
 		for s := first; s <= last && budget > 0; s++ {
 			e := n.queue.get(s)
 			if e == nil {
-				if s >= n.lastBegin {
-					lost = true
-					n.log.Debug("NACKed message no longer queued", "seq", s, "queued", n.queue.Len(), "next", n.nextSeq, "lastBegin", n.lastBegin)
-				}
 				continue
 			}
 			if e.resentTo == pr.id && now.Sub(e.resentAt) < n.opt.AckInterval {
@@ -1101,6 +1105,14 @@ func (q *resendQueue) get(seq uint64) *queued {
 		return nil
 	}
 	return &q.items[(q.head+int(seq-first))%q.max]
+}
+
+// first returns the oldest queued sequence number, next when none is.
+func (q *resendQueue) first(next uint64) uint64 {
+	if q.n == 0 {
+		return next
+	}
+	return q.items[q.head].seq
 }
 
 // trim drops the messages up to seq.

@@ -690,3 +690,63 @@ func BenchmarkReplicate(b *testing.B) {
 		<-done
 	}
 }
+
+func TestResendQueue(t *testing.T) {
+	q := resendQueue{max: 4}
+	if q.first(1) != 1 || q.get(1) != nil {
+		t.Fatal("empty queue")
+	}
+	for s := uint64(1); s <= 6; s++ {
+		q.push(queued{seq: s})
+	}
+	if q.Len() != 4 || q.first(7) != 3 || q.get(2) != nil || q.get(7) != nil || q.get(5).seq != 5 {
+		t.Fatalf("after eviction: len %d first %d", q.Len(), q.first(7))
+	}
+	q.trim(4)
+	if q.Len() != 2 || q.first(7) != 5 || q.get(4) != nil || q.get(6).seq != 6 {
+		t.Fatalf("after trim: len %d first %d", q.Len(), q.first(7))
+	}
+	q.trim(10)
+	if q.Len() != 0 || q.first(7) != 7 {
+		t.Fatal("not empty")
+	}
+}
+
+// TestThreeNodesChurn: three nodes change their tables at once over a
+// lossy network; each ends with the others' tables.
+func TestThreeNodesChurn(t *testing.T) {
+	net := NewMemNetwork(22)
+	net.SetFaults(0.2, 0.05, 0.1)
+	var ns []*tnode
+	for _, name := range []string{"a", "b", "c"} {
+		ns = append(ns, start(t, net, testOptions(name, &testKey), nil))
+	}
+	done := make(chan struct{})
+	for i, tn := range ns {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for round := range 10 {
+				for j := range 200 {
+					f := tcpFlow(10000*i + j)
+					f.Mark = uint32(round)
+					if (j+round)%5 == 0 {
+						tn.in.Delete(f.Key)
+					} else {
+						tn.in.Upsert(&f)
+					}
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	for range ns {
+		<-done
+	}
+	for _, x := range ns {
+		for _, y := range ns {
+			if x != y {
+				converged(t, x, y, 15*time.Second)
+			}
+		}
+	}
+}
