@@ -11,11 +11,16 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/ctsyncd/ctsyncd/cache"
 	"github.com/ctsyncd/ctsyncd/control"
+	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
 
 // commandUsage lists the commands this daemon answers, for error messages.
-const commandUsage = "status, stats, dump internal, resync, flush internal"
+const commandUsage = "status, stats, dump internal|external, resync, flush internal|external, bulk, request-resync"
+
+// errNoSync answers replication commands on a node that does not replicate.
+var errNoSync = fmt.Errorf("replication is disabled on this node (sync.disabled = true)")
 
 // handle answers one control request.
 func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.Writer) error {
@@ -38,14 +43,19 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 		}
 		return d.writeValue(out, req.JSON, d.stats())
 	case "dump":
-		if err := want(1, "dump internal"); err != nil {
+		if err := want(1, "dump internal|external"); err != nil {
 			return err
 		}
 		switch args[0] {
 		case "internal":
 			return d.dumpInternal(out, req.JSON)
+		case "external":
+			if d.external == nil {
+				return errNoSync
+			}
+			return d.dumpExternal(out, req.JSON)
 		}
-		return fmt.Errorf("%w: dump internal (not %q)", control.ErrUsage, args[0])
+		return fmt.Errorf("%w: dump internal|external (not %q)", control.ErrUsage, args[0])
 	case "resync":
 		if err := want(0, "resync"); err != nil {
 			return err
@@ -56,7 +66,7 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 		}
 		return d.writeValue(out, req.JSON, rep)
 	case "flush":
-		if err := want(1, "flush internal"); err != nil {
+		if err := want(1, "flush internal|external"); err != nil {
 			return err
 		}
 		switch args[0] {
@@ -64,23 +74,51 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 			n := d.internal.Flush()
 			d.log.Info("internal cache flushed", "flows", n)
 			return d.writeValue(out, req.JSON, map[string]int{"flushed": n})
+		case "external":
+			if d.external == nil {
+				return errNoSync
+			}
+			n := d.external.Flush("")
+			d.log.Info("external cache flushed", "flows", n)
+			return d.writeValue(out, req.JSON, map[string]int{"flushed": n})
 		}
-		return fmt.Errorf("%w: flush internal (not %q)", control.ErrUsage, args[0])
+		return fmt.Errorf("%w: flush internal|external (not %q)", control.ErrUsage, args[0])
+	case "bulk":
+		if err := want(0, "bulk"); err != nil {
+			return err
+		}
+		if d.node == nil {
+			return errNoSync
+		}
+		d.node.Bulk()
+		d.log.Info("bulk transfer requested by ctsyncctl")
+		return d.writeValue(out, req.JSON, map[string]any{"bulk": "started", "flows": d.internal.Len()})
+	case "request-resync":
+		if err := want(0, "request-resync"); err != nil {
+			return err
+		}
+		if d.node == nil {
+			return errNoSync
+		}
+		d.node.RequestResync()
+		d.log.Info("resync from peers requested by ctsyncctl")
+		return d.writeValue(out, req.JSON, map[string]any{"request_resync": "sent"})
 	}
 	return fmt.Errorf("%w %q (this daemon knows: %s)", control.ErrUnknownCommand, req.Command, commandUsage)
 }
 
 // Status is the answer to `ctsyncctl status`.
 type Status struct {
-	Node          string    `json:"node"`
-	Version       string    `json:"version"`
-	Started       time.Time `json:"started"`
-	Uptime        string    `json:"uptime"`
-	InternalFlows int       `json:"internal_flows"`
-	Transport     string    `json:"transport"`
-	LastReconcile time.Time `json:"last_reconcile"`
-	EventBuffer   int       `json:"event_buffer_bytes"`
-	OwnAddresses  int       `json:"own_addresses"`
+	Node          string      `json:"node"`
+	Version       string      `json:"version"`
+	Started       time.Time   `json:"started"`
+	Uptime        string      `json:"uptime"`
+	InternalFlows int         `json:"internal_flows"`
+	Transport     string      `json:"transport"`
+	LastReconcile time.Time   `json:"last_reconcile"`
+	EventBuffer   int         `json:"event_buffer_bytes"`
+	OwnAddresses  int         `json:"own_addresses"`
+	Sync          *SyncStatus `json:"sync,omitempty"`
 }
 
 func (d *Daemon) status() Status {
@@ -98,6 +136,7 @@ func (d *Daemon) status() Status {
 	if r := d.lastRec.Load(); r != nil {
 		s.LastReconcile = r.At
 	}
+	s.Sync = d.syncStatus()
 	return s
 }
 
@@ -123,7 +162,9 @@ type Stats struct {
 		ReconFixed uint64 `json:"reconcile_fixed"`
 		ReconGone  uint64 `json:"reconcile_removed"`
 	} `json:"internal"`
-	LastReconcile *reconcileReport `json:"last_reconcile,omitempty"`
+	LastReconcile *reconcileReport            `json:"last_reconcile,omitempty"`
+	External      *cache.ExternalStats        `json:"external,omitempty"`
+	Peers         map[string]ctsync.PeerStats `json:"peers,omitempty"`
 }
 
 func (d *Daemon) stats() Stats {
@@ -137,6 +178,11 @@ func (d *Daemon) stats() Stats {
 	s.Internal.Pending, s.Internal.Reconciles = is.Dirty, is.Reconciles
 	s.Internal.ReconAdded, s.Internal.ReconFixed, s.Internal.ReconGone = is.ReconAdded, is.ReconFixed, is.ReconGone
 	s.LastReconcile = d.lastRec.Load()
+	if d.node != nil {
+		es := d.external.Stats()
+		s.External = &es
+		s.Peers = d.node.Stats()
+	}
 	return s
 }
 
@@ -201,6 +247,31 @@ func (d *Daemon) dumpInternal(out io.Writer, asJSON bool) error {
 		}
 		bw.WriteString(f.String())
 		bw.WriteByte('\n')
+	}
+	return bw.Flush()
+}
+
+// dumpExternal prints the external cache: each flow with its origin and
+// idleness, or one JSON object a line.
+func (d *Daemon) dumpExternal(out io.Writer, asJSON bool) error {
+	now := time.Now()
+	bw := bufio.NewWriterSize(out, 64<<10)
+	enc := json.NewEncoder(bw)
+	for _, e := range d.external.Snapshot() {
+		f := e.Flow
+		origin, timeout := externalLine(&e, now)
+		f.Timeout = timeout
+		if asJSON {
+			v := f.View()
+			v.Origin = origin
+			v.IdleSecs = e.IdleAt.Seconds()
+			if err := enc.Encode(v); err != nil {
+				return err
+			}
+			continue
+		}
+		bw.WriteString(f.String())
+		fmt.Fprintf(bw, " origin=%s idle=%s\n", origin, e.IdleAt.Round(time.Second))
 	}
 	return bw.Flush()
 }

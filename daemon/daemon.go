@@ -30,6 +30,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/filter"
 	"github.com/ctsyncd/ctsyncd/flow"
 	"github.com/ctsyncd/ctsyncd/kernel"
+	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
 
 // Options configure a Daemon.
@@ -56,6 +57,10 @@ type Daemon struct {
 
 	filter   atomic.Pointer[filter.Filter] // replaced whole on SIGHUP
 	internal *cache.Internal
+	external *cache.External      // nil without sync
+	key      *[ctsync.KeyLen]byte // nil: insecure or no sync
+	node     *ctsync.Node         // nil without sync
+	writer   *kernel.Writer
 
 	// ownPorts are the netlink port ids of this daemon's write sockets:
 	// events they caused are never replicated as local state.
@@ -102,6 +107,12 @@ func New(opts Options) (*Daemon, error) {
 		ready:    make(chan struct{}),
 	}
 	d.filter.Store(flt)
+	if cfg.Sync.Inject {
+		return nil, fmt.Errorf("sync.inject: writing received flows straight into the kernel is not supported yet; commit on failover instead")
+	}
+	if d.key, err = loadKey(cfg.Sync); err != nil {
+		return nil, err
+	}
 	empty := []uint32{}
 	d.ownPorts.Store(&empty)
 	gid := -1
@@ -211,6 +222,36 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.cfg.Sync.Disabled {
 		d.internal.DisableChanges() // nobody takes them
 	}
+	// The writer's sockets are known before any event is read, so that
+	// events caused by our own writes (commit) are never taken as local.
+	w, err := kernel.NewWriter(kernel.WriterOptions{
+		Sockets: d.cfg.Kernel.WriteSockets, Batch: d.cfg.Kernel.WriteBatch, NetNS: d.netns,
+		MinTimeout: uint32(d.cfg.Failover.MinTimeout.Seconds()),
+	})
+	if err != nil {
+		l.Close()
+		d.ctl.Close()
+		return fmt.Errorf("open conntrack writer: %w", err)
+	}
+	d.writer = w
+	defer w.Close()
+	ports := w.PortIDs()
+	d.ownPorts.Store(&ports)
+	var tr ctsync.Transport
+	if !d.cfg.Sync.Disabled {
+		d.external = cache.NewExternal()
+		if tr, err = d.newTransport(); err == nil {
+			d.node, err = d.newNode(tr)
+		}
+		if err != nil {
+			if tr != nil {
+				tr.Close()
+			}
+			l.Close()
+			d.ctl.Close()
+			return fmt.Errorf("sync: %w", err)
+		}
+	}
 	close(d.ready)
 	d.log.Info("ctsyncd started", "version", d.version, "node", d.cfg.Node.Name,
 		"socket", d.cfg.Control.Socket, "event_buffer", l.ReadBuffer())
@@ -227,6 +268,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.reconciler(ctx) })
+	if d.node != nil {
+		g.Go(func() error {
+			defer tr.Close()
+			if err := d.node.Run(ctx); err != nil {
+				return fmt.Errorf("sync: %w", err)
+			}
+			return nil
+		})
+	}
 	err = g.Wait()
 	d.ctl.Close()
 	if err != nil && !errors.Is(err, context.Canceled) {
@@ -354,6 +404,12 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 
 // Internal returns the internal cache (tests, and the parts wired later).
 func (d *Daemon) Internal() *cache.Internal { return d.internal }
+
+// External returns the external cache, nil without sync.
+func (d *Daemon) External() *cache.External { return d.external }
+
+// Node returns the replication node, nil without sync.
+func (d *Daemon) Node() *ctsync.Node { return d.node }
 
 // Ready is closed once Run has subscribed to events and made the caches.
 func (d *Daemon) Ready() <-chan struct{} { return d.ready }

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/ctsyncd/ctsyncd/control"
+	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
 
 const usage = `Usage: ctsyncctl [--socket PATH] [--json] COMMAND [ARGS]
@@ -21,20 +22,30 @@ Commands:
   stats                   event, cache and reconcile counters
   dump internal           this node's flows, one a line like 'conntrack -L'
                           (--json: one JSON object a line)
+  dump external           the flows peers replicated, with origin and idleness
   resync                  re-read this kernel's table into the internal cache
                           (like conntrackd -R) and print what changed
-  flush internal          empty the internal cache (peers are not told)
+  flush internal|external empty a cache (peers are not told)
+  bulk                    send the whole internal cache to every peer (-B)
+  request-resync          ask every peer for its whole table (-n)
+  keygen                  print a new random sync key (64 hex characters);
+                          runs locally, no daemon needed:
+                            ctsyncctl keygen > /etc/ctsyncd/sync.key
+                            chmod 600 /etc/ctsyncd/sync.key
 
 Options:
 `
 
 // commands maps each command to the arguments it accepts (nil: none).
 var commands = map[string][]string{
-	"status": nil,
-	"stats":  nil,
-	"dump":   {"internal"},
-	"resync": nil,
-	"flush":  {"internal"},
+	"status":         nil,
+	"stats":          nil,
+	"dump":           {"internal", "external"},
+	"resync":         nil,
+	"flush":          {"internal", "external"},
+	"bulk":           nil,
+	"request-resync": nil,
+	"keygen":         nil,
 }
 
 func main() {
@@ -82,6 +93,10 @@ func run(argv []string) int {
 	if allowed != nil && (len(cargs) != 1 || !contains(allowed, cargs[0])) {
 		fmt.Fprintf(os.Stderr, "ctsyncctl: usage: ctsyncctl %s %s\n", cmd, strings.Join(allowed, "|"))
 		return 2
+	}
+	if cmd == "keygen" {
+		fmt.Print(ctsync.GenerateKey())
+		return 0
 	}
 	err := control.Do(*socket, control.Request{Command: cmd, Args: cargs, JSON: *asJSON}, os.Stdout)
 	if err != nil {
