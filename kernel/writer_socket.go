@@ -10,10 +10,7 @@ import (
 	"time"
 
 	"github.com/mdlayher/netlink"
-	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
-
-	"github.com/ctsyncd/ctsyncd/flow"
 )
 
 // Per-request outcome codes of a round: 0 success, > 0 an errno, codePending
@@ -248,13 +245,56 @@ func (s *writeSocket) send(b []byte) error {
 	return nil
 }
 
-// decodeFlow decodes a GET reply into f.
-func decodeFlow(m netlink.Message, f *flow.Flow) bool {
-	var ce conntrack.Event
-	if err := ce.Unmarshal(m); err != nil || ce.Flow == nil {
-		return false
+// dump reads the whole table (both families) on the writer's first socket
+// and calls fn for each entry; m's data are valid only during the call.
+func (w *Writer) dump(ctx context.Context, fn func(m netlink.Message)) error {
+	s := w.socks[0]
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		_ = s.s.conn.SetDeadline(time.Unix(1, 0))
+	})
+	defer func() {
+		if !stop() {
+			<-fired
+			_ = s.s.conn.SetDeadline(time.Time{})
+		}
+	}()
+	s.seq++
+	seq := s.seq
+	e := msgEncoder{s.buf[:0]}
+	m := e.begin(ctType(msgCTGet), netlink.Request|netlink.Dump, seq, unix.AF_UNSPEC)
+	e.end(m)
+	s.buf = e.b
+	if err := s.send(s.buf); err != nil {
+		return err
 	}
-	var ok bool
-	*f, ok = FromConntrack(ce.Flow)
-	return ok
+	var derr error
+	done := false
+	handle := func(m netlink.Message) error {
+		if m.Header.Sequence != seq {
+			return nil
+		}
+		switch m.Header.Type {
+		case netlink.Done:
+			done = true
+		case netlink.Error:
+			if c := errnoOf(m); c != 0 {
+				derr = &OpError{Op: "dump", Err: c}
+			}
+			done = true
+		default:
+			fn(m)
+		}
+		return nil
+	}
+	for !done {
+		if err := s.s.recv(handle); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+	}
+	return derr
 }
