@@ -85,8 +85,7 @@ func NewGossip(opt GossipOptions) (*Gossip, error) {
 	if err != nil {
 		return nil, fmt.Errorf("gossip: listen: %w", err)
 	}
-	_ = conn.SetReadBuffer(udpReadBuffer)
-	_ = conn.SetWriteBuffer(udpWriteBuffer)
+	setBuffers(conn)
 	g.conn = conn
 
 	cfg := memberlist.DefaultLANConfig()

@@ -15,6 +15,24 @@ import (
 	"golang.org/x/sys/unix"
 )
 
+// setBuffers asks for large socket buffers; with CAP_NET_ADMIN it goes past
+// net.core.rmem_max / wmem_max (SO_RCVBUFFORCE / SO_SNDBUFFORCE), as
+// conntrackd does.
+func setBuffers(c syscall.Conn) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, udpReadBuffer) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, udpReadBuffer)
+		}
+		if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, udpWriteBuffer) != nil {
+			_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, udpWriteBuffer)
+		}
+	})
+}
+
 // reuseAddr lets several sockets bind the group port (SO_REUSEADDR), as
 // conntrackd's multicast channel does.
 var reuseAddr = net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
@@ -25,8 +43,7 @@ var reuseAddr = net.ListenConfig{Control: func(network, address string, c syscal
 	return errors.Join(err, serr)
 }}
 
-// Socket buffer sizes asked for (the kernel caps them at
-// net.core.rmem_max / wmem_max unless the process may override).
+// Socket buffer sizes asked for (see setBuffers).
 const (
 	udpReadBuffer  = 8 << 20
 	udpWriteBuffer = 4 << 20
@@ -73,8 +90,7 @@ func NewUDP(opt UDPOptions) (*UDP, error) {
 	if err != nil {
 		return nil, fmt.Errorf("udp: listen: %w", err)
 	}
-	_ = conn.SetReadBuffer(udpReadBuffer)
-	_ = conn.SetWriteBuffer(udpWriteBuffer)
+	setBuffers(conn)
 	t.conn = conn
 	t.rx.start(func(buf []byte) (int, netip.AddrPort, bool, error) {
 		n, from, err := conn.ReadFromUDPAddrPort(buf)
@@ -260,9 +276,8 @@ func NewMulticast(opt MulticastOptions) (*Multicast, error) {
 		t.conn.Close()
 		return nil, fmt.Errorf("multicast: join %v on %s: %w", group.Addr(), ifi.Name, err)
 	}
-	if uc, ok := t.conn.(*net.UDPConn); ok {
-		_ = uc.SetReadBuffer(udpReadBuffer)
-		_ = uc.SetWriteBuffer(udpWriteBuffer)
+	if sc, ok := t.conn.(syscall.Conn); ok {
+		setBuffers(sc)
 	}
 	t.rx.start(t.read)
 	return t, nil

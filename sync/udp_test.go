@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ctsyncd/ctsyncd/cache"
 )
@@ -29,6 +32,14 @@ func TestUDPLoopback(t *testing.T) {
 	tb, err := NewUDP(UDPOptions{Listen: addrB, Peers: []string{addrA}})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		rc, _ := ta.conn.SyscallConn()
+		var size int
+		rc.Control(func(fd uintptr) { size, _ = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF) })
+		if size < udpReadBuffer {
+			t.Errorf("receive buffer %d bytes as root, want %d", size, udpReadBuffer)
+		}
 	}
 	if got := ta.Peers(); len(got) != 1 || got[0] != addrB {
 		t.Fatalf("Peers = %v", got)
