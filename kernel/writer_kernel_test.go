@@ -821,3 +821,47 @@ func TestWriterReplaceReversed(t *testing.T) {
 		})
 	}
 }
+
+// An entry made elsewhere (here by ti-mo's Create, without liberal flags
+// and with ASSURED) is updated: liberal in both directions, timeout and mark
+// taken from the flow, ASSURED kept although the flow lacks it.
+func TestWriterUpdatesForeignEntry(t *testing.T) {
+	ns := netnstest.New(t)
+	w := newTestWriter(t, ns, WriterOptions{})
+	f := flow.Flow{Key: flow.Key{Family: flow.FamilyIPv4, Proto: flow.ProtoTCP,
+		Orig: flow.Tuple{Src: mustAddr("10.66.0.1"), Dst: mustAddr("10.66.0.2"), SrcPort: 40000, DstPort: 443}},
+		Status: flow.StatusConfirmed | flow.StatusSeenReply, Timeout: 900, Mark: 5,
+		TCP: flow.TCPInfo{State: flow.TCPEstablished}}
+	f.Reply = f.Orig.Invert(f.Proto)
+	c, err := conntrack.Dial(&netlink.Config{NetNS: ns.FD(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := ToConntrack(&f)
+	foreign.Status = conntrack.Status(flow.StatusConfirmed | flow.StatusSeenReply | flow.StatusAssured)
+	foreign.Timeout, foreign.Mark = 100, 0
+	foreign.ProtoInfo.TCP.OriginalFlags, foreign.ProtoInfo.TCP.ReplyFlags = 0, 0
+	err = c.Create(foreign)
+	c.Close()
+	if err != nil {
+		t.Fatalf("ti-mo Create: %v", err)
+	}
+	before := kernelTCPFlags(t, ns)[f.Key]
+	if before[0]&flow.TCPFlagBeLiberal != 0 {
+		t.Fatalf("conntrack -I already set BE_LIBERAL: %#x", before)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	written := time.Now()
+	res, err := w.Commit(ctx, []flow.Flow{f}, nil)
+	if err != nil || res[0].Op != Updated {
+		t.Fatalf("commit: %v %+v", err, res)
+	}
+	got := dumpTable(t, ns)
+	g := got[f.Key]
+	if g.Status&flow.StatusAssured == 0 {
+		t.Errorf("ASSURED lost: %#x", g.Status)
+	}
+	f.Status |= flow.StatusAssured
+	checkWritten(t, []flow.Flow{f}, got, 0, kernelTCPFlags(t, ns), written)
+}
