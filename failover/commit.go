@@ -1,0 +1,357 @@
+package failover
+
+import (
+	"cmp"
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ctsyncd/ctsyncd/cache"
+	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/kernel"
+)
+
+// Writer writes flows into the kernel's conntrack table. *kernel.Writer
+// satisfies it; see its methods for the exact semantics (Commit creates or
+// updates and writes max(floor, Timeout-age); Update changes existing
+// entries only and writes Timeout as is). Results are in input order, one
+// per flow.
+type Writer interface {
+	Commit(ctx context.Context, flows []flow.Flow, age []time.Duration) ([]kernel.Result, error)
+	Update(ctx context.Context, flows []flow.Flow) ([]kernel.Result, error)
+}
+
+var _ Writer = (*kernel.Writer)(nil)
+
+// Defaults of CommitOptions.
+const (
+	DefaultFirstChunk  = 128
+	DefaultMaxChunk    = 65536
+	DefaultMaxFailures = 20
+)
+
+// CommitOptions configure Commit. Zero values take the defaults.
+type CommitOptions struct {
+	// Timeout bounds the whole commit (config failover.commit_timeout);
+	// flows not written by then stay in the external cache. 0: only ctx
+	// bounds it.
+	Timeout time.Duration
+	// FirstChunk is the number of flows in the first write: the least idle
+	// ones, so that the flows that carry traffic land within milliseconds
+	// of the takeover. Default DefaultFirstChunk.
+	FirstChunk int
+	// MaxChunk caps the later writes, which grow eightfold from
+	// FirstChunk. Default DefaultMaxChunk.
+	MaxChunk int
+	// MaxFailures is how many failures the report describes one by one
+	// (the others are only counted by errno). Default DefaultMaxFailures.
+	MaxFailures int
+}
+
+// Failure describes one flow that could not be committed.
+type Failure struct {
+	Flow  string `json:"flow"` // conntrack -L style
+	Error string `json:"error"`
+}
+
+// Report is the outcome of a commit. It marshals to JSON without the
+// order of the flows (which may hold millions of keys): use Position or
+// Order for that.
+type Report struct {
+	Flows    int `json:"flows"`    // flows in the external cache's snapshot (one per key)
+	Created  int `json:"created"`  // new kernel entries
+	Updated  int `json:"updated"`  // existing entries updated
+	Replaced int `json:"replaced"` // existing entries with other NAT deleted and re-created
+	Failed   int `json:"failed"`   // not written, including NotTried
+	// NotTried counts the flows never sent because the commit ran out of
+	// time or the writer failed.
+	NotTried int `json:"not_tried,omitempty"`
+	// Removed counts the entries that left the external cache (every
+	// origin's entry for each committed key).
+	Removed int `json:"removed"`
+	// Seconds is the duration of the whole commit; FirstChunkSeconds the
+	// time until the first (least idle) chunk was in the kernel.
+	Seconds           float64 `json:"seconds"`
+	FirstChunkSeconds float64 `json:"first_chunk_seconds"`
+	// Failures describes the first MaxFailures failures; Errnos counts
+	// every failure by errno name ("EINVAL") or cause ("deadline").
+	Failures []Failure      `json:"failures,omitempty"`
+	Errnos   map[string]int `json:"errnos,omitempty"`
+
+	order   []flow.Key
+	posOnce sync.Once
+	pos     map[flow.Key]int
+}
+
+// Committed is the number of flows now in the kernel.
+func (r *Report) Committed() int { return r.Created + r.Updated + r.Replaced }
+
+// Order returns the keys in the order they were written. The slice is the
+// report's own: do not modify it.
+func (r *Report) Order() []flow.Key { return r.order }
+
+// Position returns the index of k in the commit order (0 is written
+// first), or -1 when k was not part of the commit. The first call builds
+// an index of every key.
+func (r *Report) Position(k flow.Key) int {
+	r.posOnce.Do(func() {
+		r.pos = make(map[flow.Key]int, len(r.order))
+		for i, k := range r.order {
+			r.pos[k] = i
+		}
+	})
+	if i, ok := r.pos[k]; ok {
+		return i
+	}
+	return -1
+}
+
+func (r *Report) fail(f *flow.Flow, err error, max int) {
+	r.Failed++
+	if r.Errnos == nil {
+		r.Errnos = make(map[string]int)
+	}
+	r.Errnos[errName(err)]++
+	if len(r.Failures) < max {
+		r.Failures = append(r.Failures, Failure{Flow: f.String(), Error: err.Error()})
+	}
+}
+
+// errName names an error's cause for Report.Errnos.
+func errName(err error) string {
+	var errno unix.Errno
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return "deadline"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, kernel.ErrClosed):
+		return "closed"
+	case errors.As(err, &errno):
+		if n := unix.ErrnoName(errno); n != "" {
+			return n
+		}
+		return fmt.Sprintf("errno %d", int(errno))
+	}
+	return "other"
+}
+
+// Commit writes the external cache's flows into the kernel through w and
+// removes from the cache the entries it committed (Created, Updated or
+// Replaced; failed ones stay, to be retried by another commit).
+//
+// Order: the flows that carry traffic first, by least IdleAt (the idleness
+// the origin derived from its kernel's remaining timeouts, plus the time
+// since), never by most recent event: an established flow's packets raise
+// no events. The first write holds only opt.FirstChunk flows, so that live
+// flows are in the kernel within milliseconds; later writes grow to
+// opt.MaxChunk. Each flow's age is the time since its state was received,
+// which the writer subtracts from its timeout (down to its floor).
+//
+// When several origins hold the same key, the most recently received
+// entry is written. Commit is bounded by opt.Timeout and ctx; when either
+// ends it, the report counts the flows not tried and the error wraps the
+// cause (ErrCommitTimeout for opt.Timeout). Repeating a commit is harmless:
+// what was committed left the cache, and a flow committed again is updated.
+func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOptions) (*Report, error) {
+	start := time.Now()
+	if opt.FirstChunk <= 0 {
+		opt.FirstChunk = DefaultFirstChunk
+	}
+	if opt.MaxChunk <= 0 {
+		opt.MaxChunk = DefaultMaxChunk
+	}
+	opt.MaxChunk = max(opt.MaxChunk, opt.FirstChunk)
+	if opt.MaxFailures <= 0 {
+		opt.MaxFailures = DefaultMaxFailures
+	}
+	if opt.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, opt.Timeout, ErrCommitTimeout)
+		defer cancel()
+	}
+
+	snap := dedup(ext.Snapshot())
+	rep := &Report{Flows: len(snap), order: make([]flow.Key, 0, len(snap))}
+	ord := commitOrder(snap, opt.FirstChunk)
+
+	var (
+		flows = make([]flow.Flow, 0, opt.MaxChunk)
+		age   = make([]time.Duration, 0, opt.MaxChunk)
+		done  = make([]flow.Key, 0, opt.MaxChunk)
+		chunk = opt.FirstChunk
+		err   error
+	)
+	for next := 0; next < len(ord.idx); {
+		if ord.sortFrom == next && next > 0 {
+			// The first chunk was picked by selection; order the rest now
+			// that the live flows are in.
+			ord.sortRest()
+		}
+		end := min(next+chunk, len(ord.idx))
+		flows, age = flows[:0], age[:0]
+		now := time.Now()
+		for _, i := range ord.idx[next:end] {
+			e := &snap[i]
+			flows = append(flows, e.Flow)
+			age = append(age, now.Sub(e.Received))
+			rep.order = append(rep.order, e.Flow.Key)
+		}
+		var res []kernel.Result
+		res, err = w.Commit(ctx, flows, age)
+		done = done[:0]
+		for k := range flows {
+			if k >= len(res) {
+				rep.fail(&flows[k], cmp.Or(err, errors.New("no result")), opt.MaxFailures)
+				continue
+			}
+			switch res[k].Op {
+			case kernel.Created:
+				rep.Created++
+			case kernel.Updated:
+				rep.Updated++
+			case kernel.Replaced:
+				rep.Replaced++
+			default:
+				rep.fail(&flows[k], cmp.Or(res[k].Err, errors.New(res[k].Op.String())), opt.MaxFailures)
+				continue
+			}
+			done = append(done, res[k].Key)
+		}
+		rep.Removed += ext.Remove(done)
+		if next == 0 {
+			rep.FirstChunkSeconds = time.Since(start).Seconds()
+		}
+		next = end
+		chunk = min(chunk*8, opt.MaxChunk)
+		if err != nil {
+			for _, i := range ord.idx[next:] {
+				e := &snap[i]
+				rep.order = append(rep.order, e.Flow.Key)
+				rep.NotTried++
+				rep.fail(&e.Flow, err, opt.MaxFailures)
+			}
+			break
+		}
+	}
+	rep.Seconds = time.Since(start).Seconds()
+	if err != nil {
+		if c := context.Cause(ctx); errors.Is(c, ErrCommitTimeout) {
+			return rep, fmt.Errorf("failover: commit: %w after %v: %d of %d flows not tried", ErrCommitTimeout, opt.Timeout, rep.NotTried, rep.Flows)
+		}
+		return rep, fmt.Errorf("failover: commit: %w", err)
+	}
+	return rep, nil
+}
+
+// dedup keeps one entry per key, the most recently received, when the
+// snapshot holds several origins (one origin never repeats a key).
+func dedup(snap []cache.ExternalEntry) []cache.ExternalEntry {
+	multi := false
+	for i := 1; i < len(snap); i++ {
+		if snap[i].Origin != snap[0].Origin {
+			multi = true
+			break
+		}
+	}
+	if !multi {
+		return snap
+	}
+	seen := make(map[flow.Key]int, len(snap))
+	out := snap[:0]
+	for _, e := range snap {
+		if j, ok := seen[e.Flow.Key]; ok {
+			if e.Received.After(out[j].Received) {
+				out[j] = e
+			}
+			continue
+		}
+		seen[e.Flow.Key] = len(out)
+		out = append(out, e)
+	}
+	return out
+}
+
+// order is the commit order over a snapshot: idx[:sortFrom] are the first
+// chunk, sorted; idx[sortFrom:] are sorted by sortRest when needed.
+type order struct {
+	idx      []int32
+	idle     []time.Duration
+	sortFrom int
+}
+
+func (o *order) less(a, b int32) int {
+	if c := cmp.Compare(o.idle[a], o.idle[b]); c != 0 {
+		return c
+	}
+	return cmp.Compare(a, b)
+}
+
+func (o *order) sortRest() {
+	slices.SortFunc(o.idx[o.sortFrom:], o.less)
+}
+
+// commitOrder picks the first least idle entries by selection (O(n log
+// first)), so that they can be written before the rest is sorted.
+func commitOrder(snap []cache.ExternalEntry, first int) *order {
+	o := &order{idx: make([]int32, len(snap)), idle: make([]time.Duration, len(snap))}
+	for i := range snap {
+		o.idle[i] = snap[i].IdleAt
+	}
+	if len(snap) <= first {
+		for i := range o.idx {
+			o.idx[i] = int32(i)
+		}
+		slices.SortFunc(o.idx, o.less)
+		o.sortFrom = len(o.idx)
+		return o
+	}
+	// A max-heap of the first least idle seen so far.
+	h := &maxHeap{o: o, idx: make([]int32, 0, first)}
+	for i := range snap {
+		j := int32(i)
+		if h.Len() < first {
+			heap.Push(h, j)
+			continue
+		}
+		if o.less(j, h.idx[0]) < 0 {
+			h.idx[0] = j
+			heap.Fix(h, 0)
+		}
+	}
+	picked := make([]bool, len(snap))
+	for _, j := range h.idx {
+		picked[j] = true
+	}
+	n := copy(o.idx, h.idx)
+	slices.SortFunc(o.idx[:n], o.less)
+	for i := range snap {
+		if !picked[i] {
+			o.idx[n] = int32(i)
+			n++
+		}
+	}
+	o.sortFrom = first
+	return o
+}
+
+type maxHeap struct {
+	o   *order
+	idx []int32
+}
+
+func (h *maxHeap) Len() int           { return len(h.idx) }
+func (h *maxHeap) Less(a, b int) bool { return h.o.less(h.idx[a], h.idx[b]) > 0 }
+func (h *maxHeap) Swap(a, b int)      { h.idx[a], h.idx[b] = h.idx[b], h.idx[a] }
+func (h *maxHeap) Push(x any)         { h.idx = append(h.idx, x.(int32)) }
+func (h *maxHeap) Pop() any {
+	x := h.idx[len(h.idx)-1]
+	h.idx = h.idx[:len(h.idx)-1]
+	return x
+}
