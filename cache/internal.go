@@ -59,6 +59,18 @@ func (c *Internal) export(e *entry) Entry {
 	return Entry{Flow: e.Flow, Refreshed: c.base + int64(e.ref)*int64(tick), Peak: e.peak}
 }
 
+// change builds the change that replicates e: the flow with its remaining
+// timeout as of now (the kernel reported it at the last refresh, up to a
+// reconcile interval ago) and its idleness.
+func (c *Internal) change(e *entry, now time.Time) Change {
+	x := c.export(e)
+	idle := x.Idle(now) // before the timeout is aged: Idle adds the age itself
+	if d := now.UnixNano() - x.Refreshed; d > 0 {
+		x.Timeout -= min(x.Timeout, uint32(d/int64(time.Second)))
+	}
+	return Change{Flow: x.Flow, Idle: idle}
+}
+
 // newer reports whether change counter a is after b (serial arithmetic).
 func newer(a, b uint32) bool { return int32(a-b) > 0 }
 
@@ -249,6 +261,17 @@ func (c *Internal) Snapshot() []Entry {
 	return out
 }
 
+// Keys returns the keys of every cached flow, in no particular order.
+func (c *Internal) Keys() []flow.Key {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]flow.Key, 0, len(c.flows))
+	for k := range c.flows {
+		out = append(out, k)
+	}
+	return out
+}
+
 // Stats returns the cache's counters.
 func (c *Internal) Stats() InternalStats {
 	c.mu.Lock()
@@ -278,8 +301,7 @@ func (c *Internal) TakeChanges(max int) []Change {
 		}
 		delete(c.dirty, k)
 		if e, ok := c.flows[k]; ok {
-			x := c.export(e)
-			out = append(out, Change{Flow: e.Flow, Idle: x.Idle(now)})
+			out = append(out, c.change(e, now))
 		} else {
 			out = append(out, Change{Flow: flow.Flow{Key: k}, Deleted: true})
 		}
@@ -300,8 +322,7 @@ func (c *Internal) Current(k flow.Key) Change {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e, ok := c.flows[k]; ok {
-		x := c.export(e)
-		return Change{Flow: e.Flow, Idle: x.Idle(now)}
+		return c.change(e, now)
 	}
 	return Change{Flow: flow.Flow{Key: k}, Deleted: true}
 }

@@ -171,6 +171,14 @@ func TestIdleness(t *testing.T) {
 	if len(ch) != 1 || ch[0].Flow.Orig.SrcPort != busy.Orig.SrcPort {
 		t.Fatalf("changes %+v, want the busy flow only", ch)
 	}
+	// A change taken 10 s after the dump carries the timeout left now and
+	// the idleness as of now.
+	now = now.Add(10 * time.Second)
+	cur := c.Current(idle.Key)
+	if cur.Flow.Timeout != 430960 || cur.Idle != 1040*time.Second {
+		t.Errorf("current: timeout %d idle %v, want 430960 and 1040s", cur.Flow.Timeout, cur.Idle)
+	}
+	now = now.Add(-10 * time.Second)
 	b, _ := c.Get(busy.Key)
 	i, _ := c.Get(idle.Key)
 	if got := b.Idle(now); got != 0 {

@@ -965,11 +965,7 @@ func (n *Node) startBulk(restart bool) {
 	if n.bulk != nil && !restart {
 		return
 	}
-	snap := n.internal.Snapshot()
-	keys := make([]flow.Key, len(snap))
-	for i := range snap {
-		keys[i] = snap[i].Key
-	}
+	keys := n.internal.Keys()
 	id := randUint64()
 	begin := n.sendMarker(MsgBulkBegin, id)
 	n.lastBegin = begin
