@@ -15,7 +15,12 @@ import (
 // WriterOptions configure a Writer. Zero values take the defaults.
 type WriterOptions struct {
 	// Sockets is the number of netlink sockets written in parallel, one
-	// goroutine each during an operation. Default 2.
+	// goroutine each during an operation. Default 2. The kernel runs
+	// ctnetlink's NEW, GET and DELETE under the nfnetlink subsystem mutex,
+	// so more sockets only overlap user-space work (encoding, decoding)
+	// with the kernel's: measured on 2 vCPUs, creates ran no faster with 2
+	// sockets than with 1 (and spent more system CPU), a large update
+	// (EEXIST, read back, update) ran ~25 % faster.
 	Sockets int
 	// Batch is the number of messages per sendmsg. Only the last message
 	// of a batch asks for an ACK; failures come back as NLMSG_ERROR with
