@@ -194,6 +194,13 @@ func codeResult(r *Result, op string, ok Op, code int32, cause error) {
 	}
 }
 
+// failAll marks res[idx...] Failed because the operation ended with cause.
+func failAll(res []Result, idx []int, op string, cause error) {
+	for _, i := range idx {
+		codeResult(&res[i], op, 0, codePending, cause)
+	}
+}
+
 // validKey checks what the kernel cannot be asked about at all.
 func validKey(k *flow.Key) error {
 	if k.Family != flow.FamilyIPv4 && k.Family != flow.FamilyIPv6 {
@@ -222,8 +229,10 @@ func (w *Writer) commitTimeout(t uint32, age time.Duration) uint32 {
 // are written with BE_LIBERAL in both directions.
 //
 // Results are in input order, one per flow. The error is non-nil when ctx
-// ended the commit or a socket failed; flows not reached are Failed with
-// that cause. A second Commit of the same flows does no harm.
+// ended the commit or a socket failed; the flows it left unsettled are
+// Failed with that cause, and their state is unknown (a batch already sent
+// is applied by the kernel even when its replies are not read): a second
+// Commit of the same flows settles them and does no harm.
 func (w *Writer) Commit(ctx context.Context, flows []flow.Flow, age []time.Duration) ([]Result, error) {
 	if err := w.begin(); err != nil {
 		return nil, err
@@ -250,6 +259,9 @@ func (w *Writer) Commit(ctx context.Context, flows []flow.Flow, age []time.Durat
 
 	// Round 1: create everything, exclusively.
 	exists, err := w.create(ctx, flows, timeouts, todo, res, Created)
+	if err != nil {
+		failAll(res, exists, "update", err)
+	}
 	if err != nil || len(exists) == 0 {
 		return res, err
 	}
@@ -283,6 +295,9 @@ func (w *Writer) Commit(ctx context.Context, flows []flow.Flow, age []time.Durat
 		}
 	}
 	if rerr != nil {
+		failAll(res, upd, "update", rerr)
+		failAll(res, repl, "create", rerr)
+		failAll(res, again, "create", rerr)
 		return res, rerr
 	}
 
@@ -320,9 +335,7 @@ func (w *Writer) Commit(ctx context.Context, flows []flow.Flow, age []time.Durat
 		replaced = append(replaced, false)
 	}
 	if rerr != nil {
-		for _, i := range recreate {
-			codeResult(&res[i], "create", 0, codePending, rerr)
-		}
+		failAll(res, recreate, "create", rerr)
 		return res, rerr
 	}
 
@@ -476,6 +489,7 @@ func (w *Writer) Update(ctx context.Context, flows []flow.Flow) ([]Result, error
 		status = append(status, commitStatus(&flows[i])|cur[k].Status&(flow.StatusSeenReply|flow.StatusAssured))
 	}
 	if err != nil {
+		failAll(res, retry, "update", err)
 		return res, err
 	}
 	codes, err = w.round(ctx, len(retry), func(b []byte, k int, seq uint32, fl netlink.HeaderFlags) []byte {

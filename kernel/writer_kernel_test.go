@@ -865,3 +865,44 @@ func TestWriterUpdatesForeignEntry(t *testing.T) {
 	f.Status |= flow.StatusAssured
 	checkWritten(t, []flow.Flow{f}, got, 0, kernelTCPFlags(t, ns), written)
 }
+
+// Whenever a context ends a commit, every flow still gets a result.
+func TestWriterDeadlineResults(t *testing.T) {
+	ns := netnstest.New(t)
+	loadNAT(t, ns)
+	w := newTestWriter(t, ns, WriterOptions{Batch: 64})
+	flows := testFlows(20000)
+	if _, err := w.Commit(context.Background(), flows[:10000], nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []time.Duration{time.Millisecond, 5 * time.Millisecond, 20 * time.Millisecond, 50 * time.Millisecond, 200 * time.Millisecond} {
+		for _, dump := range []int{1, dumpThreshold} {
+			w.dumpThreshold = dump
+			ctx, cancel := context.WithTimeout(context.Background(), d)
+			res, err := w.Commit(ctx, flows, nil)
+			cancel()
+			if len(res) != len(flows) {
+				t.Fatalf("%d results for %d flows", len(res), len(flows))
+			}
+			for i, r := range res {
+				if r.Op < Created || r.Op > Failed || (r.Op == Failed) != (r.Err != nil) || r.Key != flows[i].Key {
+					t.Fatalf("deadline %v: result %d is %+v (err %v)", d, i, r, err)
+				}
+				if r.Op == Failed && !errors.Is(r.Err, context.DeadlineExceeded) {
+					t.Fatalf("deadline %v: flow %d failed with %v", d, i, r.Err)
+				}
+			}
+		}
+	}
+	// Still usable, and everything lands.
+	res, err := w.Commit(context.Background(), flows, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := countOps(res); c[Failed] != 0 {
+		t.Fatalf("after deadlines: %v%s", c, firstFailures(res, 5))
+	}
+	if got := dumpTable(t, ns); len(got) != len(flows) {
+		t.Errorf("kernel holds %d flows, want %d", len(got), len(flows))
+	}
+}
