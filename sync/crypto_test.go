@@ -48,7 +48,7 @@ func TestLoadKey(t *testing.T) {
 	if _, err := LoadKey(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
 	}
-	if GenerateKey() == GenerateKey() {
+	if k1, k2 := GenerateKey(), GenerateKey(); k1 == k2 {
 		t.Error("GenerateKey repeats")
 	}
 }

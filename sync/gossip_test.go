@@ -50,7 +50,6 @@ func TestGossip(t *testing.T) {
 	names := []string{"a", "b", "c"}
 	addrs := []string{freePortPair(t), freePortPair(t), freePortPair(t)}
 	var trs []*Gossip
-	var ins []*cache.Internal
 	var exs []*cache.External
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, len(names))
@@ -65,7 +64,7 @@ func TestGossip(t *testing.T) {
 			f := tcpFlow(1000*i + j)
 			in.Upsert(&f)
 		}
-		ins, exs = append(ins, in), append(exs, ex)
+		exs = append(exs, ex)
 		n, err := New(testOptions(name, &testKey), in, ex, tr)
 		if err != nil {
 			t.Fatal(err)

@@ -196,10 +196,9 @@ type peer struct {
 	rx rxState
 
 	// Send side: what the peer acknowledged of this node's stream.
-	acked     uint64
-	ackKnown  bool
-	stats     PeerStats
-	lastResyn time.Time // last RESYNC_REQUEST served
+	acked    uint64
+	ackKnown bool
+	stats    PeerStats
 }
 
 // rxState is the receive state of one origin's stream.

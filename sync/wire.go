@@ -99,12 +99,6 @@ func (t MsgType) String() string {
 	return fmt.Sprintf("MsgType(%d)", uint8(t))
 }
 
-// sequenced reports whether messages of type t are part of the reliable
-// stream (carry a sequence number, are acknowledged and resent).
-func (t MsgType) sequenced() bool {
-	return t == MsgData || t == MsgBulkBegin || t == MsgBulkEnd
-}
-
 // NodeID returns the node id of a node name: the first 8 bytes of its
 // SHA-256, big endian.
 func NodeID(name string) uint64 {
