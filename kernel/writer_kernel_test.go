@@ -589,13 +589,13 @@ func (r *eventRecorder) Event(ev *Event) {
 
 func (r *eventRecorder) Overrun() {}
 
-// newEvents returns the NEW events seen so far for flows matching match.
-func (r *eventRecorder) newEvents(match func(*flow.Flow) bool) []Event {
+// eventsOf returns the events of a type seen so far for flows matching match.
+func (r *eventRecorder) eventsOf(typ EventType, match func(*flow.Flow) bool) []Event {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	var out []Event
 	for _, ev := range r.events {
-		if ev.Type == EventNew && match(&ev.Flow) {
+		if ev.Type == typ && match(&ev.Flow) {
 			out = append(out, ev)
 		}
 	}
@@ -604,14 +604,19 @@ func (r *eventRecorder) newEvents(match func(*flow.Flow) bool) []Event {
 
 func waitEvents(t *testing.T, r *eventRecorder, n int, match func(*flow.Flow) bool) []Event {
 	t.Helper()
+	return waitEventsOf(t, r, EventNew, n, match)
+}
+
+func waitEventsOf(t *testing.T, r *eventRecorder, typ EventType, n int, match func(*flow.Flow) bool) []Event {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		evs := r.newEvents(match)
+		evs := r.eventsOf(typ, match)
 		if len(evs) >= n {
 			return evs
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%d NEW events, want %d", len(evs), n)
+			t.Fatalf("%d %v events, want %d", len(evs), typ, n)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -665,6 +670,26 @@ func TestWriterEventsPortID(t *testing.T) {
 	}
 	if len(used) != 2 {
 		t.Logf("events came from %d of 2 sockets", len(used))
+	}
+
+	// Updates and deletes by the writer carry its port ids too.
+	if res, err := w.Commit(context.Background(), flows, nil); err != nil || countOps(res)[Updated] != len(flows) {
+		t.Fatalf("second commit: %v %v", err, countOps(res))
+	}
+	keys := make([]flow.Key, len(flows))
+	for i := range flows {
+		keys[i] = flows[i].Key
+	}
+	if res, err := w.Delete(context.Background(), keys); err != nil || countOps(res)[Deleted] != len(keys) {
+		t.Fatalf("delete: %v %v", err, countOps(res))
+	}
+	for _, typ := range []EventType{EventUpdate, EventDestroy} {
+		evs := waitEventsOf(t, &rec, typ, len(flows), isTest)
+		for _, ev := range evs {
+			if !slices.Contains(ids, ev.PortID) {
+				t.Errorf("%v event of a written flow has port id %d, not one of %v", typ, ev.PortID, ids)
+			}
+		}
 	}
 
 	// conntrack -I: a NEW event with the CLI's port id.
