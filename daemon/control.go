@@ -13,11 +13,12 @@ import (
 
 	"github.com/ctsyncd/ctsyncd/cache"
 	"github.com/ctsyncd/ctsyncd/control"
+	"github.com/ctsyncd/ctsyncd/failover"
 	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
 
 // commandUsage lists the commands this daemon answers, for error messages.
-const commandUsage = "status, stats, dump internal|external, resync, flush internal|external, bulk, request-resync"
+const commandUsage = "status, stats, dump internal|external, resync, flush internal|external|kernel, bulk, request-resync, commit, purge, keepalived TYPE NAME STATE [PRIORITY]"
 
 // errNoSync answers replication commands on a node that does not replicate.
 var errNoSync = fmt.Errorf("replication is disabled on this node (sync.disabled = true)")
@@ -66,7 +67,7 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 		}
 		return d.writeValue(out, req.JSON, rep)
 	case "flush":
-		if err := want(1, "flush internal|external"); err != nil {
+		if err := want(1, "flush internal|external|kernel"); err != nil {
 			return err
 		}
 		switch args[0] {
@@ -81,8 +82,56 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 			n := d.external.Flush("")
 			d.log.Info("external cache flushed", "flows", n)
 			return d.writeValue(out, req.JSON, map[string]int{"flushed": n})
+		case "kernel":
+			if err := d.flushKernel(ctx); err != nil {
+				return err
+			}
+			return d.writeValue(out, req.JSON, map[string]string{"flushed": "kernel conntrack table"})
 		}
-		return fmt.Errorf("%w: flush internal|external (not %q)", control.ErrUsage, args[0])
+		return fmt.Errorf("%w: flush internal|external|kernel (not %q)", control.ErrUsage, args[0])
+	case "commit":
+		if err := want(0, "commit"); err != nil {
+			return err
+		}
+		rep, err := d.commit(ctx)
+		if rep != nil {
+			if werr := d.writeValue(out, req.JSON, rep); werr != nil {
+				return werr
+			}
+		}
+		if err != nil {
+			return err
+		}
+		if rep.Failed > 0 {
+			return fmt.Errorf("commit: %d of %d flows failed", rep.Failed, rep.Flows)
+		}
+		return nil
+	case "purge":
+		if err := want(0, "purge"); err != nil {
+			return err
+		}
+		rep, err := d.purge(ctx)
+		if werr := d.writeValue(out, req.JSON, rep); werr != nil {
+			return werr
+		}
+		return err
+	case "keepalived":
+		n, err := failover.ParseNotify(args)
+		if err != nil {
+			return fmt.Errorf("%w: keepalived TYPE NAME STATE [PRIORITY]: %v", control.ErrUsage, err)
+		}
+		d.log.Info("keepalived notify", "notify", n.String())
+		res, err := d.coord.Handle(ctx, n)
+		if werr := d.writeValue(out, req.JSON, res); werr != nil {
+			return werr
+		}
+		if err != nil {
+			return fmt.Errorf("keepalived %s: %w", n.State, err)
+		}
+		if res.Report != nil && res.Report.Failed > 0 && (res.Outcome == failover.Applied || res.Outcome == failover.Joined) {
+			return fmt.Errorf("keepalived MASTER: commit: %d of %d flows failed", res.Report.Failed, res.Report.Flows)
+		}
+		return nil
 	case "bulk":
 		if err := want(0, "bulk"); err != nil {
 			return err
@@ -119,6 +168,7 @@ type Status struct {
 	EventBuffer   int         `json:"event_buffer_bytes"`
 	OwnAddresses  int         `json:"own_addresses"`
 	Sync          *SyncStatus `json:"sync,omitempty"`
+	Role          string      `json:"role"`
 }
 
 func (d *Daemon) status() Status {
@@ -137,6 +187,10 @@ func (d *Daemon) status() Status {
 		s.LastReconcile = r.At
 	}
 	s.Sync = d.syncStatus()
+	s.Role = "unknown (no keepalived notify yet)"
+	if st := d.coord.State(); st != "" {
+		s.Role = string(st)
+	}
 	return s
 }
 

@@ -27,6 +27,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/cache"
 	"github.com/ctsyncd/ctsyncd/config"
 	"github.com/ctsyncd/ctsyncd/control"
+	"github.com/ctsyncd/ctsyncd/failover"
 	"github.com/ctsyncd/ctsyncd/filter"
 	"github.com/ctsyncd/ctsyncd/flow"
 	"github.com/ctsyncd/ctsyncd/kernel"
@@ -69,6 +70,8 @@ type Daemon struct {
 	ready    chan struct{} // closed when Run has set up the caches
 	resyncCh chan struct{} // wakes the reconciler (overrun, request)
 	reconMu  sync.Mutex    // serializes reconciles
+	kernelMu sync.Mutex    // serializes writes to the kernel table (commit, purge, flush)
+	coord    *failover.Coordinator
 	lastRec  atomic.Pointer[reconcileReport]
 
 	listener *kernel.Listener
@@ -256,6 +259,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.log.Info("ctsyncd started", "version", d.version, "node", d.cfg.Node.Name,
 		"socket", d.cfg.Control.Socket, "event_buffer", l.ReadBuffer())
 
+	d.coord = failover.NewCoordinator(d, d.log.With("part", "failover"))
+	defer d.coord.Close()
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.listener.Run(ctx, d) })
 	g.Go(func() error { return d.ctl.Serve(ctx, d.handle) })
@@ -268,6 +273,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.reconciler(ctx) })
+	if d.cfg.Failover.ReadyFile != "" {
+		g.Go(func() error { return d.readiness(ctx) })
+	}
 	if d.node != nil {
 		g.Go(func() error {
 			defer tr.Close()

@@ -26,6 +26,19 @@ Commands:
   resync                  re-read this kernel's table into the internal cache
                           (like conntrackd -R) and print what changed
   flush internal|external empty a cache (peers are not told)
+  flush kernel            delete every entry of this node's conntrack table
+  commit                  write the peers' flows (external cache) into the
+                          kernel, the flows carrying traffic first; prints a
+                          report, exits 1 if any flow failed
+  purge                   cap the kernel timeouts of the flows this node no
+                          longer owns at failover.purge_timeout
+  keepalived TYPE NAME STATE [PRIORITY]
+                          keepalived's notify arguments: in keepalived.conf
+                            notify "/usr/sbin/ctsyncctl keepalived"
+                          MASTER commits, re-reads the kernel and sends it in
+                          bulk; BACKUP asks peers for their tables and purges;
+                          FAULT purges; STOP and DELETED do nothing.
+                          Transitions are serialized, the last one wins.
   bulk                    send the whole internal cache to every peer (-B)
   request-resync          ask every peer for its whole table (-n)
   keygen                  print a new random sync key (64 hex characters);
@@ -42,7 +55,9 @@ var commands = map[string][]string{
 	"stats":          nil,
 	"dump":           {"internal", "external"},
 	"resync":         nil,
-	"flush":          {"internal", "external"},
+	"flush":          {"internal", "external", "kernel"},
+	"commit":         nil,
+	"purge":          nil,
 	"bulk":           nil,
 	"request-resync": nil,
 	"keygen":         nil,
@@ -82,15 +97,20 @@ func run(argv []string) int {
 	}
 	cmd, cargs := rest[0], rest[1:]
 	allowed, ok := commands[cmd]
-	if !ok {
+	switch {
+	case cmd == "keepalived":
+		// The daemon checks the arguments themselves (failover.ParseNotify).
+		if len(cargs) < 3 || len(cargs) > 4 {
+			fmt.Fprintln(os.Stderr, "ctsyncctl: usage: ctsyncctl keepalived TYPE NAME STATE [PRIORITY] (keepalived's notify arguments)")
+			return 2
+		}
+	case !ok:
 		fmt.Fprintf(os.Stderr, "ctsyncctl: unknown command %q (see ctsyncctl --help)\n", cmd)
 		return 2
-	}
-	if allowed == nil && len(cargs) > 0 {
+	case allowed == nil && len(cargs) > 0:
 		fmt.Fprintf(os.Stderr, "ctsyncctl: %s takes no arguments\n", cmd)
 		return 2
-	}
-	if allowed != nil && (len(cargs) != 1 || !contains(allowed, cargs[0])) {
+	case allowed != nil && (len(cargs) != 1 || !contains(allowed, cargs[0])):
 		fmt.Fprintf(os.Stderr, "ctsyncctl: usage: ctsyncctl %s %s\n", cmd, strings.Join(allowed, "|"))
 		return 2
 	}

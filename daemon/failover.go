@@ -1,0 +1,139 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/ctsyncd/ctsyncd/failover"
+	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/kernel"
+)
+
+// The daemon implements failover.Actions; the Coordinator calls them one at
+// a time. Manual commands (commit, purge, flush kernel) take kernelMu too,
+// so that no two of them write the kernel table at once.
+
+// CommitSequence makes this node the master, as conntrackd -c -f -R -B:
+// commit the external cache (the committed entries leave it), re-read the
+// kernel into the internal cache, and send it to the peers in bulk.
+func (d *Daemon) CommitSequence(ctx context.Context) (*failover.Report, error) {
+	rep, err := d.commit(ctx)
+	if err != nil {
+		return rep, err
+	}
+	if _, err := d.reconcile(ctx, "after commit"); err != nil {
+		return rep, err
+	}
+	if d.node != nil {
+		d.node.Bulk()
+	}
+	return rep, nil
+}
+
+// BecomeBackup asks the peers for their tables and purges the flows the new
+// master owns.
+func (d *Daemon) BecomeBackup(ctx context.Context) error {
+	if d.node != nil {
+		d.node.RequestResync()
+	}
+	_, err := d.purge(ctx)
+	return err
+}
+
+// Fault purges the flows this node no longer owns.
+func (d *Daemon) Fault(ctx context.Context) error {
+	_, err := d.purge(ctx)
+	return err
+}
+
+// commit writes the external cache into the kernel, live flows first.
+func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
+	if d.external == nil {
+		return nil, errNoSync
+	}
+	d.kernelMu.Lock()
+	defer d.kernelMu.Unlock()
+	rep, err := failover.Commit(ctx, d.external, d.writer, failover.CommitOptions{
+		Timeout: d.cfg.Failover.CommitTimeout.Duration,
+	})
+	if rep != nil {
+		d.log.Info("commit done", "flows", rep.Flows, "created", rep.Created, "updated", rep.Updated,
+			"replaced", rep.Replaced, "failed", rep.Failed, "seconds", rep.Seconds,
+			"first_chunk_seconds", rep.FirstChunkSeconds)
+	}
+	if err != nil {
+		return rep, fmt.Errorf("commit: %w", err)
+	}
+	return rep, nil
+}
+
+// purge caps the timeouts of the kernel's flows (those the filter accepts:
+// the firewall's own sessions are left alone) at failover.purge_timeout.
+func (d *Daemon) purge(ctx context.Context) (failover.PurgeReport, error) {
+	d.kernelMu.Lock()
+	defer d.kernelMu.Unlock()
+	dump := func(ctx context.Context, fn func(*flow.Flow)) error {
+		return kernel.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, fn)
+	}
+	rep, err := failover.Purge(ctx, dump, d.writer, d.filter.Load().Match, d.cfg.Failover.PurgeTimeout.Duration)
+	d.log.Info("purge done", "seen", rep.Seen, "matched", rep.Matched, "capped", rep.Capped, "failed", rep.Failed)
+	if err != nil {
+		return rep, fmt.Errorf("purge: %w", err)
+	}
+	return rep, nil
+}
+
+// flushKernel deletes every entry of the kernel's conntrack table.
+func (d *Daemon) flushKernel(ctx context.Context) error {
+	d.kernelMu.Lock()
+	defer d.kernelMu.Unlock()
+	if err := d.writer.Flush(ctx); err != nil {
+		return fmt.Errorf("flush kernel table: %w", err)
+	}
+	d.log.Warn("kernel conntrack table flushed by ctsyncctl")
+	return nil
+}
+
+// readiness keeps failover.ready_file current for keepalived's track_file:
+// not ready until every peer that is up has sent this node its table in
+// bulk, or until no peer showed up within two peer timeouts (a lone node
+// has nothing to wait for). The file only lowers priority; it never forces
+// FAULT, so a lone survivor still takes over.
+func (d *Daemon) readiness(ctx context.Context) error {
+	path := d.cfg.Failover.ReadyFile
+	ready := d.node == nil
+	if err := failover.WriteReady(path, ready); err != nil {
+		return fmt.Errorf("failover.ready_file: %w", err)
+	}
+	if ready {
+		return nil
+	}
+	start := time.Now()
+	grace := 2 * d.cfg.Sync.PeerTimeout.Duration
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		up, synced := 0, 0
+		for _, p := range d.node.Stats() {
+			if p.Up {
+				up++
+				if p.BulksReceived > 0 {
+					synced++
+				}
+			}
+		}
+		if (up > 0 && synced == up) || (up == 0 && time.Since(start) > grace) {
+			if err := failover.WriteReady(path, true); err != nil {
+				return fmt.Errorf("failover.ready_file: %w", err)
+			}
+			d.log.Info("initial sync complete: ready for keepalived", "peers_synced", synced, "file", path)
+			return nil
+		}
+	}
+}

@@ -1,0 +1,97 @@
+package replication_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/ctsyncd/ctsyncd/failover"
+	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/internal/daemontest"
+	"github.com/ctsyncd/ctsyncd/kernel"
+)
+
+func kernelKeys(t *testing.T, n *node) map[flow.Key]flow.Flow {
+	t.Helper()
+	m := map[flow.Key]flow.Flow{}
+	if err := kernel.Dump(context.Background(), kernel.DumpOptions{NetNS: n.ns.FD(t)}, func(f *flow.Flow) { m[f.Key] = *f }); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestClusterKeepalivedMaster: flows replicated from A are committed into
+// B's kernel when keepalived tells B it is MASTER; the committed entries
+// leave B's external cache, B re-reads its kernel and sends it to A in bulk.
+// A repeated MASTER is a duplicate; bad notify arguments are refused.
+func TestClusterKeepalivedMaster(t *testing.T) {
+	a, b := pair(t)
+	key := writeKey(t)
+	a.start(t, syncConfig("udp", a, []*node{b}, key))
+	b.start(t, syncConfig("udp", b, []*node{a}, key))
+	flows := mkFlows(0, 3000)
+	write(t, a.ns, flows)
+	converged(t, a, b)
+	if n := len(kernelKeys(t, b)); n != 0 {
+		t.Fatalf("B's kernel has %d flows before the commit", n)
+	}
+
+	var res failover.Result
+	b.proc.JSON(&res, "keepalived", "INSTANCE", "VI_1", "MASTER", "100")
+	if res.Outcome != failover.Applied || res.Report == nil {
+		t.Fatalf("MASTER: %+v", res)
+	}
+	r := res.Report
+	t.Logf("commit of %d flows: created %d, updated %d, failed %d in %.3f s (first chunk %.4f s)",
+		r.Flows, r.Created, r.Updated, r.Failed, r.Seconds, r.FirstChunkSeconds)
+	if r.Created != len(flows) || r.Failed != 0 {
+		t.Errorf("report %+v, want %d created", r, len(flows))
+	}
+	got := kernelKeys(t, b)
+	for _, f := range flows {
+		k, ok := got[f.Key]
+		if !ok {
+			t.Errorf("not in B's kernel: %s", f.String())
+			continue
+		}
+		if k.Reply != f.Reply || k.Mark != f.Mark || (f.Proto == flow.ProtoTCP && k.TCP.State != f.TCP.State) {
+			t.Errorf("B's kernel has\n%s\nwant\n%s", k.String(), f.String())
+		}
+	}
+	if n := len(filterOrigin(b.proc.Lines("dump", "external"), a.name)); n != 0 {
+		t.Errorf("%d committed flows still in B's external cache", n)
+	}
+	// B re-read its kernel: its internal cache holds the flows, and A gets
+	// them from B's bulk.
+	converged(t, b, a)
+
+	b.proc.JSON(&res, "keepalived", "GROUP", "G1", "MASTER", "100")
+	if res.Outcome != failover.Duplicate {
+		t.Errorf("second MASTER: outcome %s, want duplicate", res.Outcome)
+	}
+	var st struct {
+		Role string `json:"role"`
+	}
+	b.proc.JSON(&st, "status")
+	if st.Role != "MASTER" {
+		t.Errorf("status role %q", st.Role)
+	}
+	_, e, code := b.proc.Run("keepalived", "INSTANCE", "VI_1", "SIDEWAYS")
+	if code == 0 || !strings.Contains(e, "SIDEWAYS") {
+		t.Errorf("bad state: exit %d, %q", code, e)
+	}
+
+	// BACKUP purges: B's kernel timeouts are capped at purge_timeout (60 s).
+	b.proc.JSON(&res, "keepalived", "INSTANCE", "VI_1", "BACKUP", "100")
+	if res.Outcome != failover.Applied {
+		t.Fatalf("BACKUP: %+v", res)
+	}
+	daemontest.WaitFor(t, converge, "purged timeouts", func() (bool, string) {
+		for _, f := range kernelKeys(t, b) {
+			if f.Timeout > 60 {
+				return false, f.String()
+			}
+		}
+		return true, ""
+	})
+}
