@@ -2,7 +2,7 @@
 // kernel table and reports how fast it went: ctsyncd's flow generator for
 // tests and benchmarks (see gen.go for the mix).
 //
-//	ctgen [-netns NAME] [-n 100000] [-mode writer|timo] [-sockets 2] [-batch 256] [-flush]
+//	ctgen [-netns NAME] [-n 100000] [-mode writer|timo] [-sockets 2] [-batch 256] [-flush] [-min-timeout S]
 //
 // -mode writer commits with kernel.Writer (batched, parallel, NAT-aware);
 // -mode timo creates the same flows one by one with ti-mo/conntrack's
@@ -11,7 +11,8 @@
 // baseline. -netns names a namespace under /run/netns (ip netns add); the
 // default is the current one. The namespace needs nf_conntrack_max above
 // -n (settable only from the initial namespace) and, for the NATed share,
-// nf_nat loaded (any nftables nat chain).
+// nf_nat loaded (any nftables nat chain). -min-timeout raises short
+// timeouts (ICMP's 30..89 s) so that flows outlive a long benchmark run.
 //
 // Output is one line of key=value pairs.
 package main
@@ -41,15 +42,16 @@ func main() {
 		netns   = flag.String("netns", "", "network namespace name (/run/netns/NAME); default the current one")
 		flush   = flag.Bool("flush", false, "flush the table first (not timed)")
 		timeout = flag.Duration("timeout", 10*time.Minute, "give up after this long")
+		minTO   = flag.Uint("min-timeout", 0, "raise every flow's timeout to at least this many seconds (0: the mix's own, ICMP from 30 s)")
 	)
 	flag.Parse()
-	if err := run(*n, *offset, *mode, *sockets, *batch, *netns, *flush, *timeout); err != nil {
+	if err := run(*n, *offset, *mode, *sockets, *batch, *netns, *flush, *timeout, uint32(*minTO)); err != nil {
 		fmt.Fprintln(os.Stderr, "ctgen:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n, offset int, mode string, sockets, batch int, netns string, flush bool, timeout time.Duration) error {
+func run(n, offset int, mode string, sockets, batch int, netns string, flush bool, timeout time.Duration, minTimeout uint32) error {
 	fd := 0
 	if netns != "" {
 		var err error
@@ -65,6 +67,7 @@ func run(n, offset int, mode string, sockets, batch int, netns string, flush boo
 	flows := make([]flow.Flow, n)
 	for i := range flows {
 		flows[i] = genFlow(offset + i)
+		flows[i].Timeout = max(flows[i].Timeout, minTimeout)
 	}
 
 	w, err := kernel.NewWriter(kernel.WriterOptions{Sockets: sockets, Batch: batch, NetNS: fd})

@@ -1,0 +1,456 @@
+#!/usr/bin/env bash
+# ctsyncd benchmark, side by side with netfilter's conntrackd (FTFW over UDP)
+# and against the kernel's own limit, in one run (issue 7). Not part of the
+# test run. As root on Debian with Go installed:
+#
+#   sudo ./scripts/bench.sh                    # N=100000, 3 runs each
+#   sudo N=1000000 RUNS=1 ./scripts/bench.sh   # 1M flows
+#
+# Environment:
+#   N        flows per run (default 100000)
+#   RUNS     runs per daemon and per kernel-ceiling case (default 3)
+#   OUT      results directory (default bench/results/<UTC time>-n<N>)
+#   TIMEOUT  seconds to wait for convergence or commit (default 600)
+#   DAEMONS  which daemons, in turn (default "ctsyncd conntrackd")
+#
+# For every run and daemon it builds a fresh pair of namespaces, fwA and fwB,
+# joined by a dedicated veth sync link (sync0, 10.200.0.1 <-> 10.200.0.2),
+# starts the daemon in both, creates N flows in fwA's kernel with ctgen
+# (kernel.Writer, batched creates on 2 sockets), and measures:
+#   - replication: time from the first create until fwB's external cache
+#     holds exactly N flows (flows/s = N / that time);
+#   - CPU seconds of each daemon process (utime+stime, all threads) over the
+#     replication, per 100k flows;
+#   - bytes on the sync link (fwA's sync0 rx+tx, i.e. both directions) per flow;
+#   - resident memory (VmRSS) growth per cached flow, fwA (internal cache)
+#     and fwB (external cache);
+#   - commit: `ctsyncctl commit` / `conntrackd -c` on fwB, until the command
+#     returns and fwB's kernel holds N flows.
+# Then the kernel ceiling: ctgen creating N flows into a fresh namespace
+# with only `conntrack -E` listening, on 1 and on 2 sockets.
+#
+# Fairness: both daemons get 64 MiB netlink event buffers, the same UDP
+# socket buffers (ctsyncd's are fixed at 8 MiB receive / 4 MiB send, so
+# conntrackd gets the same), HashSize/HashLimit >= 2N for conntrackd, normal
+# scheduling (conntrackd switches itself to SCHED_RR 99 at start; the harness
+# puts it back to SCHED_OTHER with chrt before any flow exists), no CPU
+# pinning for either. nf_conntrack_max is raised from the initial namespace.
+#
+# Raw results: $OUT/runs.csv (one line per run and metric), $OUT/summary.json
+# and $OUT/table.md (median [min..max]).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+N=${N:-100000}
+RUNS=${RUNS:-3}
+TIMEOUT=${TIMEOUT:-600}
+DAEMONS=${DAEMONS:-"ctsyncd conntrackd"}
+OUT=${OUT:-$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-n$N}
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "bench.sh: run as root (namespaces, conntrack)" >&2
+  exit 1
+fi
+
+# Packages: only install what is missing; never stop anything else running.
+pkgs=(conntrackd conntrack nftables iproute2 jq util-linux procps)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+command -v go >/dev/null || { echo "bench.sh: Go is not installed" >&2; exit 1; }
+
+id=$$
+work=$(mktemp -d /tmp/ctbench.XXXXXX)
+bin=$work/bin
+mkdir -p "$bin" "$OUT"
+pids=()
+nss=()
+
+cleanup() {
+  set +e
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
+  for n in "${nss[@]}"; do ip netns del "$n" 2>/dev/null; done
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
+
+log "building ctsyncd, ctsyncctl, ctgen"
+for c in ctsyncd ctsyncctl ctgen; do go build -o "$bin/$c" "./cmd/$c"; done
+
+need=$((4 * N + 100000))
+cur=$(sysctl -n net.netfilter.nf_conntrack_max 2>/dev/null || echo 0)
+if [ "$cur" -lt "$need" ]; then
+  modprobe nf_conntrack 2>/dev/null || true
+  sysctl -qw net.netfilter.nf_conntrack_max="$need"
+fi
+
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
+# cpu PID: utime+stime of the whole process in seconds.
+tck=$(getconf CLK_TCK)
+cpu() { awk -v t="$tck" '{ sub(/^.*\) /, ""); printf "%.2f", ($12 + $13) / t }' "/proc/$1/stat"; }
+rss() { awk '/^VmRSS:/ { print $2 * 1024 }' "/proc/$1/status"; }
+linkbytes() { ip -n "$1" -s -j link show sync0 | jq '.[0].stats64.rx.bytes + .[0].stats64.tx.bytes'; }
+ktable() { ip netns exec "$1" conntrack -C 2>/dev/null || echo 0; }
+
+csv=$OUT/runs.csv
+[ -f "$csv" ] || echo "daemon,n,run,metric,value" >"$csv"
+record() { echo "$1,$N,$2,$3,$4" >>"$csv"; printf '   %-10s run %s  %-24s %s\n' "$1" "$2" "$3" "$4" >&2; }
+
+# mkns NAME: a namespace with conntrack events for every flow and a nat
+# table (nf_nat loaded, so NATed flows can be created).
+mkns() {
+  ip netns add "$1"
+  nss+=("$1")
+  ip -n "$1" link set lo up
+  ip netns exec "$1" sysctl -qw net.netfilter.nf_conntrack_events=1
+  ip netns exec "$1" nft -f - <<'NFT'
+table ip nat {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+	}
+}
+table ip6 nat {
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+	}
+}
+NFT
+}
+
+delns() {
+  ip netns del "$1" 2>/dev/null || true
+  local keep=()
+  for n in "${nss[@]}"; do [ "$n" = "$1" ] || keep+=("$n"); done
+  nss=("${keep[@]}")
+}
+
+# stop PID: SIGTERM, then SIGKILL after 20 s.
+stop() {
+  local p=$1
+  kill "$p" 2>/dev/null || true
+  for _ in $(seq 200); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  kill -9 "$p" 2>/dev/null || true
+  wait "$p" 2>/dev/null || true
+  local keep=()
+  for q in "${pids[@]}"; do [ "$q" = "$p" ] || keep+=("$q"); done
+  pids=("${keep[@]}")
+}
+
+# --- ctsyncd ---------------------------------------------------------------
+key=$work/sync.key
+head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$key"
+chmod 600 "$key"
+
+ctsyncd_start() { # NS NAME SELF PEER DIR; sets started to its pid
+  local ns=$1 name=$2 self=$3 peer=$4 dir=$5
+  mkdir -p "$dir"
+  cat >"$dir/ctsyncd.toml" <<TOML
+[node]
+name = "$name"
+
+[control]
+socket = "$dir/ctsyncd.sock"
+
+[kernel]
+event_buffer = "64MiB"
+
+[sync]
+transport = "udp"
+interface = "sync0"
+listen = "$self:3780"
+peers = ["$peer:3780"]
+key_file = "$key"
+
+[log]
+level = "warn"
+TOML
+  ip netns exec "$ns" "$bin/ctsyncd" --config "$dir/ctsyncd.toml" >/dev/null 2>"$dir/ctsyncd.log" &
+  local p=$!
+  pids+=("$p")
+  for _ in $(seq 300); do
+    "$bin/ctsyncctl" --socket "$dir/ctsyncd.sock" status >/dev/null 2>&1 && break
+    kill -0 "$p" 2>/dev/null || { cat "$dir/ctsyncd.log" >&2; return 1; }
+    sleep 0.1
+  done
+  started=$p
+}
+ctsyncd_internal() { "$bin/ctsyncctl" --socket "$1/ctsyncd.sock" --json status | jq '.internal_flows'; }
+ctsyncd_external() { "$bin/ctsyncctl" --socket "$1/ctsyncd.sock" --json status | jq '.sync.external_flows // 0'; }
+ctsyncd_commit() { "$bin/ctsyncctl" --socket "$2/ctsyncd.sock" commit >"$2/commit.out" 2>&1; }
+
+# --- conntrackd ------------------------------------------------------------
+hashsize=$((2 * N < 65536 ? 65536 : 2 * N))
+conntrackd_start() { # NS NAME SELF PEER DIR; sets started to its pid
+  local ns=$1 self=$3 peer=$4 dir=$5
+  mkdir -p "$dir"
+  cat >"$dir/conntrackd.conf" <<CONF
+Sync {
+	Mode FTFW {
+		ResendQueueSize 131072
+	}
+	UDP {
+		IPv4_address $self
+		IPv4_Destination_Address $peer
+		Port 3780
+		Interface sync0
+		SndSocketBuffer 4194304
+		RcvSocketBuffer 8388608
+		Checksum on
+	}
+}
+General {
+	HashSize $hashsize
+	HashLimit $((4 * N))
+	LogFile $dir/conntrackd.log
+	Syslog off
+	LockFile $dir/conntrackd.lock
+	UNIX {
+		Path $dir/conntrackd.ctl
+	}
+	NetlinkBufferSize 67108864
+	NetlinkBufferSizeMaxGrowth 67108864
+	Filter From Kernelspace {
+		Address Ignore {
+			IPv4_address 127.0.0.1
+			IPv6_address ::1
+		}
+	}
+}
+CONF
+  ip netns exec "$ns" conntrackd -C "$dir/conntrackd.conf" >"$dir/conntrackd.out" 2>&1 &
+  local p=$!
+  pids+=("$p")
+  for _ in $(seq 300); do
+    conntrackd -C "$dir/conntrackd.conf" -s >/dev/null 2>&1 && break
+    kill -0 "$p" 2>/dev/null || { cat "$dir/conntrackd.out" >&2; return 1; }
+    sleep 0.1
+  done
+  # conntrackd sets SCHED_RR priority 99 on itself; run it like ctsyncd.
+  chrt -o -p 0 "$p" >/dev/null
+  started=$p
+}
+conntrackd_cache() { # DIR internal|external
+  conntrackd -C "$1/conntrackd.conf" -s 2>/dev/null |
+    awk -v c="cache $2:" '$0 == c { f = 1; next } f && /current active connections/ { print $NF; exit }'
+}
+conntrackd_internal() { conntrackd_cache "$1" internal; }
+conntrackd_external() { conntrackd_cache "$1" external; }
+conntrackd_commit() { ip netns exec "$1" conntrackd -C "$2/conntrackd.conf" -c >"$2/commit.out" 2>&1; }
+
+# waitfor SECONDS CMD...: polls every 50 ms until CMD prints N; fails on timeout.
+waitn() {
+  local limit=$1
+  shift
+  local deadline=$(($(date +%s) + limit)) v
+  while :; do
+    v=$("$@" 2>/dev/null || true)
+    [ "${v:-0}" = "$N" ] && return 0
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "timed out waiting for $* = $N (last: ${v:-none})" >&2
+      return 1
+    fi
+    sleep 0.05
+  done
+}
+
+# --- one replication + commit run ----------------------------------------
+pair_run() { # DAEMON RUN
+  local d=$1 r=$2
+  local A=ctb-a-$id-$r B=ctb-b-$id-$r dir=$work/$d-$r
+  mkns "$A"
+  mkns "$B"
+  ip link add ctba$id type veth peer name ctbb$id
+  ip link set ctba$id netns "$A" name sync0
+  ip link set ctbb$id netns "$B" name sync0
+  ip -n "$A" addr add 10.200.0.1/24 dev sync0
+  ip -n "$B" addr add 10.200.0.2/24 dev sync0
+  ip -n "$A" link set sync0 up
+  ip -n "$B" link set sync0 up
+
+  local pa pb
+  "${d}_start" "$A" fw-a 10.200.0.1 10.200.0.2 "$dir/a"
+  pa=$started
+  "${d}_start" "$B" fw-b 10.200.0.2 10.200.0.1 "$dir/b"
+  pb=$started
+  sleep 2 # peers meet, heartbeats settle
+
+  local ca0 cb0 ra0 rb0 by0 t0 t1 ca1 cb1 ra1 rb1 by1
+  ca0=$(cpu "$pa"); cb0=$(cpu "$pb"); ra0=$(rss "$pa"); rb0=$(rss "$pb"); by0=$(linkbytes "$A")
+  t0=$(now)
+  "$bin/ctgen" -netns "$A" -n "$N" -mode writer -sockets 2 -min-timeout 7200 >"$dir/ctgen.out"
+  local tg
+  tg=$(now)
+  waitn "$TIMEOUT" "${d}_external" "$dir/b"
+  t1=$(now)
+  ca1=$(cpu "$pa"); cb1=$(cpu "$pb"); by1=$(linkbytes "$A")
+  waitn 30 "${d}_internal" "$dir/a" || true
+  sleep 1 # let acknowledgements and frees settle before reading memory
+  ra1=$(rss "$pa"); rb1=$(rss "$pb")
+
+  local rep
+  rep=$(elapsed "$t0" "$t1")
+  record "$d" "$r" ctgen_s "$(elapsed "$t0" "$tg")"
+  record "$d" "$r" replicate_s "$rep"
+  record "$d" "$r" replicate_flows_per_s "$(awk -v n="$N" -v s="$rep" 'BEGIN { printf "%.0f", n / s }')"
+  record "$d" "$r" cpu_sender_s_per_100k "$(awk -v a="$ca0" -v b="$ca1" -v n="$N" 'BEGIN { printf "%.3f", (b - a) * 100000 / n }')"
+  record "$d" "$r" cpu_receiver_s_per_100k "$(awk -v a="$cb0" -v b="$cb1" -v n="$N" 'BEGIN { printf "%.3f", (b - a) * 100000 / n }')"
+  record "$d" "$r" wire_bytes_per_flow "$(awk -v a="$by0" -v b="$by1" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')"
+  record "$d" "$r" rss_internal_bytes_per_flow "$(awk -v a="$ra0" -v b="$ra1" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')"
+  record "$d" "$r" rss_external_bytes_per_flow "$(awk -v a="$rb0" -v b="$rb1" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')"
+  record "$d" "$r" rss_sender_mib "$(awk -v b="$ra1" 'BEGIN { printf "%.1f", b / 1048576 }')"
+  record "$d" "$r" rss_receiver_mib "$(awk -v b="$rb1" 'BEGIN { printf "%.1f", b / 1048576 }')"
+
+  # Commit fwB's external cache into fwB's (empty) kernel table.
+  local k0 c0 c1 c2 cc0 cc1
+  k0=$(ktable "$B")
+  cc0=$(cpu "$pb")
+  c0=$(now)
+  "${d}_commit" "$B" "$dir/b" || echo "   $d commit exited non-zero: $(tail -n 3 "$dir/b/commit.out")" >&2
+  c1=$(now)
+  local want=$((N + k0)) deadline=$(($(date +%s) + TIMEOUT)) k
+  while :; do
+    k=$(ktable "$B")
+    [ "$k" -ge "$want" ] && break
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "   $d: fwB's kernel holds $k of $want flows after commit" >&2
+      break
+    fi
+    sleep 0.02
+  done
+  c2=$(now)
+  cc1=$(cpu "$pb")
+  record "$d" "$r" commit_cmd_s "$(elapsed "$c0" "$c1")"
+  record "$d" "$r" commit_s "$(elapsed "$c0" "$c2")"
+  record "$d" "$r" commit_flows_per_s "$(awk -v n="$N" -v s="$(elapsed "$c0" "$c2")" 'BEGIN { printf "%.0f", n / s }')"
+  record "$d" "$r" commit_kernel_flows "$((k - k0))"
+  record "$d" "$r" commit_cpu_receiver_s "$(awk -v a="$cc0" -v b="$cc1" 'BEGIN { printf "%.2f", b - a }')"
+
+  if [ "$d" = ctsyncd ]; then
+    "$bin/ctsyncctl" --socket "$dir/a/ctsyncd.sock" --json stats >"$dir/a/stats.json" 2>/dev/null || true
+    "$bin/ctsyncctl" --socket "$dir/b/ctsyncd.sock" --json stats >"$dir/b/stats.json" 2>/dev/null || true
+  else
+    conntrackd -C "$dir/a/conntrackd.conf" -s >"$dir/a/stats.txt" 2>/dev/null || true
+    conntrackd -C "$dir/b/conntrackd.conf" -s >"$dir/b/stats.txt" 2>/dev/null || true
+  fi
+  stop "$pa"
+  stop "$pb"
+  mkdir -p "$OUT/logs/$d-$r"
+  cp -r "$dir/a" "$OUT/logs/$d-$r/a"
+  cp -r "$dir/b" "$OUT/logs/$d-$r/b"
+  rm -f "$OUT/logs/$d-$r"/*/*.sock "$OUT/logs/$d-$r"/*/*.ctl "$OUT/logs/$d-$r"/*/*.lock
+  delns "$A"
+  delns "$B"
+}
+
+# --- kernel ceiling ------------------------------------------------------
+ceiling_run() { # SOCKETS RUN
+  local s=$1 r=$2 K=ctb-k-$id-$r-$s
+  mkns "$K"
+  ip netns exec "$K" conntrack -E >/dev/null 2>&1 &
+  local lp=$!
+  pids+=("$lp")
+  sleep 0.5
+  local line
+  line=$("$bin/ctgen" -netns "$K" -n "$N" -mode writer -sockets "$s" -min-timeout 7200)
+  echo "$line" >>"$OUT/ceiling.log"
+  local el
+  el=$(sed -n 's/.* elapsed=\([0-9.]*\)s.*/\1/p' <<<"$line")
+  record "kernel-${s}sock" "$r" commit_s "$el"
+  record "kernel-${s}sock" "$r" commit_flows_per_s "$(awk -v n="$N" -v s="$el" 'BEGIN { printf "%.0f", n / s }')"
+  stop "$lp"
+  delns "$K"
+}
+
+log "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), conntrackd $(conntrackd -v 2>&1 | head -n 1)"
+{
+  echo "{"
+  echo "  \"date\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\","
+  echo "  \"n\": $N, \"runs\": $RUNS,"
+  echo "  \"nproc\": $(nproc),"
+  echo "  \"mem_kib\": $(awk '/MemTotal/ { print $2 }' /proc/meminfo),"
+  echo "  \"cpu\": \"$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)\","
+  echo "  \"kernel\": \"$(uname -r)\","
+  echo "  \"conntrackd\": \"$(conntrackd -v 2>&1 | head -n 1)\","
+  echo "  \"commit\": \"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\""
+  echo "}"
+} >"$OUT/machine.json"
+
+for r in $(seq "$RUNS"); do
+  for d in $DAEMONS; do
+    log "run $r/$RUNS: $d, $N flows"
+    pair_run "$d" "$r"
+  done
+  for s in 1 2; do
+    log "run $r/$RUNS: kernel ceiling, $s socket(s), $N flows"
+    ceiling_run "$s" "$r"
+  done
+done
+
+# --- summary -------------------------------------------------------------
+log "summary (median [min..max] of $RUNS runs, N=$N)"
+python3 - "$csv" "$N" "$OUT" <<'PY'
+import csv, json, statistics, sys
+path, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+vals = {}
+for row in csv.DictReader(open(path)):
+    if int(row["n"]) != n:
+        continue
+    vals.setdefault((row["daemon"], row["metric"]), []).append(float(row["value"]))
+summ = {}
+for (d, m), v in vals.items():
+    summ.setdefault(d, {})[m] = {"median": statistics.median(v), "min": min(v), "max": max(v), "runs": len(v)}
+json.dump({"n": n, "results": summ}, open(out + "/summary.json", "w"), indent=2, sort_keys=True)
+
+def cell(d, m):
+    s = summ.get(d, {}).get(m)
+    if not s:
+        return "—"
+    f = (lambda x: f"{x:,.0f}") if s["median"] >= 1000 else (lambda x: f"{x:.3g}")
+    return f"{f(s['median'])} [{f(s['min'])}..{f(s['max'])}]"
+
+def ratio(m):
+    a = summ.get("ctsyncd", {}).get(m)
+    b = summ.get("conntrackd", {}).get(m)
+    if not a or not b or b["median"] == 0:
+        return "—"
+    return f"{a['median'] / b['median']:.2f}"
+
+rows = [
+    ("replication time (s)", "replicate_s", None),
+    ("replication rate (flows/s)", "replicate_flows_per_s", None),
+    ("CPU s / 100k flows, sender", "cpu_sender_s_per_100k", None),
+    ("CPU s / 100k flows, receiver", "cpu_receiver_s_per_100k", None),
+    ("wire bytes / flow (both directions)", "wire_bytes_per_flow", None),
+    ("RSS bytes / flow, internal (fwA)", "rss_internal_bytes_per_flow", None),
+    ("RSS bytes / flow, external (fwB)", "rss_external_bytes_per_flow", None),
+    ("RSS after, sender (MiB)", "rss_sender_mib", None),
+    ("RSS after, receiver (MiB)", "rss_receiver_mib", None),
+    ("commit time (s)", "commit_s", "commit_s"),
+    ("commit rate (flows/s)", "commit_flows_per_s", "commit_flows_per_s"),
+    ("commit CPU s, receiver process", "commit_cpu_receiver_s", None),
+]
+lines = [f"N = {n:,} flows; median [min..max]; ratio = ctsyncd / conntrackd",
+         "",
+         "| metric | ctsyncd | conntrackd | ratio | kernel ceiling 1 socket | kernel ceiling 2 sockets |",
+         "| --- | --- | --- | --- | --- | --- |"]
+for label, m, k in rows:
+    k1 = cell("kernel-1sock", k) if k else ""
+    k2 = cell("kernel-2sock", k) if k else ""
+    lines.append(f"| {label} | {cell('ctsyncd', m)} | {cell('conntrackd', m)} | {ratio(m)} | {k1} | {k2} |")
+open(out + "/table.md", "w").write("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY
+echo "results: $OUT" >&2
