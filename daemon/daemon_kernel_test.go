@@ -200,6 +200,10 @@ func TestKernelTrafficAppearsAndDisappears(t *testing.T) {
 			if f.TCP.WScaleOrig == 0 || f.TCP.WScaleRep == 0 {
 				t.Errorf("%s: window scales not carried: %+v", w.name, f.TCP)
 			}
+			const both = flow.TCPFlagWindowScale | flow.TCPFlagSACKPerm
+			if f.TCP.FlagsOrig&both != both || f.TCP.FlagsRep&both != both {
+				t.Errorf("%s: TCP flags not carried (want WINDOW_SCALE|SACK_PERM both ways): %+v", w.name, f.TCP)
+			}
 			if f.Reply.SrcPort != w.dport || f.Reply.DstPort != w.sport {
 				t.Errorf("%s: reply ports %d→%d", w.name, f.Reply.SrcPort, f.Reply.DstPort)
 			}

@@ -1,8 +1,6 @@
 package kernel
 
 import (
-	"encoding/binary"
-
 	"github.com/ti-mo/conntrack"
 
 	"github.com/ctsyncd/ctsyncd/flow"
@@ -65,17 +63,16 @@ func FromConntrack(c *conntrack.Flow) (f flow.Flow, ok bool) {
 }
 
 // tcpFlagsByte extracts the flags byte of a struct nf_ct_tcp_flags {u8 flags;
-// u8 mask;}, which ti-mo decodes as one native-endian uint16.
+// u8 mask;}, which ti-mo decodes as one big-endian uint16: flags is the
+// high byte.
 func tcpFlagsByte(v uint16) uint8 {
-	var b [2]byte
-	binary.NativeEndian.PutUint16(b[:], v)
-	return b[0]
+	return uint8(v >> 8)
 }
 
 // tcpFlagsWord builds the struct nf_ct_tcp_flags for flags with the mask set
-// to the same bits, as ti-mo expects it.
+// to the same bits, as ti-mo encodes it (big endian).
 func tcpFlagsWord(flags uint8) uint16 {
-	return binary.NativeEndian.Uint16([]byte{flags, flags})
+	return uint16(flags)<<8 | uint16(flags)
 }
 
 func seqAdjFrom(s conntrack.SequenceAdjust) flow.SeqAdj {
