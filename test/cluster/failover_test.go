@@ -1,0 +1,106 @@
+package cluster
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ctsyncd/ctsyncd/cache"
+	"github.com/ctsyncd/ctsyncd/failover"
+	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/kernel"
+)
+
+// TestClusterCommitFailover is TestClusterVRRP's positive twin without
+// the daemon: the test itself plays ctsyncd's part — it copies fw-a's
+// conntrack table into an external cache (what replication would have
+// delivered), kills fw-a and, as soon as fw-b holds the VIPs, commits the
+// cache into fw-b with failover.Commit. With SNAT to the server-side VIP,
+// the TCP streams (both ways, v4 and v6) and the server-driven UDP stream
+// that break in the control run must survive.
+func TestClusterCommitFailover(t *testing.T) {
+	tp := New(t, Options{SNAT: true})
+	tp.WaitMaster(t, tp.A)
+	streams := []*Stream{tp.TCPStream(t, false), tp.TCPStream(t, true), tp.UDPStream(t, false)}
+	for _, s := range streams {
+		s.WaitFlowing(t)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), WaitTimeout)
+	defer cancel()
+	ext := cache.NewExternal()
+	n := 0
+	err := kernel.Dump(ctx, kernel.DumpOptions{NetNS: tp.A.NS.FD(t)}, func(f *flow.Flow) {
+		if f.Proto == flow.ProtoTCP || f.Proto == flow.ProtoUDP {
+			ext.Apply(tp.A.Name, cache.Change{Flow: *f}, time.Now())
+			n++
+		}
+	})
+	if err != nil {
+		t.Fatalf("dump fw-a: %v", err)
+	}
+	if n < len(streams) {
+		t.Fatalf("fw-a tracks %d TCP/UDP flows, want at least %d", n, len(streams))
+	}
+	w, err := kernel.NewWriter(kernel.WriterOptions{NetNS: tp.B.NS.FD(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+
+	dead := tp.KillFirewall(t, tp.A)
+	for !tp.B.HasVIPs(t) {
+		if time.Since(dead) > WaitTimeout {
+			t.Fatalf("fw-b did not take over")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	took := time.Since(dead)
+	rep, err := failover.Commit(ctx, ext, w, failover.CommitOptions{Timeout: 30 * time.Second})
+	if err != nil || rep.Failed != 0 || rep.Committed() != n {
+		t.Fatalf("commit: %v %+v", err, rep)
+	}
+	t.Logf("fw-b took the VIPs %v after fw-a died; committed %d flows in %.1f ms",
+		took.Round(time.Millisecond), rep.Committed(), rep.Seconds*1000)
+
+	for _, s := range streams {
+		ok, stall := s.Survived(dead, 20*time.Second)
+		if !ok {
+			t.Errorf("%s broke although its flow was committed", s.Name)
+			continue
+		}
+		t.Logf("%s survived, longest stall %v", s.Name, stall.Round(time.Millisecond))
+	}
+}
+
+// TestClusterReadinessGate checks the keepalived side of failover.WriteReady:
+// a node that is not ready runs at a lower priority (fw-a, 150-60, loses to
+// fw-b, 100), gets its priority back when ready, and still takes over alone
+// when not ready (the gate lowers priority, it never forces FAULT).
+func TestClusterReadinessGate(t *testing.T) {
+	ready := func(fw *Firewall) string { return filepath.Join(fw.Dir, "ready") }
+	tp := New(t, Options{TrackFile: ready, NoKeepalived: true})
+	for _, fw := range tp.Firewalls() {
+		if err := failover.WriteReady(ready(fw), fw == tp.B); err != nil {
+			t.Fatal(err)
+		}
+		fw.StartKeepalived(t)
+	}
+	tp.WaitMaster(t, tp.B)
+	t.Log("fw-a not ready: fw-b is master")
+
+	if err := failover.WriteReady(ready(tp.A), true); err != nil {
+		t.Fatal(err)
+	}
+	d := tp.WaitMaster(t, tp.A)
+	t.Logf("fw-a ready: master after %v", d.Round(time.Millisecond))
+
+	if err := failover.WriteReady(ready(tp.A), false); err != nil {
+		t.Fatal(err)
+	}
+	tp.WaitMaster(t, tp.B)
+	tp.KillFirewall(t, tp.B)
+	d = tp.WaitMaster(t, tp.A)
+	t.Logf("fw-a, not ready, took over alone after %v", d.Round(time.Millisecond))
+}
