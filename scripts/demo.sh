@@ -1,93 +1,192 @@
 #!/usr/bin/env bash
-# ctsyncd demo: builds the binaries, makes a small network in namespaces
-#   client (10.0.1.2) — fw (router, runs ctsyncd) — server (10.0.2.2)
-# opens real TCP connections and a ping through fw, and shows what ctsyncd
-# cached from the kernel's conntrack table. Tears everything down at the end.
+# ctsyncd demo: an HA firewall pair in network namespaces.
+#
+#   client 10.0.1.10 ── lan-c ──┬── fw-a (lan0 .2) ──┬── lan-s ── server 10.0.2.10
+#                               └── fw-b (lan0 .3) ──┘
+#                                   fw-a sync0 10.200.0.1 ═══ fw-b sync0 10.200.0.2
+#
+# Real keepalived (VRRP) holds the virtual gateways 10.0.1.1 and 10.0.2.1 on
+# the master; its notify hook is `ctsyncctl keepalived`. The firewalls'
+# forward chains accept only established flows plus new connections from the
+# client side, and nf_conntrack_tcp_loose=0: without the replicated state, a
+# stream cannot survive the move. The demo runs a live TCP stream through
+# fw-a, kills fw-a (keepalived, ctsyncd and its links), and shows the stream
+# going on through fw-b. Then it tears everything down.
+#
 # Run as root on Debian with Go installed:  sudo ./scripts/demo.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh
 
 id=$$
-C=ctdemo-c-$id; F=ctdemo-fw-$id; S=ctdemo-s-$id
+NS_C=ctd-client-$id NS_S=ctd-server-$id NS_A=ctd-fwa-$id NS_B=ctd-fwb-$id NS_SW=ctd-sw-$id
 work=$(mktemp -d /tmp/ctsyncd-demo.XXXXXX)
 pids=()
 cleanup() {
   set +e
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done
-  for n in $C $F $S; do ip netns del "$n" 2>/dev/null; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
+  for n in $NS_A $NS_B; do
+    [ -f "$work/$n.keepalived.pid" ] && kill "$(cat "$work/$n.keepalived.pid")" 2>/dev/null
+  done
+  sleep 0.3
+  for n in $NS_C $NS_S $NS_A $NS_B $NS_SW; do ip netns pids "$n" 2>/dev/null | xargs -r kill -9 2>/dev/null; ip netns del "$n" 2>/dev/null; done
   rm -rf "$work"
 }
 trap cleanup EXIT
-
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+inns() { local n=$1; shift; ip netns exec "$n" "$@"; }
 
 step "building ctsyncd and ctsyncctl"
 go build -o "$work/ctsyncd" ./cmd/ctsyncd
 go build -o "$work/ctsyncctl" ./cmd/ctsyncctl
 
-step "network: client — fw — server in namespaces"
-for n in $C $F $S; do ip netns add "$n"; ip -n "$n" link set lo up; done
-ip link add dc$id type veth peer name df$id
-ip link set dc$id netns $C name eth0; ip link set df$id netns $F name lan0
-ip link add ds$id type veth peer name dg$id
-ip link set ds$id netns $S name eth0; ip link set dg$id netns $F name lan1
-ip -n $C addr add 10.0.1.2/24 dev eth0; ip -n $C link set eth0 up; ip -n $C route add default via 10.0.1.1
-ip -n $F addr add 10.0.1.1/24 dev lan0; ip -n $F link set lan0 up
-ip -n $F addr add 10.0.2.1/24 dev lan1; ip -n $F link set lan1 up
-ip -n $S addr add 10.0.2.2/24 dev eth0; ip -n $S link set eth0 up; ip -n $S route add default via 10.0.2.1
-ip netns exec $F sysctl -qw net.ipv4.ip_forward=1
-ip netns exec $F nft -f - <<'NFT'
+step "network: client, server, two firewalls, LAN bridges, a sync link"
+for n in $NS_C $NS_S $NS_A $NS_B $NS_SW; do ip netns add "$n"; ip -n "$n" link set lo up; done
+inns $NS_SW ip link add brc type bridge; inns $NS_SW ip link set brc up
+inns $NS_SW ip link add brs type bridge; inns $NS_SW ip link set brs up
+k=0
+plug() { # plug NS IFNAME BRIDGE ADDR
+  k=$((k+1)); local a=v${id}x$k b=v${id}y$k
+  ip link add "$a" type veth peer name "$b"
+  ip link set "$a" netns "$1" name "$2"; ip -n "$1" addr add "$4" dev "$2"; ip -n "$1" link set "$2" up
+  ip link set "$b" netns $NS_SW; ip -n $NS_SW link set "$b" master "$3" up
+}
+plug $NS_C eth0 brc 10.0.1.10/24
+plug $NS_A lan0 brc 10.0.1.2/24
+plug $NS_B lan0 brc 10.0.1.3/24
+plug $NS_S eth0 brs 10.0.2.10/24
+plug $NS_A lan1 brs 10.0.2.2/24
+plug $NS_B lan1 brs 10.0.2.3/24
+ip link add sa$id type veth peer name sb$id
+ip link set sa$id netns $NS_A name sync0; ip -n $NS_A addr add 10.200.0.1/24 dev sync0; ip -n $NS_A link set sync0 up
+ip link set sb$id netns $NS_B name sync0; ip -n $NS_B addr add 10.200.0.2/24 dev sync0; ip -n $NS_B link set sync0 up
+ip -n $NS_C route add default via 10.0.1.1
+ip -n $NS_S route add default via 10.0.2.1
+
+"$work/ctsyncctl" keygen >"$work/sync.key"; chmod 600 "$work/sync.key"
+for fw in a b; do
+  ns=$NS_A; self=10.200.0.1; peer=10.200.0.2; prio=150
+  [ $fw = b ] && { ns=$NS_B; self=10.200.0.2; peer=10.200.0.1; prio=100; }
+  inns "$ns" sysctl -qw net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0 2>/dev/null || {
+    inns "$ns" nft -f - <<<'table inet probe { chain c { type filter hook output priority 0; ct state new accept; } }'
+    inns "$ns" nft delete table inet probe
+    inns "$ns" sysctl -qw net.ipv4.ip_forward=1 net.netfilter.nf_conntrack_tcp_loose=0
+  }
+  inns "$ns" nft -f - <<'NFT'
 table inet filter {
 	chain forward {
 		type filter hook forward priority 0; policy drop;
 		ct state established,related accept
-		iifname "lan0" ct state new accept
+		iifname "lan0" ct state new tcp flags & (syn | ack) == syn accept
+		iifname "lan0" ct state new meta l4proto { udp, icmp } accept
 	}
 }
 NFT
-
-step "starting ctsyncd in fw"
-cat >"$work/ctsyncd.toml" <<TOML
+  cat >"$work/$fw.toml" <<TOML
 [node]
-name = "fw-demo"
-
+name = "fw-$fw"
 [control]
-socket = "$work/ctsyncd.sock"
-
+socket = "$work/$fw.sock"
 [sync]
-disabled = true   # one node: this demo shows the kernel side
-
-[kernel]
-resync_interval = "5s"
+transport = "udp"
+interface = "sync0"
+listen = "$self:3780"
+peers = ["$peer:3780"]
+key_file = "$work/sync.key"
+[failover]
+purge_timeout = "60s"
+ready_file = "$work/$fw.ready"
 TOML
-ip netns exec $F "$work/ctsyncd" --config "$work/ctsyncd.toml" 2>"$work/ctsyncd.log" &
-pids+=($!)
-ctl() { "$work/ctsyncctl" --socket "$work/ctsyncd.sock" "$@"; }
-for _ in $(seq 50); do ctl status >/dev/null 2>&1 && break; sleep 0.1; done
-ctl status
-
-step "traffic: 3 TCP connections (socat) and a ping, client → server through fw"
-ip netns exec $S socat TCP-LISTEN:8080,fork,reuseaddr EXEC:cat >/dev/null 2>&1 &
-pids+=($!)
-sleep 0.5
-for i in 1 2 3; do
-  (while sleep 0.2; do echo "hello $i"; done) | ip netns exec $C socat - TCP:10.0.2.2:8080 >/dev/null 2>&1 &
-  pids+=($!)
+  cat >"$work/$fw.keepalived.conf" <<KA
+global_defs {
+	script_user root
+	enable_script_security
+	vrrp_garp_master_delay 1
+}
+track_file ctsyncd_ready {
+	file "$work/$fw.ready"
+	weight -60
+	init_file 1
+}
+vrrp_sync_group G {
+	group { LAN_C LAN_S }
+	notify "$work/ctsyncctl --socket $work/$fw.sock keepalived"
+	track_file { ctsyncd_ready }
+}
+vrrp_instance LAN_C {
+	state BACKUP
+	interface lan0
+	virtual_router_id 51
+	priority $prio
+	advert_int 0.2
+	nopreempt
+	virtual_ipaddress { 10.0.1.1/24 dev lan0 }
+}
+vrrp_instance LAN_S {
+	state BACKUP
+	interface lan1
+	virtual_router_id 52
+	priority $prio
+	advert_int 0.2
+	nopreempt
+	virtual_ipaddress { 10.0.2.1/24 dev lan1 }
+}
+KA
+  chmod 600 "$work/$fw.keepalived.conf"
 done
-ip netns exec $C ping -c 2 -i 0.2 10.0.2.2 | tail -n 2
-sleep 1
 
-step "the kernel's table in fw (conntrack -L)"
-ip netns exec $F conntrack -L 2>/dev/null
+step "starting ctsyncd and keepalived on both firewalls"
+inns $NS_A "$work/ctsyncd" --config "$work/a.toml" 2>"$work/a.log" & pids+=($!)
+inns $NS_B "$work/ctsyncd" --config "$work/b.toml" 2>"$work/b.log" & pids+=($!)
+ctl() { "$work/ctsyncctl" --socket "$work/$1.sock" "${@:2}"; }
+for fw in a b; do for _ in $(seq 100); do ctl $fw status >/dev/null 2>&1 && break; sleep 0.1; done; done
+start_keepalived() {
+  local fw=$1 ns=$NS_A; [ "$fw" = b ] && ns=$NS_B
+  inns "$ns" keepalived -P -n -l -G -f "$work/$fw.keepalived.conf" -p "$work/$ns.keepalived.pid" \
+    -r "$work/$ns.vrrp.pid" >"$work/$fw.keepalived.log" 2>&1 &
+  pids+=($!)
+}
+start_keepalived a
+sleep 1.5   # fw-a wins the first election
+start_keepalived b
+master() { for n in $NS_A $NS_B; do ip -n "$n" -4 addr show lan0 | grep -q 10.0.1.1/ && echo "$n"; done; }
+for _ in $(seq 100); do [ "$(master)" = "$NS_A" ] && break; sleep 0.1; done
+echo "VRRP master: $(master)"
 
-step "ctsyncd's internal cache (ctsyncctl dump internal)"
-ctl dump internal
+step "a live TCP stream client → server through fw-a (one line every 50 ms, echoed back)"
+inns $NS_S socat TCP-LISTEN:8080,reuseaddr,fork EXEC:cat >/dev/null 2>&1 & pids+=($!)
+sleep 0.3
+( i=0; while sleep 0.05; do i=$((i+1)); echo "$i"; done ) |
+  inns $NS_C socat -t 30 - TCP:10.0.2.10:8080 >"$work/echo.txt" 2>"$work/socat.err" & pids+=($!)
+stream_pid=$!
+sleep 2
+echo "lines echoed so far: $(wc -l <"$work/echo.txt")"
+echo "fw-b's external cache (replicated from fw-a):"
+ctl b dump external | grep 8080 || true
 
-step "counters (ctsyncctl stats)"
-ctl stats
+step "fw-a dies: keepalived and ctsyncd killed, links down"
+before=$(wc -l <"$work/echo.txt")
+kill -9 "$(cat "$work/$NS_A.keepalived.pid")" 2>/dev/null || true
+ip netns pids $NS_A | xargs -r kill -9
+for l in lan0 lan1 sync0; do ip -n $NS_A link set "$l" down; done
+for _ in $(seq 100); do [ "$(master)" = "$NS_B" ] && break; sleep 0.1; done
+echo "VRRP master: $(master)"
+sleep 3
+after=$(wc -l <"$work/echo.txt")
 
-step "ctsyncd's log"
-cat "$work/ctsyncd.log"
-echo
-echo "demo done: tearing down"
+step "result"
+echo "lines echoed before the failure: $before, three seconds after it: $after"
+if [ "$after" -gt "$((before + 20))" ] && kill -0 $stream_pid 2>/dev/null; then
+  echo "the TCP stream SURVIVED the failover: it now flows through fw-b"
+  gap=$(awk 'NR>1 && $1!=prev+1 {print "missing lines", prev+1, "to", $1-1} {prev=$1}' "$work/echo.txt" | head -3)
+  [ -n "$gap" ] && echo "$gap" || echo "no line lost (TCP retransmitted what was in flight)"
+  status=0
+else
+  echo "the TCP stream BROKE"; cat "$work/socat.err"; status=1
+fi
+echo; echo "fw-b's commit, from its log:"
+grep -E 'keepalived notify|commit done' "$work/b.log" | sed 's/^/  /'
+echo; echo "fw-b's kernel table now:"
+inns $NS_B conntrack -L -p tcp 2>/dev/null | grep 8080 || true
+echo; echo "demo done: tearing down"
+exit $status
