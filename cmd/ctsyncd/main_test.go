@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -82,6 +83,8 @@ name = "fw-test"
 
 [control]
 socket = %q
+mode = "0660"
+group = "daemon"
 
 [sync]
 disabled = true
@@ -127,6 +130,19 @@ disabled = true
 
 	for run := 1; run <= 2; run++ { // the second run is the restart
 		cmd, logs := start()
+		// The socket has the configured mode and group.
+		fi, err := os.Stat(socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		grp, err := user.LookupGroup("daemon")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sys := fi.Sys().(*syscall.Stat_t)
+		if fi.Mode().Perm() != 0o660 || fmt.Sprint(sys.Gid) != grp.Gid {
+			t.Errorf("socket mode %v gid %d, want 0660 and group daemon (%s)", fi.Mode().Perm(), sys.Gid, grp.Gid)
+		}
 		status := c.must("status")
 		if !strings.Contains(status, "fw-test") {
 			t.Errorf("run %d: status does not name the node:\n%s", run, status)
