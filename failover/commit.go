@@ -29,6 +29,14 @@ type Writer interface {
 
 var _ Writer = (*kernel.Writer)(nil)
 
+// Deleter is the optional part of a Writer that Commit uses to clear an
+// entry that clashes with a committed flow (*kernel.Writer has it).
+type Deleter interface {
+	Delete(ctx context.Context, keys []flow.Key) ([]kernel.Result, error)
+}
+
+var _ Deleter = (*kernel.Writer)(nil)
+
 // Defaults of CommitOptions.
 const (
 	DefaultFirstChunk  = 128
@@ -75,6 +83,12 @@ type Report struct {
 	// Removed counts the entries that left the external cache (every
 	// origin's entry for each committed key).
 	Removed int `json:"removed"`
+	// Cleared counts local entries deleted because they clashed with a
+	// committed flow: traffic that reached this node before the commit
+	// (keepalived raises the VIPs first) and created an entry whose
+	// original tuple is the committed flow's reply tuple, e.g. a server's
+	// reply to the SNAT address delivered locally.
+	Cleared int `json:"cleared,omitempty"`
 	// Seconds is the duration of the whole commit; FirstChunkSeconds the
 	// time until the first (least idle) chunk was in the kernel.
 	Seconds           float64 `json:"seconds"`
@@ -154,6 +168,13 @@ func errName(err error) string {
 // opt.MaxChunk. Each flow's age is the time since its state was received,
 // which the writer subtracts from its timeout (down to its floor).
 //
+// A flow whose create fails with EEXIST although no entry has its original
+// tuple clashes with an entry holding its reply tuple: traffic that reached
+// this node between the VIP move and the commit (a server's packet to the
+// SNAT address, delivered locally when the input chain accepts it). When w
+// is also a Deleter, that entry (original tuple = the flow's reply tuple)
+// is deleted and the flow committed again; the master's flow wins.
+//
 // When several origins hold the same key, the most recently received
 // entry is written. Commit is bounded by opt.Timeout and ctx; when either
 // ends it, the report counts the flows not tried and the error wraps the
@@ -206,23 +227,23 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		var res []kernel.Result
 		res, err = w.Commit(ctx, flows, age)
 		done = done[:0]
+		var clash []int
 		for k := range flows {
-			if k >= len(res) {
-				rep.fail(&flows[k], cmp.Or(err, errors.New("no result")), opt.MaxFailures)
+			if k < len(res) && res[k].Op == kernel.Failed && errors.Is(res[k].Err, unix.EEXIST) {
+				clash = append(clash, k)
 				continue
 			}
-			switch res[k].Op {
-			case kernel.Created:
-				rep.Created++
-			case kernel.Updated:
-				rep.Updated++
-			case kernel.Replaced:
-				rep.Replaced++
-			default:
-				rep.fail(&flows[k], cmp.Or(res[k].Err, errors.New(res[k].Op.String())), opt.MaxFailures)
-				continue
+			if rep.tally(&flows[k], res, k, err, opt.MaxFailures) {
+				done = append(done, flows[k].Key)
 			}
-			done = append(done, res[k].Key)
+		}
+		switch {
+		case len(clash) > 0 && err == nil:
+			done = append(done, rep.clear(ctx, w, flows, age, clash, opt.MaxFailures)...)
+		case len(clash) > 0:
+			for _, k := range clash {
+				rep.tally(&flows[k], res, k, err, opt.MaxFailures)
+			}
 		}
 		rep.Removed += ext.Remove(done)
 		if next == 0 {
@@ -248,6 +269,70 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		return rep, fmt.Errorf("failover: commit: %w", err)
 	}
 	return rep, nil
+}
+
+// tally counts the result for flows[k] and reports whether it is in the
+// kernel now.
+func (r *Report) tally(f *flow.Flow, res []kernel.Result, k int, err error, maxFailures int) bool {
+	if k >= len(res) {
+		r.fail(f, cmp.Or(err, errors.New("no result")), maxFailures)
+		return false
+	}
+	switch res[k].Op {
+	case kernel.Created:
+		r.Created++
+	case kernel.Updated:
+		r.Updated++
+	case kernel.Replaced:
+		r.Replaced++
+	default:
+		r.fail(f, cmp.Or(res[k].Err, errors.New(res[k].Op.String())), maxFailures)
+		return false
+	}
+	return true
+}
+
+// clear handles the flows of a chunk whose create failed with EEXIST
+// although no entry has their original tuple: an entry holds their reply
+// tuple. When w can delete, the entry whose original tuple is the reply
+// tuple (local traffic that arrived before the commit) is deleted and the
+// flows are committed once more. It returns the keys now in the kernel.
+func (r *Report) clear(ctx context.Context, w Writer, flows []flow.Flow, age []time.Duration, idx []int, maxFailures int) []flow.Key {
+	retry := make([]flow.Flow, len(idx))
+	retryAge := make([]time.Duration, len(idx))
+	keys := make([]flow.Key, len(idx))
+	for j, k := range idx {
+		f := &flows[k]
+		retry[j], retryAge[j] = *f, age[k]
+		keys[j] = flow.Key{Orig: f.Reply, Family: f.Family, Proto: f.Proto, Zone: f.Zone}
+	}
+	fail := func(err error) []flow.Key {
+		for j := range retry {
+			r.fail(&retry[j], err, maxFailures)
+		}
+		return nil
+	}
+	d, ok := w.(Deleter)
+	if !ok {
+		return fail(&kernel.OpError{Op: "create", Err: unix.EEXIST})
+	}
+	dres, err := d.Delete(ctx, keys)
+	if err != nil {
+		return fail(err)
+	}
+	for _, x := range dres {
+		if x.Op == kernel.Deleted {
+			r.Cleared++
+		}
+	}
+	res, err := w.Commit(ctx, retry, retryAge)
+	var done []flow.Key
+	for j := range retry {
+		if r.tally(&retry[j], res, j, err, maxFailures) {
+			done = append(done, retry[j].Key)
+		}
+	}
+	return done
 }
 
 // dedup keeps one entry per key, the most recently received, when the

@@ -55,6 +55,14 @@ func (k *fakeKernel) Commit(ctx context.Context, flows []flow.Flow, age []time.D
 			continue
 		}
 		old, ok := k.table[f.Key]
+		if !ok {
+			// The reply tuple is taken by another entry.
+			rk := flow.Key{Orig: f.Reply, Family: f.Family, Proto: f.Proto, Zone: f.Zone}
+			if _, clash := k.table[rk]; clash {
+				res[i].Op, res[i].Err = kernel.Failed, &kernel.OpError{Op: "create", Err: unix.EEXIST}
+				continue
+			}
+		}
 		switch {
 		case !ok:
 			res[i].Op = kernel.Created
@@ -85,6 +93,25 @@ func (k *fakeKernel) Update(ctx context.Context, flows []flow.Flow) ([]kernel.Re
 	}
 	return res, nil
 }
+
+func (k *fakeKernel) Delete(ctx context.Context, keys []flow.Key) ([]kernel.Result, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	res := make([]kernel.Result, len(keys))
+	for i, key := range keys {
+		res[i].Key = key
+		if _, ok := k.table[key]; !ok {
+			res[i].Op, res[i].Err = kernel.Failed, &kernel.OpError{Op: "delete", Err: unix.ENOENT}
+			continue
+		}
+		delete(k.table, key)
+		res[i].Op = kernel.Deleted
+	}
+	return res, nil
+}
+
+// noDelete hides the fake's Delete.
+type noDelete struct{ Writer }
 
 func (k *fakeKernel) dump(ctx context.Context, fn func(*flow.Flow)) error {
 	k.mu.Lock()
@@ -268,6 +295,42 @@ func TestCommitTimeout(t *testing.T) {
 	for i := range 10 {
 		if _, ok := k.table[testFlow(i).Key]; !ok {
 			t.Errorf("live flow %d not committed", i)
+		}
+	}
+}
+
+func TestCommitReplyClash(t *testing.T) {
+	// A server's reply to the SNAT address reached this node before the
+	// commit and left a local entry whose original tuple is the SNATed
+	// flow's reply tuple.
+	f := testFlow(1)
+	f.Reply = flow.Tuple{Src: f.Orig.Dst, Dst: [16]byte{203, 0, 113, 1}, SrcPort: f.Orig.DstPort, DstPort: 61000}
+	local := flow.Flow{Key: flow.Key{Orig: f.Reply, Family: f.Family, Proto: f.Proto}, Reply: f.Reply.Invert(f.Proto)}
+	for _, withDelete := range []bool{true, false} {
+		k := newFakeKernel()
+		k.table[local.Key] = local
+		ext := cache.NewExternal()
+		ext.Apply("b", cache.Change{Flow: f}, time.Now())
+		ext.Apply("b", cache.Change{Flow: testFlow(2)}, time.Now())
+		var w Writer = k
+		if !withDelete {
+			w = noDelete{k}
+		}
+		rep, err := Commit(context.Background(), ext, w, CommitOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if withDelete {
+			if rep.Created != 2 || rep.Cleared != 1 || rep.Failed != 0 || ext.Len() != 0 {
+				t.Errorf("with Delete: %+v, external %d", rep, ext.Len())
+			}
+			if _, ok := k.table[local.Key]; ok {
+				t.Error("the clashing entry is still there")
+			}
+			continue
+		}
+		if rep.Created != 1 || rep.Failed != 1 || rep.Errnos["EEXIST"] != 1 || ext.Len() != 1 {
+			t.Errorf("without Delete: %+v, external %d", rep, ext.Len())
 		}
 	}
 }

@@ -2,11 +2,7 @@ package failover
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
-	"os"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -212,32 +208,6 @@ func TestKernelCommitOrder(t *testing.T) {
 	}
 }
 
-// TestKernelCommitRate measures a big commit (100k flows; fewer under the
-// race detector, which slows the writer several times).
-func TestKernelCommitRate(t *testing.T) {
-	_, w, _ := kernelNS(t)
-	n := 100000
-	if raceEnabled {
-		n = 20000
-	}
-	if b, err := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max"); err == nil {
-		if cur, _ := strconv.Atoi(strings.TrimSpace(string(b))); cur < 2*n {
-			netnstest.Run(t, "sysctl", "-qw", fmt.Sprintf("net.netfilter.nf_conntrack_max=%d", 4*n))
-		}
-	}
-	ext := cache.NewExternal()
-	now := time.Now()
-	for i := range n {
-		ext.Apply("fw-a", cache.Change{Flow: bulkFlow(i), Idle: time.Duration(i%3600) * time.Second}, now)
-	}
-	rep, err := Commit(context.Background(), ext, w, CommitOptions{Timeout: 60 * time.Second})
-	if err != nil || rep.Created != n {
-		t.Fatalf("Commit: %+v %v", rep, err)
-	}
-	t.Logf("%d flows in %.3fs (%.0f flows/s), first chunk (%d flows) in %.1fms",
-		n, rep.Seconds, float64(n)/rep.Seconds, DefaultFirstChunk, rep.FirstChunkSeconds*1000)
-}
-
 func TestKernelPurge(t *testing.T) {
 	_, w, dump := kernelNS(t)
 	ctx := context.Background()
@@ -277,4 +247,36 @@ func TestKernelPurge(t *testing.T) {
 			t.Errorf("purge changed more than the timeout: %s", g.String())
 		}
 	}
+}
+
+// TestKernelCommitReplyClash: a server's packet to the SNAT address that
+// reached this node before the commit left a local entry whose original
+// tuple is the SNAT flow's reply tuple; the kernel refuses the committed
+// flow (EEXIST) until that entry is gone.
+func TestKernelCommitReplyClash(t *testing.T) {
+	_, w, dump := kernelNS(t)
+	ctx := context.Background()
+	snat := mixedFlows()[4]
+	if !snat.NATed() {
+		t.Fatal("test flow is not NATed")
+	}
+	local := snat
+	local.Key = flow.Key{Orig: snat.Reply, Family: snat.Family, Proto: snat.Proto}
+	local.Reply = snat.Reply.Invert(snat.Proto)
+	local.Status = flow.StatusConfirmed
+	local.TCP = flow.TCPInfo{State: flow.TCPSynSent}
+	if res, err := w.Commit(ctx, []flow.Flow{local}, nil); err != nil || res[0].Op != kernel.Created {
+		t.Fatalf("local entry: %+v %v", res, err)
+	}
+	ext := cache.NewExternal()
+	ext.Apply("fw-a", cache.Change{Flow: snat}, time.Now())
+	rep, err := Commit(ctx, ext, w, CommitOptions{})
+	if err != nil || rep.Created != 1 || rep.Cleared != 1 || rep.Failed != 0 {
+		t.Fatalf("Commit: %v %+v", err, rep)
+	}
+	got := dumpTable(t, dump)
+	if _, ok := got[local.Key]; ok {
+		t.Error("the clashing local entry survived")
+	}
+	checkKernel(t, []flow.Flow{snat}, got, 0)
 }
