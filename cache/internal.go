@@ -35,19 +35,6 @@ type Entry struct {
 	Peak uint32
 }
 
-// entry is what the cache stores: 120 bytes, one 128-byte allocation.
-type entry struct {
-	flow.Flow
-	ref  uint32 // Refreshed, in tenths of a second since the cache's base
-	peak uint32
-	// seq is the cache's change counter when the entry last changed by an
-	// event, so that a reconcile does not undo an event newer than its dump
-	// (compared with serial arithmetic: it may wrap).
-	seq uint32
-	// gen is the reconcile generation that last saw the flow in a dump.
-	gen uint32
-}
-
 // tick is the resolution of entry.ref.
 const tick = 100 * time.Millisecond
 
@@ -55,15 +42,15 @@ func (c *Internal) ticks(unixNano int64) uint32 {
 	return uint32((unixNano - c.base) / int64(tick))
 }
 
-func (c *Internal) export(e *entry) Entry {
-	return Entry{Flow: e.Flow, Refreshed: c.base + int64(e.ref)*int64(tick), Peak: e.peak}
+func (c *Internal) export(k flow.Key, e *entry) Entry {
+	return Entry{Flow: e.flow(k), Refreshed: c.base + int64(e.ref)*int64(tick), Peak: e.peak}
 }
 
 // change builds the change that replicates e: the flow with its remaining
 // timeout as of now (the kernel reported it at the last refresh, up to a
 // reconcile interval ago) and its idleness.
-func (c *Internal) change(e *entry, now time.Time) Change {
-	x := c.export(e)
+func (c *Internal) change(k flow.Key, e *entry, now time.Time) Change {
+	x := c.export(k, e)
 	idle := x.Idle(now) // before the timeout is aged: Idle adds the age itself
 	if d := now.UnixNano() - x.Refreshed; d > 0 {
 		x.Timeout -= min(x.Timeout, uint32(d/int64(time.Second)))
@@ -114,7 +101,7 @@ type Internal struct {
 
 	// mu guards every field below.
 	mu        sync.Mutex
-	flows     map[flow.Key]*entry
+	flows     *store
 	seq       uint32 // bumped by every event-driven change
 	recons    int    // reconciles in progress: keep tombstones while > 0
 	gen       uint32 // reconcile generation
@@ -132,7 +119,7 @@ func NewInternal(policy TimeoutPolicy) *Internal {
 		policy: policy,
 		now:    time.Now,
 		base:   time.Now().Add(-time.Hour).UnixNano(),
-		flows:  make(map[flow.Key]*entry),
+		flows:  newStore(),
 		tombs:  make(map[flow.Key]uint32),
 		dirty:  make(map[flow.Key]struct{}),
 		notify: make(chan struct{}, 1),
@@ -184,18 +171,20 @@ func (c *Internal) Upsert(f *flow.Flow) {
 	defer c.mu.Unlock()
 	c.seq++
 	delete(c.tombs, f.Key)
-	e, ok := c.flows[f.Key]
+	e, ok := c.flows.get(f.Key)
 	if !ok {
-		c.flows[f.Key] = &entry{Flow: *f, ref: now, peak: c.peak(f), seq: c.seq}
+		e = c.flows.add(f.Key)
+		e.set(f)
+		e.ref, e.peak, e.seq = now, c.peak(f), c.seq
 		c.stats.Created++
 		c.markDirty(f.Key)
 		return
 	}
-	changed := !e.SameState(f)
+	changed := !e.sameState(f)
 	if e.TCP.State != f.TCP.State {
 		e.peak = 0 // a new state has its own timeout
 	}
-	e.Flow = *f
+	e.set(f)
 	e.ref = now
 	e.peak = max(e.peak, c.peak(f))
 	e.seq = c.seq
@@ -213,8 +202,7 @@ func (c *Internal) Delete(k flow.Key) {
 	if c.recons > 0 {
 		c.tombs[k] = c.seq
 	}
-	if _, ok := c.flows[k]; ok {
-		delete(c.flows, k)
+	if c.flows.del(k) {
 		c.stats.Deleted++
 		c.markDirty(k)
 	}
@@ -224,9 +212,9 @@ func (c *Internal) Delete(k flow.Key) {
 func (c *Internal) Flush() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := len(c.flows)
+	n := c.flows.len()
 	c.seq++
-	clear(c.flows)
+	c.flows.clear()
 	clear(c.dirty)
 	clear(c.tombs)
 	return n
@@ -236,28 +224,26 @@ func (c *Internal) Flush() int {
 func (c *Internal) Len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.flows)
+	return c.flows.len()
 }
 
 // Get returns a copy of the entry for k.
 func (c *Internal) Get(k flow.Key) (Entry, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.flows[k]
+	e, ok := c.flows.get(k)
 	if !ok {
 		return Entry{}, false
 	}
-	return c.export(e), true
+	return c.export(k, e), true
 }
 
 // Snapshot returns a copy of every entry, in no particular order.
 func (c *Internal) Snapshot() []Entry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]Entry, 0, len(c.flows))
-	for _, e := range c.flows {
-		out = append(out, c.export(e))
-	}
+	out := make([]Entry, 0, c.flows.len())
+	c.flows.each(func(k flow.Key, e *entry) { out = append(out, c.export(k, e)) })
 	return out
 }
 
@@ -265,10 +251,8 @@ func (c *Internal) Snapshot() []Entry {
 func (c *Internal) Keys() []flow.Key {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	out := make([]flow.Key, 0, len(c.flows))
-	for k := range c.flows {
-		out = append(out, k)
-	}
+	out := make([]flow.Key, 0, c.flows.len())
+	c.flows.each(func(k flow.Key, _ *entry) { out = append(out, k) })
 	return out
 }
 
@@ -277,7 +261,7 @@ func (c *Internal) Stats() InternalStats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	s := c.stats
-	s.Flows = len(c.flows)
+	s.Flows = c.flows.len()
 	s.Dirty = len(c.dirty)
 	s.LastRefresh = c.lastRef
 	return s
@@ -300,8 +284,8 @@ func (c *Internal) TakeChanges(max int) []Change {
 			break
 		}
 		delete(c.dirty, k)
-		if e, ok := c.flows[k]; ok {
-			out = append(out, c.change(e, now))
+		if e, ok := c.flows.get(k); ok {
+			out = append(out, c.change(k, e, now))
 		} else {
 			out = append(out, Change{Flow: flow.Flow{Key: k}, Deleted: true})
 		}
@@ -321,8 +305,8 @@ func (c *Internal) Current(k flow.Key) Change {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e, ok := c.flows[k]; ok {
-		return c.change(e, now)
+	if e, ok := c.flows.get(k); ok {
+		return c.change(k, e, now)
 	}
 	return Change{Flow: flow.Flow{Key: k}, Deleted: true}
 }
@@ -371,9 +355,11 @@ func (r *Reconcile) Add(f *flow.Flow) {
 	if s, ok := c.tombs[f.Key]; ok && newer(s, r.start) {
 		return // destroyed after the dump began
 	}
-	e, ok := c.flows[f.Key]
+	e, ok := c.flows.get(f.Key)
 	if !ok {
-		c.flows[f.Key] = &entry{Flow: *f, ref: r.now, peak: c.peak(f), seq: r.start, gen: r.gen}
+		e = c.flows.add(f.Key)
+		e.set(f)
+		e.ref, e.peak, e.seq, e.gen = r.now, c.peak(f), r.start, r.gen
 		c.stats.Created++
 		c.stats.ReconAdded++
 		r.res.Added++
@@ -384,11 +370,11 @@ func (r *Reconcile) Add(f *flow.Flow) {
 	if newer(e.seq, r.start) {
 		return // an event newer than the dump already set it
 	}
-	if !e.SameState(f) {
+	if !e.sameState(f) {
 		if e.TCP.State != f.TCP.State {
 			e.peak = 0
 		}
-		e.Flow = *f
+		e.set(f)
 		e.ref = r.now
 		e.peak = max(e.peak, c.peak(f))
 		c.stats.ReconFixed++
@@ -416,16 +402,16 @@ func (r *Reconcile) Finish() ReconcileResult {
 	c := r.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for k, e := range c.flows {
+	c.flows.each(func(k flow.Key, e *entry) {
 		if e.gen == r.gen || newer(e.seq, r.start) {
-			continue
+			return
 		}
-		delete(c.flows, k)
+		c.flows.del(k)
 		c.stats.Deleted++
 		c.stats.ReconGone++
 		r.res.Removed++
 		c.markDirty(k)
-	}
+	})
 	c.recons--
 	if c.recons == 0 {
 		clear(c.tombs)

@@ -1,0 +1,106 @@
+package cache
+
+import "github.com/ctsyncd/ctsyncd/flow"
+
+// state is a flow without its key: the key lives once, in the index.
+type state struct {
+	Reply   flow.Tuple
+	Status  uint32
+	Timeout uint32
+	Mark    uint32
+	TCP     flow.TCPInfo
+	Extra   *flow.Extra
+}
+
+// entry is what the internal cache stores per flow: 80 bytes, in a slab.
+type entry struct {
+	state
+	ref  uint32 // Refreshed, in tenths of a second since the cache's base
+	peak uint32
+	// seq is the cache's change counter when the entry last changed by an
+	// event, so that a reconcile does not undo an event newer than its dump
+	// (compared with serial arithmetic: it may wrap).
+	seq uint32
+	// gen is the reconcile generation that last saw the flow in a dump.
+	gen uint32
+}
+
+func (e *entry) flow(k flow.Key) flow.Flow {
+	return flow.Flow{Key: k, Reply: e.Reply, Status: e.Status, Timeout: e.Timeout, Mark: e.Mark, TCP: e.TCP, Extra: e.Extra}
+}
+
+func (e *entry) set(f *flow.Flow) {
+	e.state = state{Reply: f.Reply, Status: f.Status, Timeout: f.Timeout, Mark: f.Mark, TCP: f.TCP, Extra: f.Extra}
+}
+
+func (e *entry) sameState(f *flow.Flow) bool {
+	g := e.flow(f.Key)
+	return g.SameState(f)
+}
+
+const (
+	chunkBits = 12
+	chunkLen  = 1 << chunkBits
+)
+
+// store maps keys to entries kept in fixed-size chunks (a slab), so that an
+// entry costs its 80 bytes plus a 44-byte index slot, with no per-entry
+// allocation and no size-class rounding. Entry pointers stay valid until the
+// entry is deleted. Not safe for concurrent use: Internal's lock guards it.
+type store struct {
+	idx    map[flow.Key]uint32
+	chunks [][]entry
+	free   []uint32
+	next   uint32
+}
+
+func newStore() *store { return &store{idx: make(map[flow.Key]uint32)} }
+
+func (s *store) at(i uint32) *entry { return &s.chunks[i>>chunkBits][i&(chunkLen-1)] }
+
+func (s *store) get(k flow.Key) (*entry, bool) {
+	i, ok := s.idx[k]
+	if !ok {
+		return nil, false
+	}
+	return s.at(i), true
+}
+
+// add returns a zeroed entry for k, which must not be present.
+func (s *store) add(k flow.Key) *entry {
+	var i uint32
+	if n := len(s.free); n > 0 {
+		i = s.free[n-1]
+		s.free = s.free[:n-1]
+	} else {
+		i = s.next
+		s.next++
+		if int(i>>chunkBits) == len(s.chunks) {
+			s.chunks = append(s.chunks, make([]entry, chunkLen))
+		}
+	}
+	s.idx[k] = i
+	return s.at(i)
+}
+
+func (s *store) del(k flow.Key) bool {
+	i, ok := s.idx[k]
+	if !ok {
+		return false
+	}
+	delete(s.idx, k)
+	*s.at(i) = entry{} // drop the Extra pointer
+	s.free = append(s.free, i)
+	return true
+}
+
+func (s *store) len() int { return len(s.idx) }
+
+func (s *store) clear() { *s = *newStore() }
+
+// each calls fn for every entry; fn may delete the entry it is given.
+func (s *store) each(fn func(k flow.Key, e *entry)) {
+	for k, i := range s.idx {
+		fn(k, s.at(i))
+	}
+}
