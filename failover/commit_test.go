@@ -24,7 +24,9 @@ type fakeKernel struct {
 	calls   []int // flows per Commit call
 	ages    []time.Duration
 	fail    map[flow.Key]unix.Errno // keys whose writes fail
-	delay   time.Duration           // per Commit call
+	// blockAfter, when > 0, makes every Commit call after the first
+	// blockAfter ones wait for its context to end.
+	blockAfter int
 	updates int
 }
 
@@ -33,15 +35,15 @@ func newFakeKernel() *fakeKernel {
 }
 
 func (k *fakeKernel) Commit(ctx context.Context, flows []flow.Flow, age []time.Duration) ([]kernel.Result, error) {
-	if k.delay > 0 {
-		select {
-		case <-time.After(k.delay):
-		case <-ctx.Done():
-		}
+	k.mu.Lock()
+	block := k.blockAfter > 0 && len(k.calls) >= k.blockAfter
+	k.calls = append(k.calls, len(flows))
+	k.mu.Unlock()
+	if block {
+		<-ctx.Done()
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	k.calls = append(k.calls, len(flows))
 	k.ages = append(k.ages, age...)
 	res := make([]kernel.Result, len(flows))
 	for i, f := range flows {
@@ -280,16 +282,16 @@ func TestCommitTimeout(t *testing.T) {
 	ext := cache.NewExternal()
 	fill(ext, "b", 5000, func(i int) time.Duration { return time.Duration(i) * time.Millisecond }, time.Now())
 	k := newFakeKernel()
-	k.delay = 40 * time.Millisecond
-	rep, err := Commit(context.Background(), ext, k, CommitOptions{Timeout: 60 * time.Millisecond, FirstChunk: 10, MaxChunk: 100})
+	k.blockAfter = 1 // the first chunk goes in, the second hangs
+	rep, err := Commit(context.Background(), ext, k, CommitOptions{Timeout: 100 * time.Millisecond, FirstChunk: 10, MaxChunk: 100})
 	if !errors.Is(err, ErrCommitTimeout) {
 		t.Fatalf("err %v, want ErrCommitTimeout", err)
 	}
-	if rep.Created < 10 || rep.NotTried == 0 || rep.Created+rep.Failed != 5000 {
+	if rep.Created != 10 || rep.Failed != 4990 || rep.NotTried != 4990-80 || rep.Errnos["deadline"] != 4990 {
 		t.Fatalf("report %+v", rep)
 	}
-	if ext.Len() != 5000-rep.Created {
-		t.Errorf("external %d, want %d", ext.Len(), 5000-rep.Created)
+	if ext.Len() != 4990 {
+		t.Errorf("external %d, want 4990", ext.Len())
 	}
 	// The first chunk, the least idle flows, made it.
 	for i := range 10 {
