@@ -19,15 +19,15 @@ import (
 
 // fakeKernel is a conntrack table behind the Writer interface.
 type fakeKernel struct {
-	mu      sync.Mutex
-	table   map[flow.Key]flow.Flow
-	calls   []int // flows per Commit call
-	ages    []time.Duration
-	fail    map[flow.Key]unix.Errno // keys whose writes fail
+	mu    sync.Mutex
+	table map[flow.Key]flow.Flow
+	calls []int // flows per Commit call
+	ages  []time.Duration
+	fail  map[flow.Key]unix.Errno // keys whose writes fail
 	// blockAfter, when > 0, makes every Commit call after the first
 	// blockAfter ones wait for its context to end.
 	blockAfter int
-	updates int
+	updates    int
 }
 
 func newFakeKernel() *fakeKernel {
