@@ -10,8 +10,18 @@
 #   N        flows per run (default 100000)
 #   RUNS     runs per daemon and per kernel-ceiling case (default 3)
 #   OUT      results directory (default bench/results/<UTC time>-n<N>)
-#   TIMEOUT  seconds to wait for convergence or commit (default 600)
-#   DAEMONS  which daemons, in turn (default "ctsyncd conntrackd")
+#   TIMEOUT  seconds to wait for convergence or commit (default 120; a run
+#            that does not converge is recorded as converged=0 and its
+#            counts, and the harness goes on)
+#   RATES    stepped-rate runs after the others: for each rate (flows/s) and
+#            daemon, one run with N flows created at that pace (ctgen
+#            -rate); default "25000 50000 100000 200000", "" for none
+#   STEP_TIMEOUT  seconds after the last create within which a stepped
+#            run must converge exactly (default 30)
+#   PROFILE  non-empty: perf-record the daemons (needs perf; skews timings)
+#   DAEMONS  which daemons, in turn (default "ctsyncd conntrackd
+#            conntrackd_rr"; conntrackd_rr is conntrackd left on the
+#            SCHED_RR 99 it picks by default, shown for reference)
 #
 # For every run and daemon it builds a fresh pair of namespaces, fwA and fwB,
 # joined by a dedicated veth sync link (sync0, 10.200.0.1 <-> 10.200.0.2),
@@ -44,8 +54,10 @@ root=$PWD
 
 N=${N:-100000}
 RUNS=${RUNS:-3}
-TIMEOUT=${TIMEOUT:-600}
-DAEMONS=${DAEMONS:-"ctsyncd conntrackd"}
+TIMEOUT=${TIMEOUT:-120}
+DAEMONS=${DAEMONS:-"ctsyncd conntrackd conntrackd_rr"}
+RATES=${RATES-"25000 50000 100000 200000"}
+STEP_TIMEOUT=${STEP_TIMEOUT:-30}
 OUT=${OUT:-$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-n$N}
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -79,7 +91,7 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null; done
   for n in "${nss[@]}"; do ip netns del "$n" 2>/dev/null; done
-  rm -rf "$work"
+  [ -n "${KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -189,6 +201,7 @@ TOML
 }
 ctsyncd_internal() { "$bin/ctsyncctl" --socket "$1/ctsyncd.sock" --json status | jq '.internal_flows'; }
 ctsyncd_external() { "$bin/ctsyncctl" --socket "$1/ctsyncd.sock" --json status | jq '.sync.external_flows // 0'; }
+ctsyncd_overrun() { "$bin/ctsyncctl" --socket "$1/ctsyncd.sock" --json stats | jq '.events.overruns'; }
 ctsyncd_commit() { "$bin/ctsyncctl" --socket "$2/ctsyncd.sock" commit >"$2/commit.out" 2>&1; }
 
 # --- conntrackd ------------------------------------------------------------
@@ -239,7 +252,7 @@ CONF
     sleep 0.1
   done
   # conntrackd sets SCHED_RR priority 99 on itself; run it like ctsyncd.
-  chrt -o -p 0 "$p" >/dev/null
+  [ -n "${norr:-}" ] || chrt -o -p 0 "$p" >/dev/null
   started=$p
 }
 conntrackd_cache() { # DIR internal|external
@@ -249,6 +262,16 @@ conntrackd_cache() { # DIR internal|external
 conntrackd_internal() { conntrackd_cache "$1" internal; }
 conntrackd_external() { conntrackd_cache "$1" external; }
 conntrackd_commit() { ip netns exec "$1" conntrackd -C "$2/conntrackd.conf" -c >"$2/commit.out" 2>&1; }
+# conntrackd logs this when its netlink event socket overran at full size.
+conntrackd_overrun() { grep -c "likely to be losing events" "$1/conntrackd.log" || true; }
+
+# conntrackd_rr: the same, but left on the SCHED_RR priority 99 that
+# conntrackd gives itself by default (for reference; not the fair column).
+conntrackd_rr_start() { norr=1 conntrackd_start "$@"; }
+conntrackd_rr_internal() { conntrackd_internal "$@"; }
+conntrackd_rr_external() { conntrackd_external "$@"; }
+conntrackd_rr_commit() { conntrackd_commit "$@"; }
+conntrackd_rr_overrun() { conntrackd_overrun "$@"; }
 
 # waitfor SECONDS CMD...: polls every 50 ms until CMD prints N; fails on timeout.
 waitn() {
@@ -266,9 +289,33 @@ waitn() {
   done
 }
 
+# PROFILE=1: perf record (call graphs) on the daemons while they replicate
+# and commit; reports land beside the logs as perf-*.txt.
+profs=()
+profile_start() { # WHAT PID DIR
+  [ -n "${PROFILE:-}" ] && command -v perf >/dev/null || return 0
+  perf record -F 999 -g -p "$2" -o "$3/perf-$1.data" >/dev/null 2>&1 &
+  profs+=("$!:$3/perf-$1")
+  sleep 0.3
+}
+profile_stop() {
+  local e
+  for e in "${profs[@]}"; do
+    kill -INT "${e%%:*}" 2>/dev/null || true
+    wait "${e%%:*}" 2>/dev/null || true
+    perf report -i "${e#*:}.data" --no-children --sort dso,symbol --percent-limit 0.7 --stdio -g none \
+      >"${e#*:}.txt" 2>/dev/null || true
+    perf report -i "${e#*:}.data" --children --sort symbol --percent-limit 3 --stdio -g none \
+      >"${e#*:}-children.txt" 2>/dev/null || true
+    rm -f "${e#*:}.data"
+  done
+  profs=()
+}
+
 # --- one replication + commit run ----------------------------------------
-pair_run() { # DAEMON RUN
-  local d=$1 r=$2
+pair_run() { # DAEMON RUN; RATE > 0: paced creates, no commit
+  local d=$1 r=$2 lab=$1 wt=$TIMEOUT
+  if [ "${RATE:-0}" -gt 0 ]; then lab="$d@$RATE"; wt=$STEP_TIMEOUT; fi
   local A=ctb-a-$id-$r B=ctb-b-$id-$r dir=$work/$d-$r
   mkns "$A"
   mkns "$B"
@@ -286,37 +333,63 @@ pair_run() { # DAEMON RUN
   "${d}_start" "$B" fw-b 10.200.0.2 10.200.0.1 "$dir/b"
   pb=$started
   sleep 2 # peers meet, heartbeats settle
+  if ! kill -0 "$pa" 2>/dev/null || ! kill -0 "$pb" 2>/dev/null; then
+    echo "   $d run $r: a daemon exited at start; logs in $OUT/logs/$d-$r" >&2
+    record "$lab" "$r" start_failed 1
+    pair_finish
+    return 0
+  fi
 
   local ca0 cb0 ra0 rb0 by0 t0 t1 ca1 cb1 ra1 rb1 by1
   ca0=$(cpu "$pa"); cb0=$(cpu "$pb"); ra0=$(rss "$pa"); rb0=$(rss "$pb"); by0=$(linkbytes "$A")
+  profile_start replicate "$pa" "$dir/a"
+  profile_start replicate "$pb" "$dir/b"
   t0=$(now)
-  "$bin/ctgen" -netns "$A" -n "$N" -mode writer -sockets 2 -min-timeout 7200 >"$dir/ctgen.out"
+  "$bin/ctgen" -netns "$A" -n "$N" -mode writer -sockets 2 -min-timeout 7200 -rate "${RATE:-0}" >"$dir/ctgen.out"
   local tg
   tg=$(now)
-  waitn "$TIMEOUT" "${d}_external" "$dir/b"
+  local conv=1
+  waitn "$wt" "${d}_external" "$dir/b" || conv=0
   t1=$(now)
   ca1=$(cpu "$pa"); cb1=$(cpu "$pb"); by1=$(linkbytes "$A")
-  waitn 30 "${d}_internal" "$dir/a" || true
+  profile_stop
+  waitn 10 "${d}_internal" "$dir/a" || true
   sleep 1 # let acknowledgements and frees settle before reading memory
   ra1=$(rss "$pa"); rb1=$(rss "$pb")
 
   local rep
   rep=$(elapsed "$t0" "$t1")
-  record "$d" "$r" ctgen_s "$(elapsed "$t0" "$tg")"
-  record "$d" "$r" replicate_s "$rep"
-  record "$d" "$r" replicate_flows_per_s "$(awk -v n="$N" -v s="$rep" 'BEGIN { printf "%.0f", n / s }')"
-  record "$d" "$r" cpu_sender_s_per_100k "$(awk -v a="$ca0" -v b="$ca1" -v n="$N" 'BEGIN { printf "%.3f", (b - a) * 100000 / n }')"
-  record "$d" "$r" cpu_receiver_s_per_100k "$(awk -v a="$cb0" -v b="$cb1" -v n="$N" 'BEGIN { printf "%.3f", (b - a) * 100000 / n }')"
-  record "$d" "$r" wire_bytes_per_flow "$(awk -v a="$by0" -v b="$by1" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')"
-  record "$d" "$r" rss_internal_bytes_per_flow "$(awk -v a="$ra0" -v b="$ra1" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')"
-  record "$d" "$r" rss_external_bytes_per_flow "$(awk -v a="$rb0" -v b="$rb1" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')"
-  record "$d" "$r" rss_sender_mib "$(awk -v b="$ra1" 'BEGIN { printf "%.1f", b / 1048576 }')"
-  record "$d" "$r" rss_receiver_mib "$(awk -v b="$rb1" 'BEGIN { printf "%.1f", b / 1048576 }')"
+  record "$lab" "$r" ctgen_s "$(elapsed "$t0" "$tg")"
+  record "$lab" "$r" converged "$conv"
+  record "$lab" "$r" internal_flows "$("${d}_internal" "$dir/a" || echo 0)"
+  record "$lab" "$r" external_flows "$("${d}_external" "$dir/b" || echo 0)"
+  record "$lab" "$r" event_overrun "$("${d}_overrun" "$dir/a" || echo 0)"
+  if [ "$conv" = 1 ]; then
+    record "$lab" "$r" replicate_s "$rep"
+    record "$lab" "$r" lag_s "$(elapsed "$tg" "$t1")"
+    record "$lab" "$r" replicate_flows_per_s "$(awk -v n="$N" -v s="$rep" 'BEGIN { printf "%.0f", n / s }')"
+  fi
+  # Per-flow figures and commit only for runs that converged exactly.
+  if [ "$conv" = 1 ]; then pair_measure; fi
+  pair_finish
+}
 
+# pair_measure: the rest of pair_run (same variables, dynamic scope).
+pair_measure() {
+  record "$lab" "$r" cpu_sender_s_per_100k "$(awk -v a="$ca0" -v b="$ca1" -v n="$N" 'BEGIN { printf "%.3f", (b - a) * 100000 / n }')"
+  record "$lab" "$r" cpu_receiver_s_per_100k "$(awk -v a="$cb0" -v b="$cb1" -v n="$N" 'BEGIN { printf "%.3f", (b - a) * 100000 / n }')"
+  record "$lab" "$r" wire_bytes_per_flow "$(awk -v a="$by0" -v b="$by1" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')"
+  record "$lab" "$r" rss_internal_bytes_per_flow "$(awk -v a="$ra0" -v b="$ra1" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')"
+  record "$lab" "$r" rss_external_bytes_per_flow "$(awk -v a="$rb0" -v b="$rb1" -v n="$N" 'BEGIN { printf "%.1f", (b - a) / n }')"
+  record "$lab" "$r" rss_sender_mib "$(awk -v b="$ra1" 'BEGIN { printf "%.1f", b / 1048576 }')"
+  record "$lab" "$r" rss_receiver_mib "$(awk -v b="$rb1" 'BEGIN { printf "%.1f", b / 1048576 }')"
+
+  [ "${RATE:-0}" -gt 0 ] && return 0
   # Commit fwB's external cache into fwB's (empty) kernel table.
   local k0 c0 c1 c2 cc0 cc1
   k0=$(ktable "$B")
   cc0=$(cpu "$pb")
+  profile_start commit "$pb" "$dir/b"
   c0=$(now)
   "${d}_commit" "$B" "$dir/b" || echo "   $d commit exited non-zero: $(tail -n 3 "$dir/b/commit.out")" >&2
   c1=$(now)
@@ -332,12 +405,15 @@ pair_run() { # DAEMON RUN
   done
   c2=$(now)
   cc1=$(cpu "$pb")
-  record "$d" "$r" commit_cmd_s "$(elapsed "$c0" "$c1")"
-  record "$d" "$r" commit_s "$(elapsed "$c0" "$c2")"
-  record "$d" "$r" commit_flows_per_s "$(awk -v n="$N" -v s="$(elapsed "$c0" "$c2")" 'BEGIN { printf "%.0f", n / s }')"
-  record "$d" "$r" commit_kernel_flows "$((k - k0))"
-  record "$d" "$r" commit_cpu_receiver_s "$(awk -v a="$cc0" -v b="$cc1" 'BEGIN { printf "%.2f", b - a }')"
+  profile_stop
+  record "$lab" "$r" commit_cmd_s "$(elapsed "$c0" "$c1")"
+  record "$lab" "$r" commit_s "$(elapsed "$c0" "$c2")"
+  record "$lab" "$r" commit_flows_per_s "$(awk -v n="$N" -v s="$(elapsed "$c0" "$c2")" 'BEGIN { printf "%.0f", n / s }')"
+  record "$lab" "$r" commit_kernel_flows "$((k - k0))"
+  record "$lab" "$r" commit_cpu_receiver_s "$(awk -v a="$cc0" -v b="$cc1" 'BEGIN { printf "%.2f", b - a }')"
+}
 
+pair_finish() {
   if [ "$d" = ctsyncd ]; then
     "$bin/ctsyncctl" --socket "$dir/a/ctsyncd.sock" --json stats >"$dir/a/stats.json" 2>/dev/null || true
     "$bin/ctsyncctl" --socket "$dir/b/ctsyncd.sock" --json stats >"$dir/b/stats.json" 2>/dev/null || true
@@ -348,9 +424,9 @@ pair_run() { # DAEMON RUN
   stop "$pa"
   stop "$pb"
   mkdir -p "$OUT/logs/$d-$r"
+  rm -f "$dir"/*/*.sock "$dir"/*/*.ctl "$dir"/*/*.lock
   cp -r "$dir/a" "$OUT/logs/$d-$r/a"
   cp -r "$dir/b" "$OUT/logs/$d-$r/b"
-  rm -f "$OUT/logs/$d-$r"/*/*.sock "$OUT/logs/$d-$r"/*/*.ctl "$OUT/logs/$d-$r"/*/*.lock
   delns "$A"
   delns "$B"
 }
@@ -399,11 +475,19 @@ for r in $(seq "$RUNS"); do
   done
 done
 
+for R in $RATES; do
+  for d in $DAEMONS; do
+    log "stepped rate: $d, $N flows at $R flows/s"
+    RATE=$R pair_run "$d" "s$R"
+  done
+done
+
 # --- summary -------------------------------------------------------------
 log "summary (median [min..max] of $RUNS runs, N=$N)"
-python3 - "$csv" "$N" "$OUT" <<'PY'
+python3 - "$csv" "$N" "$OUT" "$DAEMONS" <<'PY'
 import csv, json, statistics, sys
 path, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+daemons = sys.argv[4].split()
 vals = {}
 for row in csv.DictReader(open(path)):
     if int(row["n"]) != n:
@@ -429,6 +513,8 @@ def ratio(m):
     return f"{a['median'] / b['median']:.2f}"
 
 rows = [
+    ("runs converged exactly (of runs)", "converged", None),
+    ("event overruns seen by the sender", "event_overrun", None),
     ("replication time (s)", "replicate_s", None),
     ("replication rate (flows/s)", "replicate_flows_per_s", None),
     ("CPU s / 100k flows, sender", "cpu_sender_s_per_100k", None),
@@ -442,14 +528,44 @@ rows = [
     ("commit rate (flows/s)", "commit_flows_per_s", "commit_flows_per_s"),
     ("commit CPU s, receiver process", "commit_cpu_receiver_s", None),
 ]
-lines = [f"N = {n:,} flows; median [min..max]; ratio = ctsyncd / conntrackd",
+
+def total(d, m):
+    s = vals.get((d, m))
+    return "—" if not s else f"{sum(s):.0f}/{len(s)}"
+
+lines = [f"N = {n:,} flows; median [min..max]; ratio = ctsyncd / conntrackd (both SCHED_OTHER);",
+         "conntrackd (RR) = conntrackd on the SCHED_RR 99 it picks by default, for reference",
          "",
-         "| metric | ctsyncd | conntrackd | ratio | kernel ceiling 1 socket | kernel ceiling 2 sockets |",
-         "| --- | --- | --- | --- | --- | --- |"]
+         "| metric | ctsyncd | conntrackd | ratio | conntrackd (RR) | kernel ceiling 1 socket | kernel ceiling 2 sockets |",
+         "| --- | --- | --- | --- | --- | --- | --- |"]
 for label, m, k in rows:
     k1 = cell("kernel-1sock", k) if k else ""
     k2 = cell("kernel-2sock", k) if k else ""
-    lines.append(f"| {label} | {cell('ctsyncd', m)} | {cell('conntrackd', m)} | {ratio(m)} | {k1} | {k2} |")
+    if m in ("converged", "event_overrun"):
+        lines.append(f"| {label} | {total('ctsyncd', m)} | {total('conntrackd', m)} | | {total('conntrackd_rr', m)} | | |")
+        continue
+    lines.append(f"| {label} | {cell('ctsyncd', m)} | {cell('conntrackd', m)} | {ratio(m)} | {cell('conntrackd_rr', m)} | {k1} | {k2} |")
+steps = sorted({int(d.split("@")[1]) for d, _ in vals if "@" in d})
+if steps:
+    lines += ["", "Stepped rate: N flows created at a fixed pace; converged = exact count on fwB within STEP_TIMEOUT",
+              "after the last create; lag = last create to exact convergence (one run per cell)", "",
+              "| rate (flows/s) | " + " | ".join(f"{d} converged, lag s, overruns" for d in daemons) + " |",
+              "| --- | " + " | ".join("---" for _ in daemons) + " |"]
+    for rate in steps:
+        row = []
+        for d in daemons:
+            k = f"{d}@{rate}"
+            c = vals.get((k, "converged"))
+            if not c:
+                row.append("—")
+                continue
+            lag = vals.get((k, "lag_s"))
+            ov = vals.get((k, "event_overrun"), [0])
+            got = vals.get((k, "external_flows"), [0])
+            row.append(f"{'yes' if min(c) == 1 else 'NO (%d of %d)' % (min(got), n)}, "
+                       f"{statistics.median(lag):.2f} s, {sum(ov):.0f}" if lag else
+                       f"NO ({min(got):.0f} of {n}), —, {sum(ov):.0f}")
+        lines.append(f"| {rate:,} | " + " | ".join(row) + " |")
 open(out + "/table.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -2,7 +2,7 @@
 // kernel table and reports how fast it went: ctsyncd's flow generator for
 // tests and benchmarks (see gen.go for the mix).
 //
-//	ctgen [-netns NAME] [-n 100000] [-mode writer|timo] [-sockets 2] [-batch 256] [-flush] [-min-timeout S]
+//	ctgen [-netns NAME] [-n 100000] [-mode writer|timo] [-sockets 2] [-batch 256] [-flush] [-min-timeout S] [-rate R]
 //
 // -mode writer commits with kernel.Writer (batched, parallel, NAT-aware);
 // -mode timo creates the same flows one by one with ti-mo/conntrack's
@@ -12,7 +12,8 @@
 // default is the current one. The namespace needs nf_conntrack_max above
 // -n (settable only from the initial namespace) and, for the NATed share,
 // nf_nat loaded (any nftables nat chain). -min-timeout raises short
-// timeouts (ICMP's 30..89 s) so that flows outlive a long benchmark run.
+// timeouts (ICMP's 30..89 s) so that flows outlive a long benchmark run;
+// -rate paces writer creates at R flows/s (chunks of R/100 every 10 ms).
 //
 // Output is one line of key=value pairs.
 package main
@@ -43,15 +44,16 @@ func main() {
 		flush   = flag.Bool("flush", false, "flush the table first (not timed)")
 		timeout = flag.Duration("timeout", 10*time.Minute, "give up after this long")
 		minTO   = flag.Uint("min-timeout", 0, "raise every flow's timeout to at least this many seconds (0: the mix's own, ICMP from 30 s)")
+		rate    = flag.Int("rate", 0, "writer: create at most this many flows per second, in chunks every 10 ms (0: as fast as the kernel takes them)")
 	)
 	flag.Parse()
-	if err := run(*n, *offset, *mode, *sockets, *batch, *netns, *flush, *timeout, uint32(*minTO)); err != nil {
+	if err := run(*n, *offset, *mode, *sockets, *batch, *netns, *flush, *timeout, uint32(*minTO), *rate); err != nil {
 		fmt.Fprintln(os.Stderr, "ctgen:", err)
 		os.Exit(1)
 	}
 }
 
-func run(n, offset int, mode string, sockets, batch int, netns string, flush bool, timeout time.Duration, minTimeout uint32) error {
+func run(n, offset int, mode string, sockets, batch int, netns string, flush bool, timeout time.Duration, minTimeout uint32, rate int) error {
 	fd := 0
 	if netns != "" {
 		var err error
@@ -84,7 +86,7 @@ func run(n, offset int, mode string, sockets, batch int, netns string, flush boo
 	switch mode {
 	case "writer":
 		start := time.Now()
-		res, err := w.Commit(ctx, flows, nil)
+		res, err := commitPaced(ctx, w, flows, rate)
 		el := time.Since(start)
 		ops := map[kernel.Op]int{}
 		var firstErr error
@@ -94,8 +96,8 @@ func run(n, offset int, mode string, sockets, batch int, netns string, flush boo
 				firstErr = r.Err
 			}
 		}
-		fmt.Printf("mode=writer n=%d sockets=%d batch=%d elapsed=%.3fs flows_per_s=%.0f created=%d updated=%d replaced=%d failed=%d first_error=%q\n",
-			n, sockets, batch, el.Seconds(), float64(n)/el.Seconds(),
+		fmt.Printf("mode=writer n=%d sockets=%d batch=%d rate=%d elapsed=%.3fs flows_per_s=%.0f created=%d updated=%d replaced=%d failed=%d first_error=%q\n",
+			n, sockets, batch, rate, el.Seconds(), float64(n)/el.Seconds(),
 			ops[kernel.Created], ops[kernel.Updated], ops[kernel.Replaced], ops[kernel.Failed], fmt.Sprint(firstErr))
 		return err
 	case "timo":
@@ -128,4 +130,32 @@ func run(n, offset int, mode string, sockets, batch int, netns string, flush boo
 		return nil
 	}
 	return fmt.Errorf("unknown mode %q", mode)
+}
+
+// commitPaced commits flows at once when rate is 0, else in chunks of
+// rate/100 flows, each chunk due 10 ms after the previous one (a chunk that
+// runs late is not made up for by bursts beyond the schedule).
+func commitPaced(ctx context.Context, w *kernel.Writer, flows []flow.Flow, rate int) ([]kernel.Result, error) {
+	if rate <= 0 {
+		return w.Commit(ctx, flows, nil)
+	}
+	chunk := max(rate/100, 1) // one chunk every 10 ms
+	res := make([]kernel.Result, 0, len(flows))
+	start := time.Now()
+	for i := 0; i < len(flows); i += chunk {
+		due := start.Add(time.Duration(i) * time.Second / time.Duration(rate))
+		if d := time.Until(due); d > 0 {
+			select {
+			case <-ctx.Done():
+				return res, ctx.Err()
+			case <-time.After(d):
+			}
+		}
+		r, err := w.Commit(ctx, flows[i:min(i+chunk, len(flows))], nil)
+		res = append(res, r...)
+		if err != nil {
+			return res, err
+		}
+	}
+	return res, nil
 }
