@@ -410,6 +410,19 @@ func (tp *Topology) KillFirewall(t testing.TB, fw *Firewall) time.Time {
 	return dead
 }
 
+// Revive brings a firewall killed by KillFirewall back: links up, then
+// keepalived (which starts as BACKUP; fw-a, with the higher priority,
+// takes the VIPs back unless told otherwise). Processes started by Setup
+// were never stopped.
+func (tp *Topology) Revive(t testing.TB, fw *Firewall) {
+	t.Helper()
+	fw.NS.Exec(t, "sh", "-c", "ip link set lan0 up; ip link set lan1 up; ip link set sync0 up")
+	fw.mu.Lock()
+	fw.dead = false
+	fw.mu.Unlock()
+	fw.StartKeepalived(t)
+}
+
 // HasVIPs reports whether fw holds the VIPs on both LANs, IPv4 and IPv6.
 func (fw *Firewall) HasVIPs(t testing.TB) bool {
 	t.Helper()
