@@ -34,6 +34,9 @@ type Notify struct {
 	Name  string `json:"name"`
 	State State  `json:"state"`
 	// Priority is the priority keepalived passed, -1 when it passed none.
+	// keepalived 2.2.7 passes 0 for a GROUP (test/cluster's
+	// TestClusterNotify records "GROUP FW MASTER 0"), the instance's
+	// effective priority for an INSTANCE.
 	Priority int `json:"priority"`
 }
 
