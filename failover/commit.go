@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -98,29 +99,54 @@ type Report struct {
 	Failures []Failure      `json:"failures,omitempty"`
 	Errnos   map[string]int `json:"errnos,omitempty"`
 
-	order   []flow.Key
-	posOnce sync.Once
-	pos     map[flow.Key]int
+	// keys is the commit order; nil in a Summary.
+	keys *commitKeys
+}
+
+// commitKeys is a commit's order and its index by key.
+type commitKeys struct {
+	order []flow.Key
+	once  sync.Once
+	pos   map[flow.Key]int
 }
 
 // Committed is the number of flows now in the kernel.
 func (r *Report) Committed() int { return r.Created + r.Updated + r.Replaced }
 
-// Order returns the keys in the order they were written. The slice is the
-// report's own: do not modify it.
-func (r *Report) Order() []flow.Key { return r.order }
+// Order returns the keys in the order they were written (nil for a
+// Summary). The slice is the report's own: do not modify it.
+func (r *Report) Order() []flow.Key {
+	if r.keys == nil {
+		return nil
+	}
+	return r.keys.order
+}
+
+// Summary returns a copy of the report without the order of the flows
+// (40 bytes per flow), to keep after the commit.
+func (r *Report) Summary() *Report {
+	s := *r
+	s.keys = nil
+	s.Failures = slices.Clone(r.Failures)
+	s.Errnos = maps.Clone(r.Errnos)
+	return &s
+}
 
 // Position returns the index of k in the commit order (0 is written
-// first), or -1 when k was not part of the commit. The first call builds
-// an index of every key.
+// first), or -1 when k was not part of the commit (always, for a
+// Summary). The first call builds an index of every key.
 func (r *Report) Position(k flow.Key) int {
-	r.posOnce.Do(func() {
-		r.pos = make(map[flow.Key]int, len(r.order))
-		for i, k := range r.order {
-			r.pos[k] = i
+	ck := r.keys
+	if ck == nil {
+		return -1
+	}
+	ck.once.Do(func() {
+		ck.pos = make(map[flow.Key]int, len(ck.order))
+		for i, k := range ck.order {
+			ck.pos[k] = i
 		}
 	})
-	if i, ok := r.pos[k]; ok {
+	if i, ok := ck.pos[k]; ok {
 		return i
 	}
 	return -1
@@ -199,7 +225,7 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 	}
 
 	snap := dedup(ext.Snapshot())
-	rep := &Report{Flows: len(snap), order: make([]flow.Key, 0, len(snap))}
+	rep := &Report{Flows: len(snap), keys: &commitKeys{order: make([]flow.Key, 0, len(snap))}}
 	ord := commitOrder(snap, opt.FirstChunk)
 
 	var (
@@ -222,7 +248,7 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 			e := &snap[i]
 			flows = append(flows, e.Flow)
 			age = append(age, now.Sub(e.Received))
-			rep.order = append(rep.order, e.Flow.Key)
+			rep.keys.order = append(rep.keys.order, e.Flow.Key)
 		}
 		var res []kernel.Result
 		res, err = w.Commit(ctx, flows, age)
@@ -254,7 +280,7 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		if err != nil {
 			for _, i := range ord.idx[next:] {
 				e := &snap[i]
-				rep.order = append(rep.order, e.Flow.Key)
+				rep.keys.order = append(rep.keys.order, e.Flow.Key)
 				rep.NotTried++
 				rep.fail(&e.Flow, err, opt.MaxFailures)
 			}

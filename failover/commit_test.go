@@ -215,6 +215,13 @@ func TestCommitOrderAndChunks(t *testing.T) {
 	if len(b) > 1000 || !strings.Contains(string(b), `"created":20000`) {
 		t.Errorf("JSON report: %s", b)
 	}
+	sum := rep.Summary()
+	if sum.Order() != nil || sum.Position(testFlow(17).Key) != -1 || sum.Created != rep.Created {
+		t.Errorf("summary %+v", sum)
+	}
+	if sb, _ := json.Marshal(sum); string(sb) != string(b) {
+		t.Errorf("summary JSON %s, report JSON %s", sb, b)
+	}
 
 	// Again: external is empty, nothing happens.
 	rep2, err := Commit(context.Background(), ext, k, CommitOptions{})

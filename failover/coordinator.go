@@ -50,7 +50,7 @@ type Result struct {
 	State   State   `json:"state"`
 	Outcome Outcome `json:"outcome"`
 	// Report is the commit report of a MASTER transition (also of the one
-	// joined, or, for a Duplicate MASTER, of the last one applied).
+	// joined); for a Duplicate MASTER, the Summary of the last one applied.
 	Report *Report `json:"report,omitempty"`
 }
 
@@ -219,8 +219,8 @@ func (c *Coordinator) work() {
 		s.rep, s.err = rep, err
 		if err == nil {
 			c.current = s.state
-			if s.state == Master {
-				c.lastReport = rep
+			if s.state == Master && rep != nil {
+				c.lastReport = rep.Summary()
 			}
 		} else {
 			c.current = ""
