@@ -9,7 +9,7 @@ import (
 // failover test: keepalived elects fw-a, traffic flows through it, killing
 // fw-a moves the VIPs to fw-b, new connections work through fw-b — and,
 // with nothing replicated, established TCP streams (both ways, v4 and v6)
-// and a server-driven UDP stream break, because fw-b's forward chain only
+// and server-driven UDP streams (v4 and v6) break, because fw-b's forward chain only
 // accepts flows its conntrack table knows (tcp_loose=0). A failover test
 // with ctsyncd must make exactly these streams survive.
 func TestClusterVRRP(t *testing.T) {
@@ -19,8 +19,7 @@ func TestClusterVRRP(t *testing.T) {
 
 	tcp4 := tp.TCPStream(t, false)
 	tcp6 := tp.TCPStream(t, true)
-	udp4 := tp.UDPStream(t, false)
-	streams := []*Stream{tcp4, tcp6, udp4}
+	streams := []*Stream{tcp4, tcp6, tp.UDPStream(t, false), tp.UDPStream(t, true)}
 	for _, s := range streams {
 		s.WaitFlowing(t)
 	}

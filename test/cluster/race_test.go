@@ -1,0 +1,7 @@
+//go:build race
+
+package cluster
+
+// raceEnabled: the race detector slows netlink-heavy work several times;
+// scenarios with 100k+ flows run only without it (DESIGN.md §4).
+const raceEnabled = true
