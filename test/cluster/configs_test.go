@@ -34,6 +34,24 @@ func TestExampleConfigs(t *testing.T) {
 	}
 }
 
+// TestHarnessCtsyncdConfig checks that the configs the harness writes for
+// ctsyncd on the firewalls pass the daemon's parser.
+func TestHarnessCtsyncdConfig(t *testing.T) {
+	tp := &Topology{dir: t.TempDir()}
+	tp.A = &Firewall{Name: "fw-a", SyncAddr: SyncA, PeerSyncAddr: SyncB, Dir: t.TempDir(), topo: tp}
+	for _, transport := range []string{"udp", "multicast", "gossip"} {
+		path := tp.A.CtsyncdConfig(t, transport, "[filter]\nprotocols = [\"tcp\", \"udp\"]\n")
+		c, err := config.Load(path)
+		if err != nil {
+			t.Errorf("%s: %v", transport, err)
+			continue
+		}
+		if c.Sync.Transport != transport || c.Control.Socket != tp.A.Socket() || c.Failover.ReadyFile != tp.A.ReadyFile() {
+			t.Errorf("%s: %+v", transport, c)
+		}
+	}
+}
+
 // TestClusterKeepalivedConfig checks configs/keepalived.conf with
 // keepalived's own parser, for both nodes, in a namespace that has the
 // interfaces it names.

@@ -98,6 +98,9 @@ type Topology struct {
 	A, B                   *Firewall
 	opts                   Options
 	dir                    string
+
+	keyOnce sync.Once // writes the sync key file
+	keyErr  error
 }
 
 // Firewall is one node of the pair.
