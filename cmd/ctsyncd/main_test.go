@@ -68,6 +68,14 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// logFile is a file the daemon logs to; String reads it.
+type logFile string
+
+func (l logFile) String() string {
+	b, _ := os.ReadFile(string(l))
+	return string(b)
+}
+
 // TestKernelDaemonLifecycle runs the real binaries in a namespace: start,
 // ctsyncctl status/dump/stats, errors, SIGTERM, restart.
 func TestKernelDaemonLifecycle(t *testing.T) {
@@ -95,10 +103,15 @@ disabled = true
 	ns.Exec(t, "conntrack", "-I", "-p", "tcp", "-s", "10.1.1.1", "-d", "10.2.2.2", "--sport", "1000", "--dport", "80",
 		"--state", "ESTABLISHED", "-t", "300", "-u", "SEEN_REPLY,ASSURED")
 
-	start := func() (*exec.Cmd, *bytes.Buffer) {
+	start := func() (*exec.Cmd, logFile) {
 		cmd := ns.Cmd(daemonBin, "--config", cfgPath)
-		var logs bytes.Buffer
-		cmd.Stderr = &logs
+		logs := logFile(filepath.Join(dir, "ctsyncd.log"))
+		f, err := os.Create(string(logs))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cmd.Stderr = f
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -107,9 +120,9 @@ disabled = true
 			_, _, code := c.run("status")
 			return code == 0
 		})
-		return cmd, &logs
+		return cmd, logs
 	}
-	stop := func(cmd *exec.Cmd, logs *bytes.Buffer) {
+	stop := func(cmd *exec.Cmd, logs logFile) {
 		if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
@@ -196,6 +209,23 @@ disabled = true
 		}
 		if _, e, code := c.run("dump", "sideways"); code == 0 || !strings.Contains(e, "dump internal") {
 			t.Errorf("bad dump argument: exit %d, %q", code, e)
+		}
+		if run == 1 {
+			// SIGHUP applies a new filter without a restart: UDP leaves
+			// the cache. A broken file on SIGHUP changes nothing.
+			good, _ := os.ReadFile(cfgPath)
+			os.WriteFile(cfgPath, append(append([]byte{}, good...), "\n[filter]\nprotocols = [\"tcp\"]\n"...), 0o600)
+			cmd.Process.Signal(syscall.SIGHUP)
+			waitUntil(t, "UDP flows to leave after SIGHUP", func() bool {
+				return !strings.Contains(c.must("dump", "internal"), "dport=53")
+			})
+			os.WriteFile(cfgPath, []byte("[sync\n"), 0o600)
+			cmd.Process.Signal(syscall.SIGHUP)
+			waitUntil(t, "the broken config to be reported", func() bool {
+				return strings.Contains(logs.String(), "reload: config not applied")
+			})
+			c.must("status")
+			os.WriteFile(cfgPath, good, 0o600)
 		}
 		stop(cmd, logs)
 	}
