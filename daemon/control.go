@@ -18,7 +18,7 @@ import (
 )
 
 // commandUsage lists the commands this daemon answers, for error messages.
-const commandUsage = "status, stats, dump internal|external, resync, flush internal|external|kernel, bulk, request-resync, commit, purge, keepalived TYPE NAME STATE [PRIORITY]"
+const commandUsage = "status, stats, dump internal|external|commit, resync, flush internal|external|kernel, bulk, request-resync, commit, purge, keepalived TYPE NAME STATE [PRIORITY]"
 
 // errNoSync answers replication commands on a node that does not replicate.
 var errNoSync = fmt.Errorf("replication is disabled on this node (sync.disabled = true)")
@@ -44,7 +44,7 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 		}
 		return d.writeValue(out, req.JSON, d.stats())
 	case "dump":
-		if err := want(1, "dump internal|external"); err != nil {
+		if err := want(1, "dump internal|external|commit"); err != nil {
 			return err
 		}
 		switch args[0] {
@@ -55,8 +55,10 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 				return errNoSync
 			}
 			return d.dumpExternal(out, req.JSON)
+		case "commit":
+			return d.dumpCommit(out, req.JSON)
 		}
-		return fmt.Errorf("%w: dump internal|external (not %q)", control.ErrUsage, args[0])
+		return fmt.Errorf("%w: dump internal|external|commit (not %q)", control.ErrUsage, args[0])
 	case "resync":
 		if err := want(0, "resync"); err != nil {
 			return err

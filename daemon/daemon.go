@@ -72,7 +72,9 @@ type Daemon struct {
 	reconMu  sync.Mutex    // serializes reconciles
 	kernelMu sync.Mutex    // serializes writes to the kernel table (commit, purge, flush)
 	coord    *failover.Coordinator
-	lastRec  atomic.Pointer[reconcileReport]
+	// lastCommit is the report of the last commit, for `dump commit`.
+	lastCommit atomic.Pointer[failover.Report]
+	lastRec    atomic.Pointer[reconcileReport]
 
 	listener *kernel.Listener
 	ctl      *control.Server

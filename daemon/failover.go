@@ -1,8 +1,11 @@
 package daemon
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/ctsyncd/ctsyncd/failover"
@@ -58,6 +61,7 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 		Timeout: d.cfg.Failover.CommitTimeout.Duration,
 	})
 	if rep != nil {
+		d.lastCommit.Store(rep)
 		d.log.Info("commit done", "flows", rep.Flows, "created", rep.Created, "updated", rep.Updated,
 			"replaced", rep.Replaced, "failed", rep.Failed, "seconds", rep.Seconds,
 			"first_chunk_seconds", rep.FirstChunkSeconds)
@@ -136,4 +140,40 @@ func (d *Daemon) readiness(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// CommitPosition is one line of `dump commit`: a flow's key and its place
+// in the last commit's order (0 first).
+type CommitPosition struct {
+	Position int    `json:"position"`
+	Family   string `json:"family"`
+	Proto    string `json:"proto"`
+	Src      string `json:"src"`
+	Dst      string `json:"dst"`
+	Sport    uint16 `json:"sport"`
+	Dport    uint16 `json:"dport"`
+	Zone     uint16 `json:"zone"`
+}
+
+// dumpCommit prints the order of the last commit, least idle first.
+func (d *Daemon) dumpCommit(out io.Writer, asJSON bool) error {
+	rep := d.lastCommit.Load()
+	if rep == nil {
+		return fmt.Errorf("no commit has run since ctsyncd started")
+	}
+	bw := bufio.NewWriterSize(out, 64<<10)
+	enc := json.NewEncoder(bw)
+	for i, k := range rep.Order() {
+		f := flow.Flow{Key: k}
+		v := f.View()
+		p := CommitPosition{Position: i, Family: v.Family, Proto: v.Proto, Src: v.Src, Dst: v.Dst, Sport: v.Sport, Dport: v.Dport, Zone: k.Zone}
+		if asJSON {
+			if err := enc.Encode(p); err != nil {
+				return err
+			}
+			continue
+		}
+		fmt.Fprintf(bw, "%d %s %s src=%s dst=%s sport=%d dport=%d zone=%d\n", p.Position, p.Family, p.Proto, p.Src, p.Dst, p.Sport, p.Dport, p.Zone)
+	}
+	return bw.Flush()
 }

@@ -23,6 +23,8 @@ Commands:
   dump internal           this node's flows, one a line like 'conntrack -L'
                           (--json: one JSON object a line)
   dump external           the flows peers replicated, with origin and idleness
+  dump commit             the last commit's order (least idle first), a flow
+                          key and its position a line
   resync                  re-read this kernel's table into the internal cache
                           (like conntrackd -R) and print what changed
   flush internal|external empty a cache (peers are not told)
@@ -53,7 +55,7 @@ Options:
 var commands = map[string][]string{
 	"status":         nil,
 	"stats":          nil,
-	"dump":           {"internal", "external"},
+	"dump":           {"internal", "external", "commit"},
 	"resync":         nil,
 	"flush":          {"internal", "external", "kernel"},
 	"commit":         nil,

@@ -329,7 +329,12 @@ func (fw *Firewall) StartKeepalived(t testing.TB) {
 		t.Fatalf("%s: keepalived already running", fw.Name)
 	}
 	// Unique pid files per node; without them the second keepalived
-	// thinks the first is itself and refuses to start.
+	// thinks the first is itself and refuses to start. A keepalived killed
+	// by KillFirewall leaves its VRRP child reparented and possibly not yet
+	// reaped: its pid still exists, and a restart would find it in the old
+	// pid file ("daemon is already running"). Start with no pid files.
+	os.Remove(filepath.Join(fw.Dir, "keepalived.pid"))
+	os.Remove(filepath.Join(fw.Dir, "vrrp.pid"))
 	cmd := fw.NS.Cmd("keepalived", "--dont-fork", "--log-console", "--log-detail", "--no-syslog", "--vrrp",
 		"--dont-respawn",
 		"--use-file", fw.confPath(),
