@@ -15,11 +15,11 @@ import (
 	"github.com/ctsyncd/ctsyncd/flow"
 )
 
-// TimeoutPolicy returns the timeout in seconds the kernel gives a flow in its
-// current state when a packet refreshes it (e.g. 432000 for an established
-// TCP flow). With it, a flow's idleness is known from its remaining timeout
-// the first time it is seen. nil means "unknown": idleness then counts from
-// the first sighting.
+// TimeoutPolicy returns the timeout in seconds the kernel set a flow to at
+// its last packet, given its state and remaining timeout (e.g. 432000 for an
+// established TCP flow, 300 while it has unacknowledged data). With it, a
+// flow's idleness is known from its remaining timeout whenever it is read.
+// nil means "unknown": idleness then counts from the first sighting.
 type TimeoutPolicy func(f *flow.Flow) uint32
 
 // Entry is a cached flow with what the cache knows of its activity, as
@@ -156,12 +156,13 @@ func (c *Internal) markDirty(k flow.Key) {
 	}
 }
 
-func (c *Internal) peak(f *flow.Flow) uint32 {
-	p := f.Timeout
+// peak returns the timeout f had at its last packet. Without a policy it is
+// the highest timeout seen in the flow's state (prev, 0 for none).
+func (c *Internal) peak(f *flow.Flow, prev uint32) uint32 {
 	if c.policy != nil {
-		p = max(p, c.policy(f))
+		return max(f.Timeout, c.policy(f))
 	}
-	return p
+	return max(f.Timeout, prev)
 }
 
 // Upsert records a NEW or UPDATE event for f.
@@ -175,18 +176,19 @@ func (c *Internal) Upsert(f *flow.Flow) {
 	if !ok {
 		e = c.flows.add(f.Key)
 		e.set(f)
-		e.ref, e.peak, e.seq = now, c.peak(f), c.seq
+		e.ref, e.peak, e.seq = now, c.peak(f, 0), c.seq
 		c.stats.Created++
 		c.markDirty(f.Key)
 		return
 	}
 	changed := !e.sameState(f)
+	prev := e.peak
 	if e.TCP.State != f.TCP.State {
-		e.peak = 0 // a new state has its own timeout
+		prev = 0 // a new state has its own timeout
 	}
 	e.set(f)
 	e.ref = now
-	e.peak = max(e.peak, c.peak(f))
+	e.peak = c.peak(f, prev)
 	e.seq = c.seq
 	if changed {
 		c.stats.Updated++
@@ -359,7 +361,7 @@ func (r *Reconcile) Add(f *flow.Flow) {
 	if !ok {
 		e = c.flows.add(f.Key)
 		e.set(f)
-		e.ref, e.peak, e.seq, e.gen = r.now, c.peak(f), r.start, r.gen
+		e.ref, e.peak, e.seq, e.gen = r.now, c.peak(f, 0), r.start, r.gen
 		c.stats.Created++
 		c.stats.ReconAdded++
 		r.res.Added++
@@ -371,12 +373,13 @@ func (r *Reconcile) Add(f *flow.Flow) {
 		return // an event newer than the dump already set it
 	}
 	if !e.sameState(f) {
+		prev := e.peak
 		if e.TCP.State != f.TCP.State {
-			e.peak = 0
+			prev = 0
 		}
 		e.set(f)
 		e.ref = r.now
-		e.peak = max(e.peak, c.peak(f))
+		e.peak = c.peak(f, prev)
 		c.stats.ReconFixed++
 		r.res.Fixed++
 		c.markDirty(f.Key)
@@ -389,7 +392,7 @@ func (r *Reconcile) Add(f *flow.Flow) {
 	newExpiry := int64(r.now) + int64(f.Timeout)*perSec
 	e.Timeout = f.Timeout
 	e.ref = r.now
-	e.peak = max(e.peak, f.Timeout)
+	e.peak = c.peak(f, e.peak)
 	if newExpiry-oldExpiry > int64(activitySlack/tick) {
 		r.res.Active++
 		c.markDirty(f.Key)

@@ -39,9 +39,17 @@ func EnsureEvents() error {
 }
 
 // TimeoutPolicy reads the namespace's conntrack timeouts and returns a
-// function giving the timeout a packet resets a flow to in its current
-// state (used to derive idleness). Missing sysctls fall back to the
-// kernel's defaults.
+// function giving the timeout the kernel set a flow to at its last packet,
+// from its state and its remaining timeout (used to derive idleness: the
+// flow has been idle for that value minus the remaining timeout).
+//
+// A packet does not always reset the timeout to the state's value: an
+// established TCP flow with unacknowledged data gets
+// nf_conntrack_tcp_timeout_unacknowledged (300 s), one with too many
+// retransmissions nf_conntrack_tcp_timeout_max_retrans; an assured UDP flow
+// gets udp_timeout_stream, an unreplied one udp_timeout. So the value is the
+// smallest candidate of the flow's protocol and state that is not below the
+// remaining timeout. Missing sysctls fall back to the kernel's defaults.
 func TimeoutPolicy() func(*flow.Flow) uint32 {
 	get := func(name string, def uint32) uint32 {
 		if v, err := readSysctl(name); err == nil && v > 0 {
@@ -57,27 +65,52 @@ func TimeoutPolicy() func(*flow.Flow) uint32 {
 	} {
 		tcp[st] = get("nf_conntrack_tcp_timeout_"+strings.ToLower(flow.TCPStateName(st)), def)
 	}
+	unack := get("nf_conntrack_tcp_timeout_unacknowledged", 300)
+	retrans := get("nf_conntrack_tcp_timeout_max_retrans", 300)
 	udp := get("nf_conntrack_udp_timeout", 30)
 	udpStream := get("nf_conntrack_udp_timeout_stream", 120)
 	icmp := get("nf_conntrack_icmp_timeout", 30)
 	icmp6 := get("nf_conntrack_icmpv6_timeout", 30)
 	generic := get("nf_conntrack_generic_timeout", 600)
 	return func(f *flow.Flow) uint32 {
+		var cands [3]uint32
+		n := 0
 		switch f.Proto {
 		case flow.ProtoTCP:
-			if int(f.TCP.State) < len(tcp) && tcp[f.TCP.State] > 0 {
-				return tcp[f.TCP.State]
+			st := uint32(0)
+			if int(f.TCP.State) < len(tcp) {
+				st = tcp[f.TCP.State]
+			}
+			if st == 0 {
+				st = generic
+			}
+			cands[0], n = st, 1
+			// The kernel caps at these only when they are below the
+			// state's own timeout.
+			if unack < st {
+				cands[n], n = unack, n+1
+			}
+			if retrans < st {
+				cands[n], n = retrans, n+1
 			}
 		case flow.ProtoUDP, flow.ProtoUDPLite:
-			if f.Status&flow.StatusAssured != 0 {
-				return udpStream
-			}
-			return udp
+			cands[0], cands[1], n = udp, udpStream, 2
 		case flow.ProtoICMP:
-			return icmp
+			cands[0], n = icmp, 1
 		case flow.ProtoICMPv6:
-			return icmp6
+			cands[0], n = icmp6, 1
+		default:
+			cands[0], n = generic, 1
 		}
-		return generic
+		best := uint32(0)
+		for _, c := range cands[:n] {
+			if c >= f.Timeout && (best == 0 || c < best) {
+				best = c
+			}
+		}
+		if best == 0 {
+			return f.Timeout // above every known value: a custom timeout policy
+		}
+		return best
 	}
 }
