@@ -11,7 +11,10 @@
 #   sudo bench/takeover.sh BIN_DIR OUT_DIR     # BIN_DIR: ctsyncd ctsyncctl ctgen streamgap
 #
 # Environment: BG (default 200000), RUNS (3), DAEMONS ("ctsyncd conntrackd
-# none"; none runs no daemon: the control, whose stream must break).
+# none"; none runs no daemon: the control, whose stream must break),
+# BG_RATE (flows/s at which the background flows are created, default
+# 50000: a pace both daemons replicate without loss, so that the takeover
+# measures the commit, not a burst).
 #
 #   client 10.0.1.2 ─ brc ─┬─ fwA lan0 .11 ─ fwA ─ lan1 .11 ─┬─ brs ─ server 10.0.2.2
 #   (gw VIP 10.0.1.1)      └─ fwB lan0 .12 ─ fwB ─ lan1 .12 ─┘       (gw VIP 10.0.2.1)
@@ -29,6 +32,7 @@ out=$2
 BG=${BG:-200000}
 RUNS=${RUNS:-3}
 DAEMONS=${DAEMONS:-"ctsyncd conntrackd none"}
+BG_RATE=${BG_RATE:-50000}
 mkdir -p "$out"
 id=$$
 work=$(mktemp -d /tmp/cttakeover.XXXXXX)
@@ -207,8 +211,8 @@ run() { # DAEMON RUN
   local pc=$!
   pids+=("$pc")
   sleep 1
-  "$bin/ctgen" -netns "$A" -n "$BG" -mode writer -offset 1000000 >"$dir/ctgen.out"
-  local want=$((BG + 1)) deadline=$(($(date +%s) + 180)) v
+  "$bin/ctgen" -netns "$A" -n "$BG" -mode writer -offset 1000000 -rate "$BG_RATE" >"$dir/ctgen.out"
+  local want=$((BG + 1)) deadline=$(($(date +%s) + 60)) v
   while :; do
     v=$("external_$d" "$dir/b" 2>/dev/null || echo 0)
     [ "${v:-0}" -ge "$want" ] && break
@@ -221,6 +225,13 @@ run() { # DAEMON RUN
     "$bin/ctsyncctl" --socket "$dir/a/ctsyncd.sock" resync >/dev/null
   fi
   sleep 2
+  if [ "$d" = ctsyncd ]; then
+    # Where the stream stands in fwB's commit order (least idle first).
+    "$bin/ctsyncctl" --socket "$dir/b/ctsyncd.sock" --json dump external >"$work/ext.json"
+    head -c 600 "$work/ext.json" >"$dir/external-sample.txt"
+    record "$d" "$r" stream_rank "$(jq -s '(map(select(.dport == 5001 and .sport != 5001 and .dst == "10.0.2.2")) | .[0].idle_seconds) as $s | map(select(.idle_seconds < $s)) | length' "$work/ext.json" 2>/dev/null || echo nan)"
+    rm -f "$work/ext.json"
+  fi
   # fwA dies on the data plane; fwB takes the VIPs, then commits.
   local t0 t1
   t0=$(now)
@@ -241,6 +252,10 @@ run() { # DAEMON RUN
   gap=$(sed -n 's/.*max_gap_s=\([0-9.]*\).*/\1/p' <<<"$line")
   ago=$(sed -n 's/.*last_s_ago=\([0-9.]*\).*/\1/p' <<<"$line")
   record "$d" "$r" commit_cmd_s "$(elapsed "$t0" "$t1")"
+  # Did the largest gap start at the takeover (not before it)?
+  local gs
+  gs=$(sed -n 's/.*gap_start=\([0-9:.]*\).*/\1/p' <<<"$line")
+  record "$d" "$r" gap_start_minus_takeover_s "$(awk -v g="$gs" -v t="$t0" 'BEGIN { split(g, a, ":"); s = a[1] * 3600 + a[2] * 60 + a[3]; printf "%.3f", s - (t % 86400) }')"
   record "$d" "$r" stall_s "${gap:-nan}"
   # A stream that never came back: its last arrival is ~4 s old.
   record "$d" "$r" stream_alive "$(awk -v a="${ago:-99}" 'BEGIN { print (a < 1) ? 1 : 0 }')"
