@@ -11,108 +11,15 @@ import (
 	"github.com/ti-mo/conntrack"
 
 	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/internal/flowgen"
 )
 
-// testFlows generates n distinct flows in a fixed mix: per 20 flows,
-// 8 TCP established IPv4 with window scales, 4 UDP IPv4, 2 ICMP echo IPv4,
-// 2 IPv6 (TCP, UDP/ICMPv6), 2 SNATed TCP IPv4 and 1 DNATed UDP IPv4, 1
-// SNATed TCP IPv6. Some flows carry a mark and some live in zone 7.
-// Timeouts range from 60 to 3600 s.
-func testFlows(n int) []flow.Flow {
-	out := make([]flow.Flow, n)
-	for i := range out {
-		out[i] = testFlow(i)
-	}
-	return out
-}
+// testFlows returns n distinct flows of internal/flowgen's fixed mix (per
+// 20 flows: TCP, UDP, ICMP, IPv6, SNAT and DNAT; marks and zones).
+func testFlows(n int) []flow.Flow { return flowgen.Flows(0, n) }
 
-func v4(a, b, c, d byte) [16]byte { return [16]byte{a, b, c, d} }
-
-func v6(prefix uint16, i int) [16]byte {
-	var a [16]byte
-	binary.BigEndian.PutUint16(a[0:], 0x2001)
-	binary.BigEndian.PutUint16(a[2:], 0xdb8)
-	binary.BigEndian.PutUint16(a[4:], prefix)
-	binary.BigEndian.PutUint32(a[12:], uint32(i))
-	return a
-}
-
-func testFlow(i int) flow.Flow {
-	var f flow.Flow
-	// Client address unique per i; ports vary too.
-	cli := v4(10, byte(i>>16), byte(i>>8), byte(i))
-	srv := v4(192, 0, 2, byte(i%200+1))
-	sport := uint16(1024 + i%60000)
-	f.Family = flow.FamilyIPv4
-	f.Timeout = uint32(60 + i%3541)
-	f.Status = flow.StatusConfirmed | flow.StatusSeenReply | flow.StatusAssured
-	if i%5 == 0 {
-		f.Mark = uint32(i%7 + 1)
-	}
-	if i%11 == 0 {
-		f.Zone = 7
-	}
-	tcp := func() {
-		f.Proto = flow.ProtoTCP
-		f.TCP = flow.TCPInfo{
-			State: flow.TCPEstablished, WScaleOrig: uint8(i % 15), WScaleRep: uint8((i + 7) % 15),
-			FlagsOrig: flow.TCPFlagWindowScale | flow.TCPFlagSACKPerm,
-			FlagsRep:  flow.TCPFlagWindowScale | flow.TCPFlagSACKPerm,
-		}
-	}
-	switch m := i % 20; {
-	case m < 8:
-		tcp()
-		f.Orig = flow.Tuple{Src: cli, Dst: srv, SrcPort: sport, DstPort: 443}
-	case m < 12:
-		f.Proto = flow.ProtoUDP
-		f.Orig = flow.Tuple{Src: cli, Dst: srv, SrcPort: sport, DstPort: 53}
-	case m < 14:
-		f.Proto = flow.ProtoICMP
-		f.Status &^= flow.StatusAssured
-		f.Timeout = uint32(30 + i%60)
-		f.Orig = flow.Tuple{Src: cli, Dst: srv, SrcPort: uint16(i), DstPort: 8 << 8}
-	case m == 14:
-		f.Family = flow.FamilyIPv6
-		tcp()
-		f.Orig = flow.Tuple{Src: v6(1, i), Dst: v6(2, i%300), SrcPort: sport, DstPort: 22}
-	case m == 15:
-		f.Family = flow.FamilyIPv6
-		if i%40 < 20 {
-			f.Proto = flow.ProtoUDP
-			f.Orig = flow.Tuple{Src: v6(1, i), Dst: v6(2, i%300), SrcPort: sport, DstPort: 123}
-		} else {
-			f.Proto = flow.ProtoICMPv6
-			f.Status &^= flow.StatusAssured
-			f.Timeout = uint32(30 + i%60)
-			f.Orig = flow.Tuple{Src: v6(1, i), Dst: v6(2, i%300), SrcPort: uint16(i), DstPort: 128 << 8}
-		}
-	case m < 18: // SNAT to 203.0.113.x, port mapped
-		tcp()
-		f.Orig = flow.Tuple{Src: cli, Dst: srv, SrcPort: sport, DstPort: 80}
-		j := i/20*2 + m - 16 // unique per SNAT flow
-		f.Reply = flow.Tuple{Src: srv, Dst: v4(203, 0, 113, byte(j/60000+1)), SrcPort: 80, DstPort: uint16(1024 + j%60000)}
-		f.Status |= flow.StatusSrcNAT | flow.StatusSrcNATDone | flow.StatusDstNATDone
-		return f
-	case m == 18: // DNAT (port forward) to 172.16.x.y:8053
-		f.Proto = flow.ProtoUDP
-		pub := v4(198, 51, 100, 1)
-		f.Orig = flow.Tuple{Src: cli, Dst: pub, SrcPort: sport, DstPort: 53}
-		f.Reply = flow.Tuple{Src: v4(172, 16, byte(i>>8), byte(i)), Dst: cli, SrcPort: 8053, DstPort: sport}
-		f.Status |= flow.StatusDstNAT | flow.StatusSrcNATDone | flow.StatusDstNATDone
-		return f
-	default: // IPv6 SNAT
-		f.Family = flow.FamilyIPv6
-		tcp()
-		f.Orig = flow.Tuple{Src: v6(3, i), Dst: v6(2, i%300), SrcPort: sport, DstPort: 443}
-		j := i / 20
-		f.Reply = flow.Tuple{Src: v6(2, i%300), Dst: v6(4, j/60000+1), SrcPort: 443, DstPort: uint16(1024 + j%60000)}
-		f.Status |= flow.StatusSrcNAT | flow.StatusSrcNATDone | flow.StatusDstNATDone
-		return f
-	}
-	f.Reply = f.Orig.Invert(f.Proto)
-	return f
-}
+// testFlow returns flow number i of the same mix.
+func testFlow(i int) flow.Flow { return flowgen.Flow(i) }
 
 // decodeOne decodes one message of an encoded buffer as ti-mo does.
 func decodeOne(t *testing.T, b []byte) (netlink.Message, *conntrack.Event) {

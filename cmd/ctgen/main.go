@@ -1,6 +1,6 @@
 // Command ctgen writes a fixed, documented mix of conntrack flows into a
 // kernel table and reports how fast it went: ctsyncd's flow generator for
-// tests and benchmarks (see gen.go for the mix).
+// tests and benchmarks (see internal/flowgen for the mix).
 //
 //	ctgen [-netns NAME] [-n 100000] [-mode writer|timo] [-sockets 2] [-batch 256] [-flush] [-min-timeout S] [-rate R]
 //
@@ -30,6 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/internal/flowgen"
 	"github.com/ctsyncd/ctsyncd/kernel"
 )
 
@@ -68,7 +69,7 @@ func run(n, offset int, mode string, sockets, batch int, netns string, flush boo
 
 	flows := make([]flow.Flow, n)
 	for i := range flows {
-		flows[i] = genFlow(offset + i)
+		flows[i] = flowgen.Flow(offset + i)
 		flows[i].Timeout = max(flows[i].Timeout, minTimeout)
 	}
 
