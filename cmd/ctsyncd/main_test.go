@@ -13,21 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ctsyncd/ctsyncd/internal/daemontest"
 	"github.com/ctsyncd/ctsyncd/internal/netnstest"
 )
-
-// buildBinaries builds ctsyncd and ctsyncctl into a temporary directory.
-func buildBinaries(t *testing.T) (ctsyncd, ctsyncctl string) {
-	t.Helper()
-	dir := t.TempDir()
-	for _, name := range []string{"ctsyncd", "ctsyncctl"} {
-		out, err := exec.Command("go", "build", "-o", filepath.Join(dir, name), "github.com/ctsyncd/ctsyncd/cmd/"+name).CombinedOutput()
-		if err != nil {
-			t.Fatalf("build %s: %v\n%s", name, err, out)
-		}
-	}
-	return filepath.Join(dir, "ctsyncd"), filepath.Join(dir, "ctsyncctl")
-}
 
 type ctl struct {
 	t      *testing.T
@@ -81,7 +69,7 @@ func (l logFile) String() string {
 func TestKernelDaemonLifecycle(t *testing.T) {
 	ns := netnstest.New(t)
 	netnstest.Need(t, "conntrack")
-	daemonBin, ctlBin := buildBinaries(t)
+	daemonBin, ctlBin := daemontest.Binaries(t)
 	dir := t.TempDir()
 	socket := filepath.Join(dir, "ctsyncd.sock")
 	cfgPath := filepath.Join(dir, "ctsyncd.toml")

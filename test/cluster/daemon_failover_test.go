@@ -102,6 +102,20 @@ func startStreams(t *testing.T, tp *Topology) []*Stream {
 	return streams
 }
 
+// mustSurvive checks that every stream carried traffic again within 20 s
+// of since, and logs the longest stall each had in its whole life.
+func mustSurvive(t *testing.T, streams []*Stream, since time.Time, what string) {
+	t.Helper()
+	for _, s := range streams {
+		ok, stall := s.Survived(since, 20*time.Second)
+		if !ok {
+			t.Errorf("%s broke on %s", s.Name, what)
+			continue
+		}
+		t.Logf("%s survived %s; longest stall so far %v", s.Name, what, stall.Round(time.Millisecond))
+	}
+}
+
 // TestClusterDaemonFailover: ctsyncd on both firewalls, keepalived's notify
 // hook `ctsyncctl keepalived`, SNAT to the server-side VIP. TCP streams
 // (both directions, IPv4 and IPv6) and server-driven UDP streams survive
@@ -118,14 +132,7 @@ func TestClusterDaemonFailover(t *testing.T) {
 
 			dead := p.KillFirewall(t, p.A)
 			p.WaitMaster(t, p.B)
-			for _, s := range streams {
-				ok, stall := s.Survived(dead, 20*time.Second)
-				if !ok {
-					t.Errorf("%s broke on failover to fw-b", s.Name)
-					continue
-				}
-				t.Logf("%s survived the failover to fw-b, longest stall %v", s.Name, stall.Round(time.Millisecond))
-			}
+			mustSurvive(t, streams, dead, "the failover to fw-b")
 			t.Logf("fw-b after the takeover:\n%s", p.ctl(t, p.B, "status"))
 
 			// Fail back: fw-a returns (its ctsyncd ran on, cut off), gets
@@ -134,14 +141,7 @@ func TestClusterDaemonFailover(t *testing.T) {
 			p.waitReplicated(t, p.A, streamFlows(t, p.B))
 			back := time.Now()
 			p.WaitMaster(t, p.A)
-			for _, s := range streams {
-				ok, stall := s.Survived(back, 20*time.Second)
-				if !ok {
-					t.Errorf("%s broke on fail-back to fw-a", s.Name)
-					continue
-				}
-				t.Logf("%s survived the fail-back to fw-a, longest stall %v", s.Name, stall.Round(time.Millisecond))
-			}
+			mustSurvive(t, streams, back, "the fail-back to fw-a")
 		})
 	}
 }
