@@ -216,17 +216,29 @@ func (n *node) internalLen(t *testing.T) int { return len(n.proc.Lines("dump", "
 
 // testTransport: 20,000 flows made on A reach B with identical attributes;
 // destroys propagate.
-func testTransport(t *testing.T, transport string) {
+func testTransport(t *testing.T, transport string, v6 bool) {
 	a, b := pair(t)
+	if v6 {
+		a.addr, b.addr = "[fd00:200::1]:3780", "[fd00:200::2]:3780"
+	}
 	key := writeKey(t)
 	a.start(t, syncConfig(transport, a, []*node{b}, key))
 	b.start(t, syncConfig(transport, b, []*node{a}, key))
 	flows := mkFlows(0, 20000)
+	start := time.Now()
 	write(t, a.ns, flows)
-	daemontest.WaitFor(t, converge, "A to cache its flows", func() (bool, string) {
-		n := a.internalLen(t)
-		return n == len(flows), fmt.Sprint(n)
+	wrote := time.Since(start)
+	daemontest.WaitFor(t, converge, "B to hold A's flows", func() (bool, string) {
+		var st struct {
+			Sync struct {
+				ExternalFlows int `json:"external_flows"`
+			} `json:"sync"`
+		}
+		b.proc.JSON(&st, "status")
+		return st.Sync.ExternalFlows == len(flows), fmt.Sprint(st.Sync.ExternalFlows)
 	})
+	t.Logf("%s: %d flows written into A's kernel in %v, all in B's external cache %v after the first write (%.0f flows/s end to end)",
+		transport, len(flows), wrote.Round(time.Millisecond), time.Since(start).Round(time.Millisecond), float64(len(flows))/time.Since(start).Seconds())
 	converged(t, a, b)
 	remove(t, a.ns, flows[:5000])
 	daemontest.WaitFor(t, converge, "destroys to reach B", func() (bool, string) {
@@ -238,9 +250,42 @@ func testTransport(t *testing.T, transport string) {
 	t.Logf("%s: B received %d msgs / %d bytes, %d flows applied; A sent %+v", transport, st.MsgsIn, st.BytesIn, st.FlowsIn, a.peers(t)[b.name].MsgsOut)
 }
 
-func TestClusterReplicationUDP(t *testing.T)       { testTransport(t, "udp") }
-func TestClusterReplicationMulticast(t *testing.T) { testTransport(t, "multicast") }
-func TestClusterReplicationGossip(t *testing.T)    { testTransport(t, "gossip") }
+func TestClusterReplicationUDP(t *testing.T)       { testTransport(t, "udp", false) }
+func TestClusterReplicationUDPv6(t *testing.T)     { testTransport(t, "udp", true) }
+func TestClusterReplicationMulticast(t *testing.T) { testTransport(t, "multicast", false) }
+func TestClusterReplicationGossip(t *testing.T)    { testTransport(t, "gossip", false) }
+
+// TestClusterReplicationBulkAndResync: `ctsyncctl request-resync` on B
+// refills a flushed external cache from A; `ctsyncctl bulk` on A sends A's
+// table again.
+func TestClusterReplicationBulkAndResync(t *testing.T) {
+	a, b := pair(t)
+	key := writeKey(t)
+	a.start(t, syncConfig("udp", a, []*node{b}, key))
+	b.start(t, syncConfig("udp", b, []*node{a}, key))
+	write(t, a.ns, mkFlows(0, 3000))
+	converged(t, a, b)
+
+	b.proc.Ctl("flush", "external")
+	if n := len(b.proc.Lines("dump", "external")); n != 0 {
+		t.Fatalf("%d flows left after flush external", n)
+	}
+	before := b.peers(t)[a.name].BulksReceived
+	b.proc.Ctl("request-resync")
+	converged(t, a, b)
+	if got := b.peers(t)[a.name].BulksReceived; got <= before {
+		t.Errorf("request-resync: bulks received %d, was %d", got, before)
+	}
+
+	before = b.peers(t)[a.name].BulksReceived
+	sent := a.peers(t)[b.name].BulksSent
+	a.proc.Ctl("bulk")
+	daemontest.WaitFor(t, converge, "A's bulk to reach B", func() (bool, string) {
+		got := b.peers(t)[a.name].BulksReceived
+		return got > before && a.peers(t)[b.name].BulksSent > sent, fmt.Sprint(got)
+	})
+	converged(t, a, b)
+}
 
 // TestClusterReplicationLoss: with 20% of the sync datagrams dropped in
 // both directions, B converges to exactly A's cache, repaired by NACKs.
