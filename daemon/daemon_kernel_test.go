@@ -212,8 +212,11 @@ func TestKernelTrafficAppearsAndDisappears(t *testing.T) {
 		if f.NATed() {
 			t.Errorf("%s: reply tuple not the inverse of the original: %s", w.name, f.String())
 		}
-		if f.Timeout < w.minTO || f.Timeout > w.maxTO {
-			t.Errorf("%s: timeout %d not in [%d, %d]: %s", w.name, f.Timeout, w.minTO, w.maxTO, f.String())
+		// A TCP flow whose last packet left data unacknowledged has the
+		// kernel's nf_conntrack_tcp_timeout_unacknowledged (300 s) instead.
+		unacked := w.proto == flow.ProtoTCP && f.Timeout > 250 && f.Timeout <= 300
+		if (f.Timeout < w.minTO || f.Timeout > w.maxTO) && !unacked {
+			t.Errorf("%s: timeout %d not in [%d, %d] (nor 251..300 for unacknowledged data): %s", w.name, f.Timeout, w.minTO, w.maxTO, f.String())
 		}
 		if f.Status&flow.StatusConfirmed == 0 || f.Status&flow.StatusSeenReply == 0 {
 			t.Errorf("%s: status %v lacks CONFIRMED|SEEN_REPLY", w.name, flow.StatusNames(f.Status))
