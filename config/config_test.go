@@ -46,10 +46,14 @@ func TestExampleConfig(t *testing.T) {
 		!reflect.DeepEqual(c.Sync.Peers, []string{"10.200.0.2:3780"}) || c.Sync.KeyFile == "" {
 		t.Errorf("sync = %+v", c.Sync)
 	}
+	if c.Failover.ReadyFile != "/run/ctsyncd/ready" {
+		t.Errorf("failover.ready_file = %q, want the file configs/keepalived.conf tracks", c.Failover.ReadyFile)
+	}
 	// Everything else in the example is a default: the example documents them.
 	d := Default()
 	d.Node.Name = c.Node.Name
 	d.Sync.Interface, d.Sync.Listen, d.Sync.Peers, d.Sync.KeyFile = c.Sync.Interface, c.Sync.Listen, c.Sync.Peers, c.Sync.KeyFile
+	d.Failover.ReadyFile = c.Failover.ReadyFile
 	d.Path = c.Path
 	if !reflect.DeepEqual(c, d) {
 		t.Errorf("example differs from the defaults:\n got %+v\nwant %+v", c, d)
