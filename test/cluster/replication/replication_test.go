@@ -212,8 +212,6 @@ func (n *node) peers(t *testing.T) map[string]ctsync.PeerStats {
 	return s.Peers
 }
 
-func (n *node) internalLen(t *testing.T) int { return len(n.proc.Lines("dump", "internal")) }
-
 // testTransport: 20,000 flows made on A reach B with identical attributes;
 // destroys propagate.
 func testTransport(t *testing.T, transport string, v6 bool) {
