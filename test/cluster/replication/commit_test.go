@@ -30,6 +30,13 @@ func TestClusterKeepalivedMaster(t *testing.T) {
 	a.start(t, syncConfig("udp", a, []*node{b}, key))
 	b.start(t, syncConfig("udp", b, []*node{a}, key))
 	flows := mkFlows(0, 3000)
+	// An FTP control connection with its helper: the helper name is
+	// replicated and committed (expectations are not).
+	ftp := flows[0]
+	ftp.Orig.SrcPort, ftp.Orig.DstPort = 40021, 21
+	ftp.Reply = ftp.Orig.Invert(ftp.Proto)
+	ftp.Extra = &flow.Extra{Helper: "ftp"}
+	flows = append(flows, ftp)
 	write(t, a.ns, flows)
 	converged(t, a, b)
 	if n := len(kernelKeys(t, b)); n != 0 {
@@ -56,6 +63,9 @@ func TestClusterKeepalivedMaster(t *testing.T) {
 		}
 		if k.Reply != f.Reply || k.Mark != f.Mark || (f.Proto == flow.ProtoTCP && k.TCP.State != f.TCP.State) {
 			t.Errorf("B's kernel has\n%s\nwant\n%s", k.String(), f.String())
+		}
+		if f.Extra != nil && (k.Extra == nil || k.Extra.Helper != f.Extra.Helper) {
+			t.Errorf("helper not committed: B's kernel has %s", k.String())
 		}
 	}
 	if n := len(filterOrigin(b.proc.Lines("dump", "external"), a.name)); n != 0 {
