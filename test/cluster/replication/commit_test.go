@@ -2,6 +2,7 @@ package replication_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -104,4 +105,23 @@ func TestClusterKeepalivedMaster(t *testing.T) {
 		}
 		return true, ""
 	})
+
+	// A manual `ctsyncctl commit` writes what arrived since and reports it.
+	more := mkFlows(3000, 500) // after the first set: SNAT reply tuples do not clash
+	write(t, a.ns, more)
+	daemontest.WaitFor(t, converge, "the new flows on B", func() (bool, string) {
+		n := len(filterOrigin(b.proc.Lines("dump", "external"), a.name))
+		return n >= len(more), fmt.Sprint(n)
+	})
+	var rep failover.Report
+	b.proc.JSON(&rep, "commit")
+	if rep.Failed != 0 || rep.Created < len(more) {
+		t.Errorf("ctsyncctl commit: %+v", rep)
+	}
+	got = kernelKeys(t, b)
+	for _, f := range more {
+		if _, ok := got[f.Key]; !ok {
+			t.Errorf("not committed: %s", f.String())
+		}
+	}
 }
