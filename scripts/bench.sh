@@ -24,6 +24,8 @@
 #   TAKEOVER 1 (default): also run bench/takeover.sh, the stall of a live
 #            TCP stream when fwB takes over with BG (200000) idle flows
 #   TK_DAEMONS  daemons of the takeover runs (default "ctsyncd conntrackd none")
+#   RUN0     number the runs from RUN0+1 (to add runs to an OUT that has some)
+#   SUMMARY_ONLY  non-empty: only print the summary of OUT's runs.csv
 #   PROFILE  non-empty: perf-record the daemons (needs perf; skews timings)
 #   DAEMONS  which daemons, in turn (default "ctsyncd conntrackd
 #            conntrackd_rr"; conntrackd_rr is conntrackd left on the
@@ -65,6 +67,7 @@ DAEMONS=${DAEMONS:-"ctsyncd conntrackd conntrackd_rr"}
 RATES=${RATES-"25000 50000 100000 200000"}
 STEP_TIMEOUT=${STEP_TIMEOUT:-30}
 COMMIT_TIMEOUT=${COMMIT_TIMEOUT:-600s}
+RUN0=${RUN0:-0}
 TAKEOVER=${TAKEOVER:-1}
 BG=${BG:-200000}
 OUT=${OUT:-$root/bench/results/$(date -u +%Y%m%dT%H%M%SZ)-n$N}
@@ -107,6 +110,7 @@ trap 'exit 130' INT TERM
 
 log() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
 
+if [ -n "${SUMMARY_ONLY:-}" ]; then RUNS=0 RATES="" TAKEOVER=0; fi
 log "building ctsyncd, ctsyncctl, ctgen"
 for c in ctsyncd ctsyncctl ctgen; do go build -o "$bin/$c" "./cmd/$c"; done
 
@@ -369,6 +373,13 @@ pair_run() { # DAEMON RUN; RATE > 0: paced creates, no commit
   sleep 1 # let acknowledgements and frees settle before reading memory
   ra1=$(rss "$pa"); rb1=$(rss "$pb")
 
+  if ! kill -0 "$pa" 2>/dev/null || ! kill -0 "$pb" 2>/dev/null; then
+    # Something outside the harness may kill daemons by name (pkill -x).
+    echo "   $d run $r: a daemon died during the run; logs in $OUT/logs/$d-$r" >&2
+    record "$lab" "$r" died 1
+    pair_finish
+    return 0
+  fi
   local rep
   rep=$(elapsed "$t0" "$t1")
   record "$lab" "$r" ctgen_s "$(elapsed "$t0" "$tg")"
@@ -470,8 +481,8 @@ ceiling_run() { # SOCKETS RUN
   delns "$K"
 }
 
-log "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), conntrackd $(conntrackd -v 2>&1 | head -n 1)"
-{
+[ -n "${SUMMARY_ONLY:-}" ] || log "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo), kernel $(uname -r), conntrackd $(conntrackd -v 2>&1 | head -n 1)"
+[ -n "${SUMMARY_ONLY:-}" ] || {
   echo "{"
   echo "  \"date\": \"$(date -u +%Y-%m-%dT%H:%M:%SZ)\","
   echo "  \"n\": $N, \"runs\": $RUNS,"
@@ -484,7 +495,7 @@ log "machine: $(nproc) CPUs, $(awk '/MemTotal/ { printf "%.1f GiB", $2 / 1048576
   echo "}"
 } >"$OUT/machine.json"
 
-for r in $(seq "$RUNS"); do
+for r in $(seq $((RUN0 + 1)) $((RUN0 + RUNS))); do
   for d in $DAEMONS; do
     log "run $r/$RUNS: $d, $N flows"
     pair_run "$d" "$r"
@@ -509,7 +520,7 @@ if [ "$TAKEOVER" = 1 ]; then
 fi
 
 # --- summary -------------------------------------------------------------
-log "summary (median [min..max] of $RUNS runs, N=$N)"
+log "summary (median [min..max], N=$N)"
 python3 - "$csv" "$N" "$OUT" "$DAEMONS" <<'PY'
 import csv, json, statistics, sys
 path, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
