@@ -71,4 +71,4 @@ for pkg in $(go list ./...); do
   done
 done
 
-echo "all tiers: $TOTAL_PASS passed, 0 failed, $TOTAL_SKIP skipped"
+echo "total: $TOTAL_PASS passed, 0 failed, $TOTAL_SKIP skipped"
