@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"cmp"
 	"math"
 	"slices"
 	"sync"
@@ -229,6 +230,72 @@ func (c *External) Snapshot() []ExternalEntry {
 			out = append(out, entryOf(o, k, &e, now))
 		}
 	}
+	return out
+}
+
+// LeastIdle returns the n entries that have been idle the shortest time,
+// least idle first, without copying the rest: a failover commits these
+// first, before it orders the whole cache. A key several origins hold may
+// come more than once.
+func (c *External) LeastIdle(n int) []ExternalEntry {
+	if n <= 0 {
+		return nil
+	}
+	now := time.Now()
+	type cand struct {
+		idle time.Duration
+		o    *origin
+		k    flow.Key
+	}
+	// A max-heap on idleness of the n least idle seen so far.
+	h := make([]cand, 0, n)
+	up := func(i int) {
+		for i > 0 {
+			p := (i - 1) / 2
+			if h[p].idle >= h[i].idle {
+				return
+			}
+			h[p], h[i] = h[i], h[p]
+			i = p
+		}
+	}
+	down := func(i int) {
+		for {
+			l, big := 2*i+1, i
+			if l < len(h) && h[l].idle > h[big].idle {
+				big = l
+			}
+			if r := l + 1; r < len(h) && h[r].idle > h[big].idle {
+				big = r
+			}
+			if big == i {
+				return
+			}
+			h[i], h[big] = h[big], h[i]
+			i = big
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, o := range c.origins {
+		for k, e := range o.flows {
+			idle := time.Duration(e.idleMs)*time.Millisecond + time.Duration(max(0, now.UnixNano()-e.received))
+			switch {
+			case len(h) < n:
+				h = append(h, cand{idle, o, k})
+				up(len(h) - 1)
+			case idle < h[0].idle:
+				h[0] = cand{idle, o, k}
+				down(0)
+			}
+		}
+	}
+	out := make([]ExternalEntry, len(h))
+	for i, x := range h {
+		e := x.o.flows[x.k]
+		out[i] = entryOf(x.o, x.k, &e, now)
+	}
+	slices.SortFunc(out, func(a, b ExternalEntry) int { return cmp.Compare(a.IdleAt, b.IdleAt) })
 	return out
 }
 

@@ -140,3 +140,48 @@ func BenchmarkExternalMemory(b *testing.B) {
 		runtime.KeepAlive(c)
 	}
 }
+
+func TestExternalLeastIdle(t *testing.T) {
+	c := NewExternal()
+	now := time.Now()
+	for i := range 1000 {
+		f := tcp(i, flow.TCPEstablished, 600)
+		f.Orig.Src[2] = byte(i >> 8)
+		// Idleness 1000-i seconds: the last ones are the least idle.
+		c.Apply("a", Change{Flow: f, Idle: time.Duration(1000-i) * time.Second}, now)
+	}
+	got := c.LeastIdle(5)
+	if len(got) != 5 {
+		t.Fatalf("%d entries", len(got))
+	}
+	for j, e := range got {
+		if want := uint16(1000 + 999 - j); e.Flow.Orig.SrcPort != want {
+			t.Errorf("entry %d: port %d (idle %v), want %d", j, e.Flow.Orig.SrcPort, e.IdleAt, want)
+		}
+	}
+	if c.Len() != 1000 {
+		t.Errorf("LeastIdle changed the cache: %d", c.Len())
+	}
+	if n := len(c.LeastIdle(5000)); n != 1000 {
+		t.Errorf("LeastIdle(5000) = %d entries", n)
+	}
+}
+
+// BenchmarkExternalLeastIdle is the time a failover waits before it can
+// write its first chunk: one pass over the cache, no copy of it.
+func BenchmarkExternalLeastIdle(b *testing.B) {
+	for _, n := range []int{100000, 1000000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			c := NewExternal()
+			now := time.Now()
+			for i := range n {
+				f := tcp(i, flow.TCPEstablished, 600)
+				f.Orig.Src[1], f.Orig.Src[2] = byte(i>>16), byte(i>>8)
+				c.Apply("a", Change{Flow: f, Idle: time.Duration((i*7919)%n) * time.Millisecond}, now)
+			}
+			for b.Loop() {
+				c.LeastIdle(128)
+			}
+		})
+	}
+}

@@ -2,7 +2,6 @@ package failover
 
 import (
 	"cmp"
-	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -224,34 +223,24 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		defer cancel()
 	}
 
-	snap := dedup(ext.Snapshot())
-	rep := &Report{Flows: len(snap), keys: &commitKeys{order: make([]flow.Key, 0, len(snap))}}
-	ord := commitOrder(snap, opt.FirstChunk)
-
+	rep := &Report{keys: &commitKeys{}}
 	var (
 		flows = make([]flow.Flow, 0, opt.MaxChunk)
 		age   = make([]time.Duration, 0, opt.MaxChunk)
 		done  = make([]flow.Key, 0, opt.MaxChunk)
-		chunk = opt.FirstChunk
 		err   error
 	)
-	for next := 0; next < len(ord.idx); {
-		if ord.sortFrom == next && next > 0 {
-			// The first chunk was picked by selection; order the rest now
-			// that the live flows are in.
-			ord.sortRest()
-		}
-		end := min(next+chunk, len(ord.idx))
+	// write commits one chunk and takes what it committed out of ext.
+	write := func(chunk []cache.ExternalEntry) error {
 		flows, age = flows[:0], age[:0]
 		now := time.Now()
-		for _, i := range ord.idx[next:end] {
-			e := &snap[i]
+		for i := range chunk {
+			e := &chunk[i]
 			flows = append(flows, e.Flow)
 			age = append(age, now.Sub(e.Received))
 			rep.keys.order = append(rep.keys.order, e.Flow.Key)
 		}
-		var res []kernel.Result
-		res, err = w.Commit(ctx, flows, age)
+		res, err := w.Commit(ctx, flows, age)
 		done = done[:0]
 		var clash []int
 		for k := range flows {
@@ -272,20 +261,51 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 			}
 		}
 		rep.Removed += ext.Remove(done)
-		if next == 0 {
-			rep.FirstChunkSeconds = time.Since(start).Seconds()
+		return err
+	}
+	notTried := func(rest []cache.ExternalEntry) {
+		for i := range rest {
+			e := &rest[i]
+			rep.keys.order = append(rep.keys.order, e.Flow.Key)
+			rep.NotTried++
+			rep.fail(&e.Flow, err, opt.MaxFailures)
 		}
+	}
+
+	// The least idle flows first, picked in one pass over the cache with
+	// no copy of it, so that the flows carrying traffic are in the kernel
+	// within milliseconds whatever the cache's size.
+	first := dedup(ext.LeastIdle(opt.FirstChunk))
+	rep.Flows = len(first)
+	err = write(first)
+	rep.FirstChunkSeconds = time.Since(start).Seconds()
+
+	// Then the rest, ordered: what the first chunk committed has left the
+	// cache; what it failed on stays there and is not tried twice.
+	var rest []cache.ExternalEntry
+	if len(first) == opt.FirstChunk {
+		tried := make(map[flow.Key]struct{}, len(first))
+		for i := range first {
+			tried[first[i].Flow.Key] = struct{}{}
+		}
+		rest = slices.DeleteFunc(dedup(ext.Snapshot()), func(e cache.ExternalEntry) bool {
+			_, ok := tried[e.Flow.Key]
+			return ok
+		})
+		slices.SortStableFunc(rest, func(a, b cache.ExternalEntry) int { return cmp.Compare(a.IdleAt, b.IdleAt) })
+	}
+	rep.Flows += len(rest)
+	rep.keys.order = slices.Grow(rep.keys.order, len(rest))
+	chunk := min(opt.FirstChunk*8, opt.MaxChunk)
+	next := 0
+	for next < len(rest) && err == nil {
+		end := min(next+chunk, len(rest))
+		err = write(rest[next:end])
 		next = end
 		chunk = min(chunk*8, opt.MaxChunk)
-		if err != nil {
-			for _, i := range ord.idx[next:] {
-				e := &snap[i]
-				rep.keys.order = append(rep.keys.order, e.Flow.Key)
-				rep.NotTried++
-				rep.fail(&e.Flow, err, opt.MaxFailures)
-			}
-			break
-		}
+	}
+	if err != nil {
+		notTried(rest[next:])
 	}
 	rep.Seconds = time.Since(start).Seconds()
 	if err != nil {
@@ -387,82 +407,4 @@ func dedup(snap []cache.ExternalEntry) []cache.ExternalEntry {
 		out = append(out, e)
 	}
 	return out
-}
-
-// order is the commit order over a snapshot: idx[:sortFrom] are the first
-// chunk, sorted; idx[sortFrom:] are sorted by sortRest when needed.
-type order struct {
-	idx      []int32
-	idle     []time.Duration
-	sortFrom int
-}
-
-func (o *order) less(a, b int32) int {
-	if c := cmp.Compare(o.idle[a], o.idle[b]); c != 0 {
-		return c
-	}
-	return cmp.Compare(a, b)
-}
-
-func (o *order) sortRest() {
-	slices.SortFunc(o.idx[o.sortFrom:], o.less)
-}
-
-// commitOrder picks the first least idle entries by selection (O(n log
-// first)), so that they can be written before the rest is sorted.
-func commitOrder(snap []cache.ExternalEntry, first int) *order {
-	o := &order{idx: make([]int32, len(snap)), idle: make([]time.Duration, len(snap))}
-	for i := range snap {
-		o.idle[i] = snap[i].IdleAt
-	}
-	if len(snap) <= first {
-		for i := range o.idx {
-			o.idx[i] = int32(i)
-		}
-		slices.SortFunc(o.idx, o.less)
-		o.sortFrom = len(o.idx)
-		return o
-	}
-	// A max-heap of the first least idle seen so far.
-	h := &maxHeap{o: o, idx: make([]int32, 0, first)}
-	for i := range snap {
-		j := int32(i)
-		if h.Len() < first {
-			heap.Push(h, j)
-			continue
-		}
-		if o.less(j, h.idx[0]) < 0 {
-			h.idx[0] = j
-			heap.Fix(h, 0)
-		}
-	}
-	picked := make([]bool, len(snap))
-	for _, j := range h.idx {
-		picked[j] = true
-	}
-	n := copy(o.idx, h.idx)
-	slices.SortFunc(o.idx[:n], o.less)
-	for i := range snap {
-		if !picked[i] {
-			o.idx[n] = int32(i)
-			n++
-		}
-	}
-	o.sortFrom = first
-	return o
-}
-
-type maxHeap struct {
-	o   *order
-	idx []int32
-}
-
-func (h *maxHeap) Len() int           { return len(h.idx) }
-func (h *maxHeap) Less(a, b int) bool { return h.o.less(h.idx[a], h.idx[b]) > 0 }
-func (h *maxHeap) Swap(a, b int)      { h.idx[a], h.idx[b] = h.idx[b], h.idx[a] }
-func (h *maxHeap) Push(x any)         { h.idx = append(h.idx, x.(int32)) }
-func (h *maxHeap) Pop() any {
-	x := h.idx[len(h.idx)-1]
-	h.idx = h.idx[:len(h.idx)-1]
-	return x
 }

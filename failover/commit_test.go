@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -414,20 +413,5 @@ func TestPurgeGone(t *testing.T) {
 	rep, err := Purge(context.Background(), dump, k, func(*flow.Flow) bool { return true }, time.Minute)
 	if err != nil || rep.Capped != 9 || rep.Gone != 1 || rep.Failed != 0 {
 		t.Fatalf("%+v %v", rep, err)
-	}
-}
-
-func BenchmarkCommitOrder(b *testing.B) {
-	for _, n := range []int{100000, 1000000} {
-		b.Run(fmt.Sprint(n), func(b *testing.B) {
-			snap := make([]cache.ExternalEntry, n)
-			for i := range snap {
-				snap[i].IdleAt = time.Duration((i*7919)%n) * time.Millisecond
-			}
-			for b.Loop() {
-				o := commitOrder(snap, DefaultFirstChunk)
-				o.sortRest()
-			}
-		})
 	}
 }
