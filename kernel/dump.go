@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"github.com/mdlayher/netlink"
-	"github.com/ti-mo/conntrack"
 	"golang.org/x/sys/unix"
 
 	"github.com/ctsyncd/ctsyncd/flow"
@@ -30,6 +29,19 @@ type DumpOptions struct {
 // flow at a time; f is reused after fn returns. Memory stays flat whatever
 // the table's size. It returns ctx's error if ctx ends it.
 func Dump(ctx context.Context, opts DumpOptions, fn func(f *flow.Flow)) error {
+	var f flow.Flow
+	return dumpRaw(ctx, opts, func(m netlink.Message) error {
+		if !decodeFlow(m, &f) {
+			return fmt.Errorf("conntrack dump: %w", ErrMalformed)
+		}
+		fn(&f)
+		return nil
+	})
+}
+
+// dumpRaw streams the dump's netlink messages to fn; their data alias a
+// buffer that is reused after fn returns.
+func dumpRaw(ctx context.Context, opts DumpOptions, fn func(m netlink.Message) error) error {
 	s, err := dialNetfilter(opts.NetNS, 0)
 	if err != nil {
 		return err
@@ -51,10 +63,7 @@ func Dump(ctx context.Context, opts DumpOptions, fn func(f *flow.Flow)) error {
 	if err != nil {
 		return &OpError{Op: "dump", Err: err}
 	}
-	var (
-		done bool
-		f    flow.Flow
-	)
+	done := false
 	handle := func(m netlink.Message) error {
 		if m.Header.Sequence != sent.Header.Sequence {
 			return nil
@@ -70,15 +79,7 @@ func Dump(ctx context.Context, opts DumpOptions, fn func(f *flow.Flow)) error {
 			done = true
 			return nil
 		}
-		var ce conntrack.Event
-		if err := ce.Unmarshal(m); err != nil || ce.Flow == nil {
-			return fmt.Errorf("conntrack dump: %w: %v", ErrMalformed, err)
-		}
-		var ok bool
-		if f, ok = FromConntrack(ce.Flow); ok {
-			fn(&f)
-		}
-		return nil
+		return fn(m)
 	}
 	for !done {
 		if err := s.recv(handle); err != nil {

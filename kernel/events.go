@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 
 	"github.com/mdlayher/netlink"
-	"github.com/ti-mo/conntrack"
 
 	"github.com/ctsyncd/ctsyncd/flow"
 )
@@ -130,28 +129,13 @@ func (l *Listener) Run(ctx context.Context, h Handler) error {
 
 	var ev Event
 	handle := func(m netlink.Message) error {
-		var ce conntrack.Event
-		if err := ce.Unmarshal(m); err != nil || ce.Flow == nil {
+		t, ok := eventType(m.Header)
+		if !ok || !decodeFlow(m, &ev.Flow) {
 			l.bad.Add(1)
 			return nil
 		}
-		f, ok := FromConntrack(ce.Flow)
-		if !ok {
-			l.bad.Add(1)
-			return nil
-		}
-		switch ce.Type {
-		case conntrack.EventNew:
-			ev.Type = EventNew
-		case conntrack.EventUpdate:
-			ev.Type = EventUpdate
-		case conntrack.EventDestroy:
-			ev.Type = EventDestroy
-		default:
-			return nil
-		}
+		ev.Type = t
 		ev.PortID = m.Header.PID
-		ev.Flow = f
 		l.events.Add(1)
 		h.Event(&ev)
 		return nil
