@@ -227,7 +227,7 @@ func (d *Daemon) stats() Stats {
 	var s Stats
 	ls := d.listener.Stats()
 	s.Events.New, s.Events.Update, s.Events.Destroy = d.evNew.Load(), d.evUpdate.Load(), d.evDestroy.Load()
-	s.Events.Own, s.Events.Filtered = d.evOwn.Load(), d.evFiltered.Load()
+	s.Events.Own, s.Events.Filtered = d.evOwn.Load()+ls.Own, d.evFiltered.Load()
 	s.Events.Overruns, s.Events.Malformed = ls.Overruns, ls.Malformed
 	is := d.internal.Stats()
 	s.Internal.Flows, s.Internal.Created, s.Internal.Updated, s.Internal.Deleted = is.Flows, is.Created, is.Updated, is.Deleted

@@ -242,6 +242,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer w.Close()
 	ports := w.PortIDs()
 	d.ownPorts.Store(&ports)
+	l.IgnorePorts(ports)
 	var tr ctsync.Transport
 	if !d.cfg.Sync.Disabled {
 		d.external = cache.NewExternal()

@@ -124,4 +124,14 @@ func TestClusterKeepalivedMaster(t *testing.T) {
 			t.Errorf("not committed: %s", f.String())
 		}
 	}
+	// The events of B's own writes were recognized by port id and skipped.
+	var stats struct {
+		Events struct {
+			Own uint64 `json:"own_writes_ignored"`
+		} `json:"events"`
+	}
+	daemontest.WaitFor(t, converge, "B to skip its own writes' events", func() (bool, string) {
+		b.proc.JSON(&stats, "stats")
+		return stats.Events.Own >= uint64(len(more)), fmt.Sprint(stats.Events.Own)
+	})
 }
