@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"runtime"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -221,6 +222,20 @@ type Stats struct {
 	LastReconcile *reconcileReport            `json:"last_reconcile,omitempty"`
 	External      *cache.ExternalStats        `json:"external,omitempty"`
 	Peers         map[string]ctsync.PeerStats `json:"peers,omitempty"`
+	Runtime       RuntimeStats                `json:"runtime"`
+}
+
+// RuntimeStats are the Go runtime's memory figures: how the process's
+// resident memory divides between live data, garbage not yet collected and
+// memory the runtime keeps without using.
+type RuntimeStats struct {
+	HeapLive     uint64 `json:"heap_live_bytes"`     // HeapAlloc
+	HeapInUse    uint64 `json:"heap_inuse_bytes"`    // HeapInuse
+	HeapIdle     uint64 `json:"heap_idle_bytes"`     // HeapIdle - HeapReleased: kept, unused
+	HeapReleased uint64 `json:"heap_released_bytes"` // returned to the OS
+	Sys          uint64 `json:"sys_bytes"`
+	GCs          uint32 `json:"gc_cycles"`
+	Goroutines   int    `json:"goroutines"`
 }
 
 func (d *Daemon) stats() Stats {
@@ -234,6 +249,10 @@ func (d *Daemon) stats() Stats {
 	s.Internal.Pending, s.Internal.Reconciles = is.Dirty, is.Reconciles
 	s.Internal.ReconAdded, s.Internal.ReconFixed, s.Internal.ReconGone = is.ReconAdded, is.ReconFixed, is.ReconGone
 	s.LastReconcile = d.lastRec.Load()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	s.Runtime = RuntimeStats{HeapLive: ms.HeapAlloc, HeapInUse: ms.HeapInuse, HeapIdle: ms.HeapIdle - ms.HeapReleased,
+		HeapReleased: ms.HeapReleased, Sys: ms.Sys, GCs: ms.NumGC, Goroutines: runtime.NumGoroutine()}
 	if d.node != nil {
 		es := d.external.Stats()
 		s.External = &es
