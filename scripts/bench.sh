@@ -491,7 +491,8 @@ ceiling_run() { # SOCKETS RUN
   echo "  \"cpu\": \"$(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)\","
   echo "  \"kernel\": \"$(uname -r)\","
   echo "  \"conntrackd\": \"$(conntrackd -v 2>&1 | head -n 1)\","
-  echo "  \"commit\": \"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\""
+  echo "  \"commit\": \"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)\","
+  echo "  \"tree_modified\": $(git diff --quiet HEAD -- . 2>/dev/null && echo false || echo true)"
   echo "}"
 } >"$OUT/machine.json"
 
