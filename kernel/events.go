@@ -161,12 +161,18 @@ func (l *Listener) Run(ctx context.Context, h Handler) error {
 		h.Event(&ev)
 		return nil
 	}
+	batch := newBatchReader()
 	for {
-		err := l.sock.recv(handle)
+		err := l.sock.recvBatch(batch, handle)
 		switch {
 		case err == nil:
 		case errors.Is(err, ErrOverrun):
 			l.overruns.Add(1)
+			h.Overrun()
+		case errors.Is(err, ErrMalformed):
+			// A datagram that does not parse may have carried events:
+			// count it and re-read the table, as for an overrun.
+			l.bad.Add(1)
 			h.Overrun()
 		case ctx.Err() != nil:
 			return nil
