@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/ctsyncd/ctsyncd/config"
@@ -57,6 +58,7 @@ func main() {
 	check := fs.Bool("check", false, "validate the configuration and exit")
 	logLevel := fs.String("log-level", "", "override log.level: debug, info, warn or error")
 	showVersion := fs.Bool("version", false, "print the version and exit")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile (go tool pprof) to `file` until ctsyncd stops")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), usage)
 		fs.PrintDefaults()
@@ -113,6 +115,18 @@ func main() {
 		fmt.Fprintf(os.Stderr, "ctsyncd: %v\n", err)
 		os.Exit(1)
 	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ctsyncd: --cpuprofile: %v\n", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintf(os.Stderr, "ctsyncd: --cpuprofile: %v\n", err)
+			os.Exit(1)
+		}
+		defer func() { pprof.StopCPUProfile(); f.Close() }()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	hup := make(chan os.Signal, 1)
@@ -129,6 +143,8 @@ func main() {
 	}()
 	if err := d.Run(ctx); err != nil {
 		log.Error("ctsyncd failed", "err", err)
+		stop()
+		pprof.StopCPUProfile()
 		os.Exit(1)
 	}
 }
