@@ -16,31 +16,10 @@ import (
 // decoder (FromConntrack), and requires the same flow.
 func TestKernelDecodeMatchesTimo(t *testing.T) {
 	ns := netnstest.New(t)
-	ns.Nft(t, `table inet ctsyncd_labels {
-	chain output {
-		type filter hook output priority 0;
-		ct label 127 counter
-	}
-}
-`)
+	ns.Nft(t, labelRuleset)
 	w := newTestWriter(t, ns, WriterOptions{})
-	a := mustAddr
-	st := flow.StatusConfirmed | flow.StatusSeenReply | flow.StatusAssured
-	mk := func(proto uint8, o flow.Tuple, x *flow.Extra) flow.Flow {
-		f := flow.Flow{Key: flow.Key{Family: flow.FamilyIPv4, Proto: proto, Orig: o, Zone: 3},
-			Status: st, Timeout: 300, Mark: 0x42, Extra: x}
-		f.Reply = f.Orig.Invert(proto)
-		return f
-	}
-	extras := []flow.Flow{
-		mk(flow.ProtoSCTP, flow.Tuple{Src: a("10.2.0.1"), Dst: a("10.2.0.2"), SrcPort: 5000, DstPort: 38412},
-			&flow.Extra{SCTP: flow.SCTPInfo{State: 3, VTagOriginal: 0x1234, VTagReply: 0x5678}}),
-		mk(flow.ProtoGRE, flow.Tuple{Src: a("10.2.0.1"), Dst: a("10.2.0.3")}, nil),
-		mk(flow.ProtoTCP, flow.Tuple{Src: a("10.2.0.1"), Dst: a("10.2.0.4"), SrcPort: 40000, DstPort: 21},
-			&flow.Extra{Helper: "ftp", Labels: [16]byte{0: 0x01, 15: 0x80},
-				SeqAdjOrig: flow.SeqAdj{CorrectionPos: 1000, OffsetBefore: 3, OffsetAfter: 7}}),
-	}
-	extras[2].TCP = flow.TCPInfo{State: flow.TCPEstablished, WScaleOrig: 7}
+	extras := extraFlows()
+	extras[2].TCP.WScaleOrig = 7
 	flows := append(testFlows(5000), extras...)
 	if res, err := w.Commit(context.Background(), flows, nil); err != nil {
 		t.Fatal(err)

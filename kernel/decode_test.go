@@ -39,6 +39,12 @@ func TestDecodeFlowRoundTrip(t *testing.T) {
 	}
 }
 
+func TestDecodeFlowRefusesNoTuple(t *testing.T) {
+	if decodeFlow(netlink.Message{Data: []byte{2, 0, 0, 0}}, new(flow.Flow)) {
+		t.Error("a message without tuples decoded")
+	}
+}
+
 func FuzzDecodeFlow(f *testing.F) {
 	for i := range 20 {
 		fl := testFlow(i)

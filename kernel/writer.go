@@ -368,7 +368,7 @@ func (w *Writer) readExisting(ctx context.Context, flows []flow.Flow, exists []i
 		codes, err = w.round(ctx, len(exists), func(b []byte, k int, seq uint32, fl netlink.HeaderFlags) []byte {
 			return appendKeyMsg(b, msgCTGet, &flows[exists[k]].Key, seq, fl)
 		}, func(k int, m netlink.Message) {
-			found[k] = decodeExisting(m, &cur[k])
+			found[k] = decodeFlow(m, &cur[k])
 		})
 		return cur, found, codes, err
 	}
@@ -378,7 +378,7 @@ func (w *Writer) readExisting(ctx context.Context, flows []flow.Flow, exists []i
 	}
 	var f flow.Flow
 	err = w.dump(ctx, func(m netlink.Message) {
-		if !decodeExisting(m, &f) {
+		if !decodeFlow(m, &f) {
 			return
 		}
 		if k, ok := want[f.Key]; ok {
@@ -472,7 +472,7 @@ func (w *Writer) Update(ctx context.Context, flows []flow.Flow) ([]Result, error
 	codes, err = w.round(ctx, len(busy), func(b []byte, k int, seq uint32, fl netlink.HeaderFlags) []byte {
 		return appendKeyMsg(b, msgCTGet, &flows[busy[k]].Key, seq, fl)
 	}, func(k int, m netlink.Message) {
-		found[k] = decodeExisting(m, &cur[k])
+		found[k] = decodeFlow(m, &cur[k])
 	})
 	err = w.roundErr(ctx, err)
 	var retry []int

@@ -3,16 +3,12 @@ package kernel
 import (
 	"encoding/binary"
 
-	"github.com/mdlayher/netlink"
-
 	"github.com/ctsyncd/ctsyncd/flow"
 )
 
-// The writer's commit reads back every entry that already exists, to
-// compare its reply tuple and NAT with the flow to write. Decoding those
-// replies with ti-mo (a full Flow, allocations per attribute) cost as much
-// CPU as the kernel's own work on a large fail-back; decodeExisting reads
-// only what the comparison needs, without allocating.
+// Attribute walking shared by decodeFlow (decode.go), which reads events,
+// dumps and the entries the writer's commit reads back, without the
+// allocations of ti-mo's decoder.
 
 // nlaTypeMask strips NLA_F_NESTED and NLA_F_NET_BYTEORDER.
 const nlaTypeMask = ^uint16(nlaFNested | nlaFNetByteorder)
@@ -30,41 +26,6 @@ func nextAttr(b []byte) (typ uint16, payload, rest []byte, ok bool) {
 	typ = binary.NativeEndian.Uint16(b[2:4]) & nlaTypeMask
 	adv := min((l+3)&^3, len(b))
 	return typ, b[4:l], b[adv:], true
-}
-
-// decodeExisting decodes the original and reply tuples, protocol, zone and
-// status of a conntrack message (a GET's answer) into f. Other fields of f
-// are left alone.
-func decodeExisting(m netlink.Message, f *flow.Flow) bool {
-	if len(m.Data) < 4 {
-		return false
-	}
-	f.Family = m.Data[0]
-	f.Zone = 0
-	var haveOrig, haveReply bool
-	for b := m.Data[4:]; len(b) > 0; {
-		typ, p, rest, ok := nextAttr(b)
-		if !ok {
-			return false
-		}
-		b = rest
-		switch typ {
-		case ctaTupleOrig:
-			haveOrig = decodeTuple(p, &f.Orig, &f.Proto)
-		case ctaTupleReply:
-			var proto uint8
-			haveReply = decodeTuple(p, &f.Reply, &proto)
-		case ctaStatus:
-			if len(p) >= 4 {
-				f.Status = binary.BigEndian.Uint32(p)
-			}
-		case ctaZone:
-			if len(p) >= 2 {
-				f.Zone = binary.BigEndian.Uint16(p)
-			}
-		}
-	}
-	return haveOrig && haveReply
 }
 
 func decodeTuple(b []byte, t *flow.Tuple, proto *uint8) bool {

@@ -712,19 +712,19 @@ func TestWriterEventsPortID(t *testing.T) {
 	}
 }
 
-// The rarer attributes: SCTP state, GRE keys, helper, labels, sequence
-// adjustment, zone.
-func TestWriterExtras(t *testing.T) {
-	ns := netnstest.New(t)
-	// Labels are kept only when a ct label rule exists in the namespace.
-	ns.Nft(t, `table inet ctsyncd_labels {
+// labelRuleset makes the kernel keep labels: they stick only when a ct
+// label rule exists in the namespace.
+const labelRuleset = `table inet ctsyncd_labels {
 	chain output {
 		type filter hook output priority 0;
 		ct label 127 counter
 	}
 }
-`)
-	w := newTestWriter(t, ns, WriterOptions{})
+`
+
+// extraFlows are flows with the rarer attributes: SCTP state and vtags, GRE,
+// an FTP helper with labels and a sequence adjustment; zone 3, mark 0x42.
+func extraFlows() []flow.Flow {
 	a := mustAddr
 	st := flow.StatusConfirmed | flow.StatusSeenReply | flow.StatusAssured
 	mk := func(proto uint8, o flow.Tuple, x *flow.Extra) flow.Flow {
@@ -742,6 +742,16 @@ func TestWriterExtras(t *testing.T) {
 				SeqAdjOrig: flow.SeqAdj{CorrectionPos: 1000, OffsetBefore: 3, OffsetAfter: 7}}),
 	}
 	flows[2].TCP = flow.TCPInfo{State: flow.TCPEstablished}
+	return flows
+}
+
+// The rarer attributes: SCTP state, GRE keys, helper, labels, sequence
+// adjustment, zone.
+func TestWriterExtras(t *testing.T) {
+	ns := netnstest.New(t)
+	ns.Nft(t, labelRuleset)
+	w := newTestWriter(t, ns, WriterOptions{})
+	flows := extraFlows()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for round, want := range []Op{Created, Updated} {

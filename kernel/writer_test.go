@@ -338,34 +338,3 @@ func BenchmarkEncodeCreate(b *testing.B) {
 		buf = appendCreate(buf[:0], &fs[i%len(fs)], 300, uint32(i), netlink.Request|netlink.Create)
 	}
 }
-
-func TestDecodeExisting(t *testing.T) {
-	fs := testFlows(400)
-	for i := range fs {
-		f := &fs[i]
-		b := appendCreate(nil, f, 100, 1, netlink.Request)
-		m, ev := decodeOne(t, b)
-		want, _ := FromConntrack(ev.Flow)
-		var got flow.Flow
-		if !decodeExisting(m, &got) {
-			t.Fatalf("flow %d: decodeExisting failed", i)
-		}
-		if got.Key != want.Key || got.Reply != want.Reply || got.Status != want.Status {
-			t.Fatalf("flow %d:\n got %+v %+v %#x\nwant %+v %+v %#x", i, got.Key, got.Reply, got.Status, want.Key, want.Reply, want.Status)
-		}
-	}
-	if decodeExisting(netlink.Message{Data: []byte{2, 0, 0, 0}}, new(flow.Flow)) {
-		t.Error("a message without tuples decoded")
-	}
-}
-
-func FuzzDecodeExisting(f *testing.F) {
-	for i := range 20 {
-		fl := testFlow(i)
-		f.Add(appendCreate(nil, &fl, 1, 1, 0)[nlmsgHdrLen:])
-	}
-	f.Fuzz(func(t *testing.T, data []byte) {
-		var fl flow.Flow
-		decodeExisting(netlink.Message{Data: data}, &fl)
-	})
-}
