@@ -16,13 +16,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # keepalived and conntrackd are used as programs by the tests, not as
+  # services: the units their packages just enabled are stopped. Nothing
+  # that ran before this script is touched.
+  for s in keepalived conntrackd; do
+    case " ${missing[*]} " in *" $s "*) systemctl disable --now "$s" >/dev/null 2>&1 || true ;; esac
+  done
 fi
-# keepalived and conntrackd are used as programs by the tests, not as
-# services: make sure the packages' own units do not run on this machine.
-for s in keepalived conntrackd; do
-  systemctl disable --now "$s" >/dev/null 2>&1 || true
-  pkill -x "$s" >/dev/null 2>&1 || true
-done
 if ! command -v go >/dev/null; then
   echo "Go is not installed (need Go 1.26 or later on PATH)" >&2
   exit 1
