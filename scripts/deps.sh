@@ -14,10 +14,18 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # keepalived and conntrackd are used as programs by the tests, not as
+  # services: their packages must not start them. Without systemd, a
+  # policy-rc.d that denies starts (Debian's standard way) does that; it is
+  # removed again, and one that already exists is left alone.
+  policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && policy=1
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # keepalived and conntrackd are used as programs by the tests, not as
-  # services: the units their packages just enabled are stopped. Nothing
+  [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d
+  # With systemd, the units the packages just enabled are stopped. Nothing
   # that ran before this script is touched.
   for s in keepalived conntrackd; do
     case " ${missing[*]} " in *" $s "*) systemctl disable --now "$s" >/dev/null 2>&1 || true ;; esac
