@@ -84,12 +84,14 @@ func (tn *tnode) stop() {
 	tn.tr.Close()
 }
 
-// table prints flows as sorted lines of their full state.
+// table prints flows as sorted lines of their full state but the timeout:
+// a change carries the timeout left when it was sent, so the receiver's
+// copy is a little lower than the sender's last reading (see timeoutsAgree).
 func table(fs []flow.Flow) string {
 	lines := make([]string, len(fs))
 	for i, f := range fs {
-		lines[i] = fmt.Sprintf("%v:%d>%v:%d z%d %s st%#x to%d m%d nat=%v", f.SrcAddr(), f.Orig.SrcPort, f.DstAddr(), f.Orig.DstPort,
-			f.Zone, flow.TCPStateName(f.TCP.State), f.Status, f.Timeout, f.Mark, f.NATed())
+		lines[i] = fmt.Sprintf("%v:%d>%v:%d z%d %s st%#x m%d nat=%v", f.SrcAddr(), f.Orig.SrcPort, f.DstAddr(), f.Orig.DstPort,
+			f.Zone, flow.TCPStateName(f.TCP.State), f.Status, f.Mark, f.NATed())
 	}
 	slices.Sort(lines)
 	return strings.Join(lines, "\n")
@@ -131,16 +133,40 @@ func converged(t *testing.T, tx, rx *tnode, d time.Duration) {
 	deadline := time.Now().Add(d)
 	for {
 		want, got := internalTable(tx.in), externalTable(rx.ex, tx.name)
+		bad := ""
 		if want == got {
-			return
+			if bad = timeoutsAgree(tx.in, rx.ex, tx.name); bad == "" {
+				return
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s's external cache does not match %s's internal after %v:\n got %d flows\nwant %d flows\ndiff:\n%s\nsender: %+v\nreceiver: %+v",
-				rx.name, tx.name, d, strings.Count(got, "\n")+1, strings.Count(want, "\n")+1, diff(got, want),
+			t.Fatalf("%s's external cache does not match %s's internal after %v:\n got %d flows\nwant %d flows\ndiff:\n%s%s\nsender: %+v\nreceiver: %+v",
+				rx.name, tx.name, d, strings.Count(got, "\n")+1, strings.Count(want, "\n")+1, diff(got, want), bad,
 				tx.n.Stats()[rx.name], rx.n.Stats()[tx.name])
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// timeoutsAgree compares the timeout each flow has left now on the sender
+// (its last reading minus the time since) and on the receiver (the timeout
+// sent minus the time since it arrived): they must agree within 2 s.
+func timeoutsAgree(in *cache.Internal, ex *cache.External, origin string) string {
+	now := time.Now()
+	left := map[flow.Key]float64{}
+	for _, e := range in.Snapshot() {
+		left[e.Key] = float64(e.Timeout) - now.Sub(time.Unix(0, e.Refreshed)).Seconds()
+	}
+	for _, e := range ex.Snapshot() {
+		if e.Origin != origin {
+			continue
+		}
+		got := float64(e.Flow.Timeout) - now.Sub(e.Received).Seconds()
+		if want, ok := left[e.Flow.Key]; ok && (got < want-2 || got > want+2) {
+			return fmt.Sprintf("\ntimeout left: %.1f s on the receiver, %.1f s on the sender: %s", got, want, e.Flow.String())
+		}
+	}
+	return ""
 }
 
 func diff(got, want string) string {
