@@ -3,8 +3,11 @@
 # and against the kernel's own limit, in one run (issue 7). Not part of the
 # test run. As root on Debian with Go installed:
 #
-#   sudo ./scripts/bench.sh                    # N=100000, 3 runs each
-#   sudo N=1000000 RUNS=1 ./scripts/bench.sh   # 1M flows
+#   sudo ./scripts/bench.sh     # 100k flows, 3 runs each, stepped rates,
+#                               # kernel ceiling, takeover stall (~6 min)
+#   sudo N=1000000 RUNS=2 RATES="" TAKEOVER=0 TIMEOUT=90 ./scripts/bench.sh
+#
+# Results and their reading: BENCHMARKS.md.
 #
 # Environment:
 #   N        flows per run (default 100000)
