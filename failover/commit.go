@@ -292,7 +292,22 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 			_, ok := tried[e.Flow.Key]
 			return ok
 		})
-		slices.SortStableFunc(rest, func(a, b cache.ExternalEntry) int { return cmp.Compare(a.IdleAt, b.IdleAt) })
+	}
+	// Sort an index, not the 152-byte entries themselves.
+	ord := make([]int32, len(rest))
+	for i := range ord {
+		ord[i] = int32(i)
+	}
+	slices.SortFunc(ord, func(a, b int32) int {
+		return cmp.Or(cmp.Compare(rest[a].IdleAt, rest[b].IdleAt), cmp.Compare(a, b))
+	})
+	var buf []cache.ExternalEntry
+	pick := func(from, to int) []cache.ExternalEntry {
+		buf = buf[:0]
+		for _, i := range ord[from:to] {
+			buf = append(buf, rest[i])
+		}
+		return buf
 	}
 	rep.Flows += len(rest)
 	rep.keys.order = slices.Grow(rep.keys.order, len(rest))
@@ -300,12 +315,12 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 	next := 0
 	for next < len(rest) && err == nil {
 		end := min(next+chunk, len(rest))
-		err = write(rest[next:end])
+		err = write(pick(next, end))
 		next = end
 		chunk = min(chunk*8, opt.MaxChunk)
 	}
 	if err != nil {
-		notTried(rest[next:])
+		notTried(pick(next, len(rest)))
 	}
 	rep.Seconds = time.Since(start).Seconds()
 	if err != nil {

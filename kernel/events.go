@@ -118,7 +118,11 @@ func (l *Listener) ReadBuffer() int { return l.sock.readBuffer() }
 type Handler interface {
 	Event(ev *Event)
 	// Overrun is called when the kernel dropped events for this socket
-	// (ENOBUFS). The handler must re-read the table: reading goes on.
+	// (ENOBUFS), and again once the socket's queue has drained after that:
+	// the kernel reports ENOBUFS once and then drops silently until the
+	// queue is empty (NETLINK_S_CONGESTED), so only a table read begun after
+	// the drain is sure to see every change. The handler must re-read the
+	// table; reading goes on. It must not block.
 	Overrun()
 }
 
@@ -162,12 +166,20 @@ func (l *Listener) Run(ctx context.Context, h Handler) error {
 		return nil
 	}
 	batch := newBatchReader()
+	congested := false
+	idle := func() {
+		if congested {
+			congested = false
+			h.Overrun()
+		}
+	}
 	for {
-		err := l.sock.recvBatch(batch, handle)
+		err := l.sock.recvBatch(batch, handle, idle)
 		switch {
 		case err == nil:
 		case errors.Is(err, ErrOverrun):
 			l.overruns.Add(1)
+			congested = true
 			h.Overrun()
 		case errors.Is(err, ErrMalformed):
 			// A datagram that does not parse may have carried events:

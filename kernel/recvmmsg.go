@@ -45,7 +45,9 @@ func newBatchReader() *batchReader {
 // recvBatch reads the datagrams waiting on s (at least one, blocking until
 // one arrives) and calls fn for each netlink message in them. Like recv it
 // returns ErrOverrun for ENOBUFS; a datagram cut short is ErrMalformed.
-func (s *rawSocket) recvBatch(r *batchReader, fn func(m netlink.Message) error) error {
+// idle, when not nil, is called each time the socket's queue is found empty,
+// before waiting for more.
+func (s *rawSocket) recvBatch(r *batchReader, fn func(m netlink.Message) error, idle func()) error {
 	var (
 		n     int
 		errno unix.Errno
@@ -58,7 +60,13 @@ func (s *rawSocket) recvBatch(r *batchReader, fn func(m netlink.Message) error) 
 		r1, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.msgs[0])),
 			batchSlots, unix.MSG_DONTWAIT, 0, 0)
 		n, errno = int(r1), e
-		return errno != unix.EAGAIN && errno != unix.EWOULDBLOCK
+		if errno == unix.EAGAIN || errno == unix.EWOULDBLOCK {
+			if idle != nil {
+				idle()
+			}
+			return false
+		}
+		return true
 	})
 	if err != nil {
 		return &OpError{Op: "receive", Err: err}
