@@ -196,7 +196,7 @@ func TestDefaults(t *testing.T) {
 		{"filter.tcp_states", c.Filter.TCPStates, []string{"syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack", "time_wait"}},
 		{"filter.ignore_own_addresses", c.Filter.IgnoreOwn(), true},
 		{"failover.purge_timeout", c.Failover.PurgeTimeout.Duration, 60 * time.Second},
-		{"failover.commit_timeout", c.Failover.CommitTimeout.Duration, 30 * time.Second},
+		{"failover.commit_timeout", c.Failover.CommitTimeout.Duration, 120 * time.Second},
 		{"failover.min_timeout", c.Failover.MinTimeout.Duration, 30 * time.Second},
 		{"failover.ready_file", c.Failover.ReadyFile, ""},
 		{"log.level", c.Log.Level, "info"},
