@@ -8,7 +8,6 @@ import (
 
 	"golang.org/x/net/ipv4"
 
-	"github.com/ctsyncd/ctsyncd/cache"
 	"github.com/ctsyncd/ctsyncd/internal/netnstest"
 )
 
@@ -94,30 +93,7 @@ func TestMulticastNetns(t *testing.T) {
 				t.Fatal("nothing received on the sync link")
 			}
 
-			ina, exb := cache.NewInternal(nil), cache.NewExternal()
-			for i := range 300 {
-				f := tcpFlow(i)
-				ina.Upsert(&f)
-			}
-			na, err := New(testOptions("a", &testKey), ina, cache.NewExternal(), ta)
-			if err != nil {
-				t.Fatal(err)
-			}
-			nb, err := New(testOptions("b", &testKey), cache.NewInternal(nil), exb, tb)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 2)
-			go func() { done <- na.Run(ctx) }()
-			go func() { done <- nb.Run(ctx) }()
-			eventually(t, 10*time.Second, "300 flows over multicast", func() bool { return exb.Len() == 300 })
-			cancel()
-			for range 2 {
-				if err := <-done; err != nil {
-					t.Error(err)
-				}
-			}
+			replicateOver(t, ta, tb, 300, "multicast")
 		})
 	}
 }

@@ -444,11 +444,10 @@ func TestInsecure(t *testing.T) {
 	converged(t, b, a, 10*time.Second)
 }
 
-// TestReplay: a captured datagram replayed is dropped; after the receiver
-// restarts, the captured epoch cannot pass the challenge; after the sender
-// restarts, its old epoch is refused as old.
-func TestReplay(t *testing.T) {
-	net := NewMemNetwork(13)
+// captureAToB starts nodes a and b on net, replicates 40 flows from a to b
+// and then removes 20 of them, and returns every datagram a sent b meanwhile.
+func captureAToB(t *testing.T, net *MemNetwork) (*tnode, *tnode, [][]byte) {
+	t.Helper()
 	var captured [][]byte
 	capture := make(chan []byte, 4096)
 	net.SetFilter(func(from, to string, p []byte) bool {
@@ -476,6 +475,15 @@ func TestReplay(t *testing.T) {
 	for len(capture) > 0 {
 		captured = append(captured, <-capture)
 	}
+	return a, b, captured
+}
+
+// TestReplay: a captured datagram replayed is dropped; after the receiver
+// restarts, the captured epoch cannot pass the challenge; after the sender
+// restarts, its old epoch is refused as old.
+func TestReplay(t *testing.T) {
+	net := NewMemNetwork(13)
+	a, b, captured := captureAToB(t, net)
 	t.Logf("captured %d datagrams", len(captured))
 
 	// 1. Replayed to the running receiver.
@@ -783,33 +791,7 @@ func TestThreeNodesChurn(t *testing.T) {
 // refused as replays (acceptance marks every earlier counter as seen).
 func TestReplayToRestartedReceiverSenderAlive(t *testing.T) {
 	net := NewMemNetwork(23)
-	capture := make(chan []byte, 4096)
-	net.SetFilter(func(from, to string, p []byte) bool {
-		if from == "a" && to == "b" {
-			select {
-			case capture <- append([]byte(nil), p...):
-			default:
-			}
-		}
-		return true
-	})
-	a := start(t, net, testOptions("a", &testKey), nil)
-	b := start(t, net, testOptions("b", &testKey), nil)
-	for i := range 40 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-	}
-	established(t, a, b)
-	converged(t, a, b, 10*time.Second)
-	for i := range 20 {
-		a.in.Delete(tcpFlow(i).Key)
-	}
-	converged(t, a, b, 10*time.Second)
-	net.SetFilter(nil)
-	var captured [][]byte
-	for len(capture) > 0 {
-		captured = append(captured, <-capture)
-	}
+	a, b, captured := captureAToB(t, net)
 
 	b.stop()
 	b2 := start(t, net, testOptions("b", &testKey), nil)

@@ -3,6 +3,7 @@ package sync
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"testing"
@@ -73,31 +74,7 @@ func TestUDPLoopback(t *testing.T) {
 	}
 
 	// Two nodes replicate over it.
-	key := testKey
-	ina, exb := cache.NewInternal(nil), cache.NewExternal()
-	for i := range 500 {
-		f := tcpFlow(i)
-		ina.Upsert(&f)
-	}
-	na, err := New(testOptions("a", &key), ina, cache.NewExternal(), ta)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nb, err := New(testOptions("b", &key), cache.NewInternal(nil), exb, tb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 2)
-	go func() { done <- na.Run(ctx) }()
-	go func() { done <- nb.Run(ctx) }()
-	eventually(t, 10*time.Second, "500 flows over UDP", func() bool { return exb.Len() == 500 })
-	cancel()
-	for range 2 {
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}
+	replicateOver(t, ta, tb, 500, "UDP")
 	for _, tr := range []*UDP{ta, tb} {
 		if err := tr.Close(); err != nil {
 			t.Error(err)
@@ -141,6 +118,36 @@ func TestMulticastOptions(t *testing.T) {
 		if tr, err := NewMulticast(o); err == nil {
 			tr.Close()
 			t.Errorf("NewMulticast(%+v) succeeded", o)
+		}
+	}
+}
+
+// replicateOver runs node a on ta and node b on tb and waits until b's
+// external cache holds the n flows of a's internal one.
+func replicateOver(t *testing.T, ta, tb Transport, n int, what string) {
+	t.Helper()
+	ina, exb := cache.NewInternal(nil), cache.NewExternal()
+	for i := range n {
+		f := tcpFlow(i)
+		ina.Upsert(&f)
+	}
+	na, err := New(testOptions("a", &testKey), ina, cache.NewExternal(), ta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb, err := New(testOptions("b", &testKey), cache.NewInternal(nil), exb, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 2)
+	go func() { done <- na.Run(ctx) }()
+	go func() { done <- nb.Run(ctx) }()
+	eventually(t, 10*time.Second, fmt.Sprintf("%d flows over %s", n, what), func() bool { return exb.Len() == n })
+	cancel()
+	for range 2 {
+		if err := <-done; err != nil {
+			t.Error(err)
 		}
 	}
 }
