@@ -69,3 +69,38 @@ func FuzzParseTokens(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseFlowFilter: any query parses into a filter or fails with a
+// *ParamError naming one of its parameters; a parsed filter prints and
+// matches without panicking, and an empty query is an empty filter.
+func FuzzParseFlowFilter(f *testing.F) {
+	for _, s := range []string{"", "proto=tcp&dport=22", "src=10.0.0.0/8&origin=fw-b", "state=ESTABLISHED,TIME_WAIT",
+		"mark=0x10/0xff&zone=3", "proto=icmp&dport=1", "src=10.0.0.1&dst=::1", "origin=a&origin=b", "reply_src=1.2.3.4"} {
+		f.Add(s)
+	}
+	flows := testFlows(20)
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		ff, err := ParseFlowFilter(q)
+		if err != nil {
+			var pe *ParamError
+			if !errors.As(err, &pe) {
+				t.Fatalf("%q: %v is not a ParamError", raw, err)
+			}
+			if _, ok := q[pe.Param]; !ok && pe.Param != "filter" {
+				t.Fatalf("%q: error %v names %q, not in the query", raw, err, pe.Param)
+			}
+			return
+		}
+		if len(q) == 0 && !ff.Empty() {
+			t.Fatalf("empty query, filter %s", ff)
+		}
+		_ = ff.String()
+		for i := range flows {
+			ff.Match(&flows[i], "fw-b")
+		}
+	})
+}
