@@ -157,6 +157,8 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 	v.oneOf("log.level", c.Log.Level, logLevels)
 	v.oneOf("log.format", c.Log.Format, logFormats)
 
+	c.API.validate(v)
+
 	return joinErrors(v.errs)
 }
 
