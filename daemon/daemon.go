@@ -78,6 +78,8 @@ type Daemon struct {
 
 	listener *kernel.Listener
 	ctl      *control.Server
+	api      *apiServer // nil unless api.listen is set
+	apiClose func()
 
 	lastOverrunLog time.Time // listener goroutine only
 
@@ -126,10 +128,22 @@ func New(opts Options) (*Daemon, error) {
 			return nil, fmt.Errorf("control.group: %w", err)
 		}
 	}
+	h, closeAPI, err := d.newAPI()
+	if err != nil {
+		return nil, err
+	}
+	if h != nil {
+		if d.api, err = d.listenAPI(h); err != nil {
+			closeAPI()
+			return nil, err
+		}
+	}
+	d.apiClose = closeAPI
 	d.ctl, err = control.Listen(control.ServerOptions{
 		Path: cfg.Control.Socket, Mode: cfg.Control.FileMode(), GID: gid, Log: opts.Log,
 	})
 	if err != nil {
+		d.closeAPI()
 		return nil, err
 	}
 	return d, nil
@@ -182,6 +196,7 @@ func (d *Daemon) Reload(path string) {
 		"node": {cfg.Node, d.cfg.Node}, "control": {cfg.Control, d.cfg.Control},
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
 		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
+		"api": {cfg.API, d.cfg.API},
 	} {
 		if !reflect.DeepEqual(pair[0], pair[1]) {
 			needRestart = append(needRestart, name)
@@ -209,6 +224,7 @@ func lookupGroup(g string) (int, error) {
 // removes the control socket before it returns.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
+	defer d.closeAPI()
 	// Subscribe before the first dump, so that no change falls between.
 	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns})
 	if err != nil {
@@ -267,6 +283,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.listener.Run(ctx, d) })
 	g.Go(func() error { return d.ctl.Serve(ctx, d.handle) })
+	if d.api != nil {
+		g.Go(func() error { return d.api.serve(ctx) })
+		d.log.Info("API and web console listening", "url", d.api.url)
+	}
 	if d.cfg.Filter.IgnoreOwn() {
 		g.Go(func() error {
 			return kernel.WatchAddrs(ctx, d.netns, func(addrs []netip.Addr) {
