@@ -209,7 +209,7 @@ type apiActions struct{ d *Daemon }
 func (a apiActions) Action(ctx context.Context, name string) (any, int, error) {
 	d := a.d
 	unavailable := func() (any, int, error) {
-		return nil, 0, fmt.Errorf("%s: %w", name, errors.Join(api.ErrUnavailable, errNoSync))
+		return nil, 0, fmt.Errorf("%s: %w: %w", name, api.ErrUnavailable, errNoSync)
 	}
 	switch name {
 	case "commit":
