@@ -202,8 +202,10 @@ function drawChart(cv, pts, now, color) {
   }
   for (let m = 0; m <= 5; m++) {
     const x = L + (W - L - R) * (1 - m / 5);
-    ctx.fillText(m === 0 ? "now" : "-" + m + "m", x - 10, H - 4);
+    ctx.textAlign = m === 0 ? "right" : m === 5 ? "left" : "center";
+    ctx.fillText(m === 0 ? "now" : "-" + m + " min", x, H - 4);
   }
+  ctx.textAlign = "left";
   if (pts.length < 2) return;
   ctx.strokeStyle = color;
   ctx.lineWidth = 2;
