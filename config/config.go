@@ -42,6 +42,7 @@ type Config struct {
 	Sync     Sync     `toml:"sync"`
 	Filter   Filter   `toml:"filter"`
 	Failover Failover `toml:"failover"`
+	Metrics  Metrics  `toml:"metrics"`
 	Log      Log      `toml:"log"`
 	API      API      `toml:"api"`
 
@@ -131,6 +132,19 @@ type Sync struct {
 	// PeerTimeout is the silence after which a peer counts as gone.
 	// Default 5s; longer than HeartbeatInterval.
 	PeerTimeout Duration `toml:"peer_timeout"`
+	// DigestInterval is how often each node sends its peers a digest of
+	// its table (bucketed hashes over flow keys and states), so that a
+	// peer whose copy diverged without anyone noticing repairs the
+	// buckets that differ. Default 10s; "0s" disables; otherwise 1s..1h.
+	DigestInterval Duration `toml:"digest_interval"`
+}
+
+// Metrics is the HTTP listener for Prometheus and health checks.
+type Metrics struct {
+	// Listen is the "IP:port" ("[IPv6]:port") serving /metrics, /healthz
+	// and /readyz over plain HTTP. Default: unset (no listener). Keep it
+	// on a management address: the metrics name peers and addresses.
+	Listen string `toml:"listen"`
 }
 
 // Filter selects the flows that are replicated.
@@ -198,6 +212,7 @@ const (
 	defaultAckInterval       = "50ms"
 	defaultHeartbeatInterval = "1s"
 	defaultPeerTimeout       = "5s"
+	defaultDigestInterval    = "10s"
 	defaultPurgeTimeout      = "60s"
 	defaultCommitTimeout     = "120s"
 	defaultMinTimeout        = "30s"
@@ -239,6 +254,7 @@ func Default() *Config {
 			AckInterval:       mustDuration(defaultAckInterval),
 			HeartbeatInterval: mustDuration(defaultHeartbeatInterval),
 			PeerTimeout:       mustDuration(defaultPeerTimeout),
+			DigestInterval:    mustDuration(defaultDigestInterval),
 		},
 		Filter: Filter{
 			Protocols:          append([]string(nil), defaultProtocols...),
