@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/api"
 	"github.com/ctsyncd/ctsyncd/api/console"
 	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/httpd"
 	"github.com/ctsyncd/ctsyncd/kernel"
 )
 
@@ -287,60 +287,29 @@ func (d *Daemon) newAPI() (*api.Handler, func(), error) {
 	return h, closer, nil
 }
 
-// apiServer listens on api.listen (TLS unless loopback) and serves h.
-type apiServer struct {
-	ln  net.Listener
-	srv *http.Server
-	url string
-}
-
-func (d *Daemon) listenAPI(h http.Handler) (*apiServer, error) {
+// listenAPI binds api.listen (TLS unless loopback) on an httpd server
+// serving h.
+func (d *Daemon) listenAPI(h http.Handler) (*httpd.Server, error) {
 	c := d.cfg.API
-	ln, err := net.Listen("tcp", c.Listen)
+	var tc *tls.Config
+	if c.CertFile != "" {
+		var err error
+		if tc, err = api.TLSConfig(c.CertFile, c.KeyFile, c.ClientCAFile); err != nil {
+			return nil, err
+		}
+	}
+	srv, err := httpd.Listen(httpd.Options{
+		Name: "api", Addr: c.Listen, TLS: tc, Log: d.log.With("part", "api"),
+		// Actions run up to failover.commit_timeout; listings extend
+		// their own write deadline as they stream.
+		WriteTimeout: d.cfg.Failover.CommitTimeout.Duration + 30*time.Second,
+		MaxBodyBytes: api.MaxBody,
+	})
 	if err != nil {
 		return nil, fmt.Errorf("api.listen: %w", err)
 	}
-	scheme := "http"
-	if c.CertFile != "" {
-		tc, err := api.TLSConfig(c.CertFile, c.KeyFile, c.ClientCAFile)
-		if err != nil {
-			ln.Close()
-			return nil, err
-		}
-		ln = tls.NewListener(ln, tc)
-		scheme = "https"
-	}
-	return &apiServer{ln: ln, url: scheme + "://" + ln.Addr().String(), srv: &http.Server{
-		Handler:           h,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		// Actions run up to failover.commit_timeout; listings extend
-		// their own write deadline as they stream.
-		WriteTimeout:   d.cfg.Failover.CommitTimeout.Duration + 30*time.Second,
-		IdleTimeout:    120 * time.Second,
-		MaxHeaderBytes: 16 << 10,
-		ErrorLog:       slog.NewLogLogger(d.log.With("part", "api").Handler(), slog.LevelDebug),
-	}}, nil
-}
-
-func (s *apiServer) serve(ctx context.Context) error {
-	errc := make(chan error, 1)
-	go func() { errc <- s.srv.Serve(s.ln) }()
-	select {
-	case err := <-errc:
-		if errors.Is(err, http.ErrServerClosed) {
-			return nil
-		}
-		return fmt.Errorf("api: %w", err)
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := s.srv.Shutdown(sctx); err != nil {
-		s.srv.Close()
-	}
-	<-errc
-	return nil
+	srv.Handle("/", h)
+	return srv, nil
 }
 
 // APIURL returns the base URL of the API ("https://IP:port"), "" when it
@@ -349,15 +318,14 @@ func (d *Daemon) APIURL() string {
 	if d.api == nil {
 		return ""
 	}
-	return d.api.url
+	return d.api.URL()
 }
 
 // closeAPI closes the API's listener and audit file (a start that failed,
 // or the end of Run).
 func (d *Daemon) closeAPI() {
 	if d.api != nil {
-		d.api.srv.Close()
-		d.api.ln.Close()
+		d.api.Close()
 	}
 	if d.apiClose != nil {
 		d.apiClose()

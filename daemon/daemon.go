@@ -30,6 +30,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/failover"
 	"github.com/ctsyncd/ctsyncd/filter"
 	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/httpd"
 	"github.com/ctsyncd/ctsyncd/kernel"
 	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
@@ -78,7 +79,7 @@ type Daemon struct {
 
 	listener *kernel.Listener
 	ctl      *control.Server
-	api      *apiServer // nil unless api.listen is set
+	api      *httpd.Server // nil unless api.listen is set
 	apiClose func()
 
 	lastOverrunLog time.Time // listener goroutine only
@@ -284,8 +285,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error { return d.listener.Run(ctx, d) })
 	g.Go(func() error { return d.ctl.Serve(ctx, d.handle) })
 	if d.api != nil {
-		g.Go(func() error { return d.api.serve(ctx) })
-		d.log.Info("API and web console listening", "url", d.api.url)
+		g.Go(func() error { return d.api.Serve(ctx) })
+		d.log.Info("API and web console listening", "url", d.api.URL())
 	}
 	if d.cfg.Filter.IgnoreOwn() {
 		g.Go(func() error {

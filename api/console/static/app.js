@@ -92,13 +92,6 @@ $("logout").addEventListener("click", async () => {
 
 // ---- cluster view ----
 
-function fmtDur(ns) {
-  if (ns === undefined || ns === null) return "–";
-  const ms = ns / 1e6;
-  if (ms < 1000) return ms.toFixed(ms < 10 ? 1 : 0) + " ms";
-  return (ms / 1000).toFixed(1) + " s";
-}
-
 function fmtAgo(iso) {
   if (!iso || iso.startsWith("0001-")) return "never";
   const s = (Date.now() - Date.parse(iso)) / 1000;
@@ -116,61 +109,86 @@ function card(title, badges, rows, attrs) {
   return el("div", Object.assign({ class: "card" }, attrs || {}), el("h3", {}, title, ...badges), dl);
 }
 
-// peersOf returns the peers as a list, from the status document's stats.
+// peersOf returns the peers as a list in one shape, from either the
+// status model's peers array or the stats' peer map.
 function peersOf(s) {
-  if (Array.isArray(s.peers)) return s.peers;
-  const m = (s.stats && s.stats.peers) || {};
-  return Object.keys(m).sort().map((k) => Object.assign({ name: k }, m[k]));
+  let list;
+  if (Array.isArray(s.peers)) list = s.peers;
+  else {
+    const m = (s.stats && s.stats.peers) || {};
+    list = Object.keys(m).sort().map((k) => Object.assign({ name: k }, m[k]));
+  }
+  return list.map((p) => ({
+    name: p.name || p.addr, addr: p.addr,
+    up: p.alive !== undefined ? p.alive : !!p.up,
+    last_seen: p.last_seen,
+    lag_ms: p.lag_seconds !== undefined ? p.lag_seconds * 1000 : (p.lag_ns || 0) / 1e6,
+    pending: p.pending || 0,
+    at_risk: p.flows_at_risk,
+    external: p.external_flows,
+    bulk: p.bulk_received !== undefined ? p.bulk_received : (p.bulks_received || 0) > 0,
+  }));
 }
 
+function fmtMs(ms) {
+  if (ms === undefined || ms === null) return "–";
+  if (ms < 1000) return ms.toFixed(ms < 10 ? 1 : 0) + " ms";
+  return (ms / 1000).toFixed(1) + " s";
+}
+
+function num(v) { return v === undefined || v === null ? "–" : Number(v).toLocaleString(); }
+
 function renderStatus(s) {
-  $("hdr-node").textContent = s.node + " · " + (s.version || "");
+  $("hdr-node").textContent = s.node + " · ctsyncd " + (s.version || "");
   const nodes = $("nodes");
   nodes.replaceChildren();
   const role = String(s.role || "unknown");
-  const ready = s.ready === undefined ? null : s.ready;
   const peers = peersOf(s);
   const alive = peers.filter((p) => p.up).length;
+  const caches = s.caches || { internal_flows: s.internal_flows, external_flows: s.sync && s.sync.external_flows };
+  const risk = s.flows_at_risk !== undefined ? s.flows_at_risk : peers.reduce((a, p) => a + p.pending, 0);
   const lc = s.last_commit;
-  const sync = s.sync || {};
-  const risk = s.flows_at_risk !== undefined ? s.flows_at_risk : peers.reduce((a, p) => a + (p.up ? (p.pending || 0) : 0), 0);
-  nodes.append(card(s.node, [
-      badge(role, role === "MASTER" ? "master" : ""),
-      ready === null ? badge("this node") : badge(ready ? "ready" : "not ready", ready ? "ok" : "bad"),
-    ], [
+  const lr = s.last_resync ? s.last_resync.at : s.last_reconcile;
+  const badges = [badge(role, role === "MASTER" ? "master" : "")];
+  if (s.ready !== undefined) badges.push(badge(s.ready ? "ready" : "not ready", s.ready ? "ok" : "bad"));
+  badges.push(badge("this node"));
+  nodes.append(card(s.node, badges, [
       ["peers alive", alive + " / " + peers.length],
-      ["internal cache", (s.internal_flows ?? "–").toLocaleString()],
-      ["external cache", (sync.external_flows ?? "–").toLocaleString()],
-      ["flows at risk", risk.toLocaleString()],
-      ["last commit", lc ? lc.flows + " flows, " + Number(lc.seconds).toFixed(2) + " s" : "none"],
-      ["last reconcile", fmtAgo(s.last_reconcile)],
-      ["uptime", s.uptime || "–"],
+      ["internal cache", num(caches.internal_flows)],
+      ["external cache", num(caches.external_flows)],
+      ["flows at risk", num(risk)],
+      ["last commit", lc ? lc.flows + " flows, " + Number(lc.duration_seconds ?? lc.seconds).toFixed(2) + " s, " + fmtAgo(lc.at) : "none"],
+      ["last resync", fmtAgo(lr)],
+      ["uptime", s.uptime_seconds !== undefined ? fmtMs(s.uptime_seconds * 1000) : (s.uptime || "–")],
     ], { "data-node": s.node }));
   for (const p of peers) {
-    nodes.append(card(p.name || p.addr, [badge(p.up ? "alive" : "down", p.up ? "ok" : "bad"), badge("peer")], [
+    const rows = [
       ["address", p.addr || "–"],
       ["last seen", fmtAgo(p.last_seen)],
-      ["lag", fmtDur(p.lag_ns)],
-      ["unacknowledged", (p.pending || 0).toLocaleString()],
-      ["flows received", (p.flows_in || 0).toLocaleString()],
-      ["bulks in/out", (p.bulks_received || 0) + " / " + (p.bulks_sent || 0)],
-    ], { "data-node": p.name || p.addr }));
+      ["lag", fmtMs(p.lag_ms)],
+      ["unacknowledged", num(p.pending)],
+    ];
+    if (p.at_risk !== undefined) rows.push(["flows at risk", num(p.at_risk)]);
+    if (p.external !== undefined) rows.push(["its flows held here", num(p.external)]);
+    rows.push(["table received", p.bulk ? "yes" : "not yet"]);
+    nodes.append(card(p.name, [badge(p.up ? "alive" : "down", p.up ? "ok" : "bad"), badge("peer")], rows, { "data-node": p.name }));
   }
   const warnings = (s.warnings || []).slice();
-  for (const p of peers) if (!p.up) warnings.push("peer " + (p.name || p.addr) + " is down");
-  const ev = s.stats && s.stats.events;
-  if (ev && ev.overruns) warnings.push(ev.overruns + " event socket overruns since start");
-  $("warnings").replaceChildren(...warnings.map((w) => el("li", {}, typeof w === "string" ? w : JSON.stringify(w))));
+  if (!Array.isArray(s.warnings)) {
+    for (const p of peers) if (!p.up) warnings.push("peer " + p.name + " is down");
+  }
+  $("warnings").replaceChildren(...warnings.map((w) => el("li", {}, String(w))));
   $("refreshed").textContent = "updated " + new Date().toLocaleTimeString();
 
-  // history for the charts
+  // History for the charts: messages this node sent (its stream's
+  // sequence number) per second, and the worst peer's lag.
   const now = Date.now();
-  const msgs = peers.reduce((a, p) => a + (p.msgs_in || 0) + (p.msgs_out || 0), 0);
-  const lag = peers.reduce((a, p) => Math.max(a, (p.lag_ns || 0) / 1e6), 0);
-  let rate = 0;
-  if (state.prev && now > state.prev.t) rate = Math.max(0, (msgs - state.prev.msgs) / ((now - state.prev.t) / 1000));
-  state.prev = { t: now, msgs };
-  state.history.push({ t: now, rate, lag });
+  const seq = s.sync ? Number(s.sync.last_seq || 0) : 0;
+  const lag = peers.reduce((a, p) => Math.max(a, p.lag_ms), 0);
+  let rate = null;
+  if (state.prev && now > state.prev.t && seq >= state.prev.seq) rate = (seq - state.prev.seq) / ((now - state.prev.t) / 1000);
+  state.prev = { t: now, seq };
+  if (rate !== null) state.history.push({ t: now, rate, lag });
   while (state.history.length && state.history[0].t < now - HISTORY_MS) state.history.shift();
   drawChart($("chart-rate"), state.history.map((h) => [h.t, h.rate]), now, "#2457c5");
   drawChart($("chart-lag"), state.history.map((h) => [h.t, h.lag]), now, "#b26a00");
