@@ -75,11 +75,8 @@ func ParseFlowFilter(q url.Values) (*FlowFilter, error) {
 				}
 			}
 		}
-		msg := err.Error()
-		if !strings.HasPrefix(msg, param) {
-			msg = param + ": " + msg
-		}
-		return nil, &ParamError{Param: param, Problem: strings.TrimPrefix(strings.TrimPrefix(msg, param), ": ")}
+		problem := strings.TrimLeft(strings.TrimPrefix(err.Error(), oe.Option), ": ")
+		return nil, &ParamError{Param: param, Problem: problem}
 	}
 	f.CT = ct
 	return &f, nil

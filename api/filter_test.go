@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/ctsyncd/ctsyncd/flow"
@@ -58,5 +59,16 @@ func TestParseFlowFilter(t *testing.T) {
 	f, err := ParseFlowFilter(url.Values{})
 	if err != nil || !f.Empty() {
 		t.Errorf("empty query: %v %v", f, err)
+	}
+}
+
+func TestParseFlowFilterMessage(t *testing.T) {
+	_, err := ParseFlowFilter(url.Values{"dport": {"ssh"}})
+	if err == nil || err.Error() != `dport: "ssh": invalid value: not a port (0..65535)` {
+		t.Errorf("error %q", err)
+	}
+	_, err = ParseFlowFilter(url.Values{"src": {"10.0.0.1"}, "dst": {"::1"}})
+	if pe, ok := err.(*ParamError); !ok || (pe.Param != "dst" && pe.Param != "src") || strings.Contains(pe.Problem, "--") && !strings.Contains(pe.Problem, "family") {
+		t.Errorf("conflict error %v", err)
 	}
 }
