@@ -195,12 +195,9 @@ func (a apiFlows) Update(ctx context.Context, f api.Filter, c api.Change) (int, 
 // apiStatus adapts the daemon to api.Status.
 type apiStatus struct{ d *Daemon }
 
-func (a apiStatus) Status(ctx context.Context) (any, error) {
-	return struct {
-		Status
-		Stats Stats `json:"stats"`
-	}{a.d.status(), a.d.stats()}, nil
-}
+// Status is the stable status model, the document `ctsyncctl status
+// --json` prints (docs/status.md).
+func (a apiStatus) Status(ctx context.Context) (any, error) { return a.d.Status(), nil }
 
 // apiActions adapts the daemon to api.Actions: the control socket's
 // commands of the same names.

@@ -86,6 +86,12 @@ type Daemon struct {
 
 	// counters of the event path, written by the listener goroutine only
 	evNew, evUpdate, evDestroy, evOwn, evFiltered atomic.Uint64
+
+	ops           opsState      // readiness and liveness (ops.go)
+	notify        *notifier     // systemd (systemd.go)
+	metrics       *metrics      // Prometheus (metrics.go)
+	metricsSrv    *httpd.Server // [metrics] listener; nil when unset
+	lastCommitEnd atomic.Int64  // Unix ns of the end of the last commit
 }
 
 type reconcileReport struct {
@@ -129,15 +135,24 @@ func New(opts Options) (*Daemon, error) {
 			return nil, fmt.Errorf("control.group: %w", err)
 		}
 	}
-	h, closeAPI, err := d.newAPI()
-	if err != nil {
-		return nil, err
+	d.notify = newNotifier(opts.Log)
+	if l := cfg.Metrics.Listen; l != "" {
+		d.metricsSrv, err = httpd.Listen(httpd.Options{Name: "metrics", Addr: l, Log: opts.Log})
+		if err != nil {
+			return nil, fmt.Errorf("metrics.listen: %w", err)
+		}
 	}
-	if h != nil {
+	h, closeAPI, err := d.newAPI()
+	if err == nil && h != nil {
 		if d.api, err = d.listenAPI(h); err != nil {
 			closeAPI()
-			return nil, err
 		}
+	}
+	if err != nil {
+		if d.metricsSrv != nil {
+			d.metricsSrv.Close()
+		}
+		return nil, err
 	}
 	d.apiClose = closeAPI
 	d.ctl, err = control.Listen(control.ServerOptions{
@@ -145,6 +160,9 @@ func New(opts Options) (*Daemon, error) {
 	})
 	if err != nil {
 		d.closeAPI()
+		if d.metricsSrv != nil {
+			d.metricsSrv.Close()
+		}
 		return nil, err
 	}
 	return d, nil
@@ -226,6 +244,9 @@ func lookupGroup(g string) (int, error) {
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
 	defer d.closeAPI()
+	if d.metricsSrv != nil {
+		defer d.metricsSrv.Close()
+	}
 	// Subscribe before the first dump, so that no change falls between.
 	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns})
 	if err != nil {
@@ -275,6 +296,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return fmt.Errorf("sync: %w", err)
 		}
 	}
+	if d.node != nil {
+		d.node.SetDigestInterval(d.cfg.Sync.DigestInterval.Duration)
+	}
+	d.metrics = newMetrics(d)
 	close(d.ready)
 	d.log.Info("ctsyncd started", "version", d.version, "node", d.cfg.Node.Name,
 		"socket", d.cfg.Control.Socket, "event_buffer", l.ReadBuffer())
@@ -297,8 +322,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.reconciler(ctx) })
-	if d.cfg.Failover.ReadyFile != "" {
-		g.Go(func() error { return d.readiness(ctx) })
+	g.Go(func() error { return d.readiness(ctx) })
+	g.Go(func() error { return d.watchdog(ctx) })
+	if d.metricsSrv != nil {
+		g.Go(func() error { return d.serveMetrics(ctx, d.metricsSrv) })
+		d.log.Info("metrics listener", "url", d.metricsSrv.URL()+"/metrics")
 	}
 	if d.node != nil {
 		g.Go(func() error {
@@ -310,6 +338,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	err = g.Wait()
+	d.notify.stopping()
 	d.ctl.Close()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -320,6 +349,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // Event implements kernel.Handler; it runs on the listener goroutine.
 func (d *Daemon) Event(ev *kernel.Event) {
+	d.ops.inEvent.Store(1)
+	defer d.ops.inEvent.Store(0)
 	if ev.PortID != 0 && slices.Contains(*d.ownPorts.Load(), ev.PortID) {
 		d.evOwn.Add(1)
 		return
@@ -376,7 +407,10 @@ func (d *Daemon) reconciler(ctx context.Context) error {
 		tick = t.C
 	}
 	reason := "start"
+	beat := time.NewTicker(reconBeatEvery)
+	defer beat.Stop()
 	for {
+		d.ops.reconBeat.Store(time.Now().UnixNano())
 		if _, err := d.reconcile(ctx, reason); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -389,13 +423,26 @@ func (d *Daemon) reconciler(ctx context.Context) error {
 			}
 			continue
 		}
+		var ok bool
+		if reason, ok = d.waitResync(ctx, beat.C, tick); !ok {
+			return nil
+		}
+	}
+}
+
+// waitResync waits in the reconciler for the next reason to reconcile,
+// beating every reconBeatEvery to show the loop is alive.
+func (d *Daemon) waitResync(ctx context.Context, beat, tick <-chan time.Time) (string, bool) {
+	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return "", false
 		case <-d.resyncCh:
-			reason = "overrun or request"
+			return "overrun or request", true
 		case <-tick:
-			reason = "periodic"
+			return "periodic", true
+		case <-beat:
+			d.ops.reconBeat.Store(time.Now().UnixNano())
 		}
 	}
 }
@@ -424,6 +471,7 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 	}
 	rep.Result = r.Finish()
 	d.lastRec.Store(rep)
+	d.ops.dumped.Store(true)
 	lvl := slog.LevelDebug
 	if rep.Result.Added+rep.Result.Fixed+rep.Result.Removed > 0 || reason != "periodic" {
 		lvl = slog.LevelInfo

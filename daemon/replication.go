@@ -54,29 +54,6 @@ func (d *Daemon) newNode(tr ctsync.Transport) (*ctsync.Node, error) {
 	}, d.internal, d.external, tr)
 }
 
-// SyncStatus is the replication part of `ctsyncctl status`.
-type SyncStatus struct {
-	ctsync.NodeStatus
-	Transport     string `json:"transport"`
-	ExternalFlows int    `json:"external_flows"`
-	Peers         int    `json:"peers"`
-	PeersUp       int    `json:"peers_up"`
-}
-
-func (d *Daemon) syncStatus() *SyncStatus {
-	if d.node == nil {
-		return nil
-	}
-	s := &SyncStatus{NodeStatus: d.node.Status(), Transport: d.cfg.Sync.Transport, ExternalFlows: d.external.Len()}
-	for _, p := range d.node.Stats() {
-		s.Peers++
-		if p.Up {
-			s.PeersUp++
-		}
-	}
-	return s
-}
-
 // externalView is one line of `dump external`.
 func externalLine(e *cache.ExternalEntry, now time.Time) (string, uint32) {
 	elapsed := uint32(max(0, now.Sub(e.Received)/time.Second))

@@ -70,6 +70,8 @@ type Sync struct {
 	Epoch     string `json:"epoch"`
 	LastSeq   uint64 `json:"last_seq"`
 	Queued    int    `json:"queued"`
+	// ExternalFlows repeats Caches.ExternalFlows (older readers use it).
+	ExternalFlows int `json:"external_flows"`
 	// DigestIntervalSeconds is 0 when drift detection is off.
 	DigestIntervalSeconds float64 `json:"digest_interval_seconds"`
 }

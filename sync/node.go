@@ -174,7 +174,8 @@ type Node struct {
 	lastBegin  uint64 // sequence number of the last BULK_BEGIN sent
 	scratch    []byte
 	out        []byte
-	warnedTwin bool // a datagram from another node with our name was logged
+	warnedTwin bool        // a datagram from another node with our name was logged
+	dg         digestState // drift detection (digest.go)
 }
 
 type challenge struct {
@@ -315,6 +316,11 @@ func (n *Node) Run(ctx context.Context) error {
 	n.log.Info("sync node starting", "id", fmt.Sprintf("%016x", n.id), "epoch", fmt.Sprintf("%016x", n.epoch))
 	n.sendAll(&Message{Type: MsgHello, Name: n.opt.NodeName})
 	n.mu.Unlock()
+	var digests sync.WaitGroup
+	defer digests.Wait()
+	dctx, stopDigests := context.WithCancel(ctx)
+	defer stopDigests()
+	n.runDigests(dctx, &digests)
 
 	ack := time.NewTicker(n.opt.AckInterval)
 	defer ack.Stop()
@@ -578,6 +584,8 @@ func (n *Node) handle(p Packet) {
 		n.startBulk(false)
 	case MsgHello:
 		// Known already; nothing to do.
+	case MsgDigest, MsgDigestRequest, MsgRepair, MsgRepairEnd:
+		n.handleDigest(pr, m, now)
 	}
 }
 

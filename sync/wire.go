@@ -73,23 +73,24 @@ type MsgType uint8
 
 // Message types. ONLY APPEND: a number, once used, keeps its meaning.
 const (
-	MsgData          MsgType = 1               // a batch of flow changes, sequenced
-	MsgAck           MsgType = 2               // cumulative: every message up to Seq arrived
-	MsgNack          MsgType = 3               // these sequence ranges are missing
-	MsgHeartbeat     MsgType = 4               // alive; Seq is the last sequence number sent
-	MsgBulkBegin     MsgType = 5               // a full copy of the sender's table begins, sequenced
-	MsgBulkEnd       MsgType = 6               // the bulk ends: drop what it did not refresh, sequenced
-	MsgResyncRequest MsgType = 7               // please send a bulk
-	MsgHello         MsgType = 8               // a node announces itself (name)
-	MsgChallenge     MsgType = 9               // prove you hold the key and live in your epoch
-	MsgResponse      MsgType = 10              // the answer to a challenge
-	msgTypeEnd               = MsgResponse + 1 // one past the last known type; move it when appending
+	MsgData          MsgType = 1                // a batch of flow changes, sequenced
+	MsgAck           MsgType = 2                // cumulative: every message up to Seq arrived
+	MsgNack          MsgType = 3                // these sequence ranges are missing
+	MsgHeartbeat     MsgType = 4                // alive; Seq is the last sequence number sent
+	MsgBulkBegin     MsgType = 5                // a full copy of the sender's table begins, sequenced
+	MsgBulkEnd       MsgType = 6                // the bulk ends: drop what it did not refresh, sequenced
+	MsgResyncRequest MsgType = 7                // please send a bulk
+	MsgHello         MsgType = 8                // a node announces itself (name)
+	MsgChallenge     MsgType = 9                // prove you hold the key and live in your epoch
+	MsgResponse      MsgType = 10               // the answer to a challenge
+	msgTypeEnd               = MsgRepairEnd + 1 // one past the last known type; move it when appending (digest.go)
 )
 
 var msgTypeNames = [...]string{
 	MsgData: "DATA", MsgAck: "ACK", MsgNack: "NACK", MsgHeartbeat: "HEARTBEAT",
 	MsgBulkBegin: "BULK_BEGIN", MsgBulkEnd: "BULK_END", MsgResyncRequest: "RESYNC_REQUEST",
 	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE",
+	MsgDigest: "DIGEST", MsgDigestRequest: "DIGEST_REQUEST", MsgRepair: "REPAIR", MsgRepairEnd: "REPAIR_END",
 }
 
 func (t MsgType) String() string {
@@ -180,10 +181,14 @@ type Message struct {
 	Ranges  []SeqRange
 	Name    string
 	Nonce   []byte
+	Digest  *DigestPart // the digest types (digest.go)
 }
 
 // AppendBody appends the encoded body of m to b.
 func AppendBody(b []byte, m *Message) []byte {
+	if isDigestType(m.Type) {
+		return appendDigestBody(b, m)
+	}
 	if m.Type == MsgData {
 		b = binary.AppendUvarint(b, m.Seq)
 		b = binary.AppendUvarint(b, uint64(len(m.Changes)))
@@ -242,6 +247,8 @@ func DecodeBody(t MsgType, b []byte) (*Message, error) {
 	case MsgAck, MsgNack, MsgHeartbeat, MsgBulkBegin, MsgBulkEnd, MsgResyncRequest,
 		MsgHello, MsgChallenge, MsgResponse:
 		err = decodeControl(b, m)
+	case MsgDigest, MsgDigestRequest, MsgRepair, MsgRepairEnd:
+		err = decodeDigestBody(b, m)
 	default:
 		err = fmt.Errorf("unknown message type %d", t)
 	}

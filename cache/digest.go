@@ -1,0 +1,216 @@
+package cache
+
+import (
+	"encoding/binary"
+	"math/bits"
+	"time"
+
+	"github.com/ctsyncd/ctsyncd/flow"
+)
+
+// Digests: drift detection compares what an origin holds with what a peer
+// holds of it, bucket by bucket. A flow falls in bucket KeyHash(k) mod the
+// bucket count (a power of two, so the top bits of the hash); a bucket's
+// digest is the sum (mod 2^64) of StateHash over its flows, so that it does
+// not depend on the order flows are visited and an empty bucket is 0.
+// StateHash covers exactly what replication carries as a change (the key,
+// reply tuple, status, mark, TCP info and extras; Flow.SameState's
+// fields): timeouts and idleness, which age on their own, are left out.
+//
+// The hashes are fixed functions (not seeded per process): two nodes must
+// compute the same values. They are not cryptographic; peers are
+// authenticated by the sync protocol.
+
+// BucketOf returns the bucket of key k among nb buckets (nb a power of
+// two, at least 1).
+func BucketOf(k *flow.Key, nb int) uint32 {
+	if nb <= 1 {
+		return 0
+	}
+	return uint32(KeyHash(k) >> (64 - bits.TrailingZeros(uint(nb))))
+}
+
+const (
+	mixK1 = 0x9E3779B97F4A7C15
+	mixK2 = 0xBF58476D1CE4E5B9
+	mixK3 = 0x94D049BB133111EB
+)
+
+// mix64 is splitmix64's finalizer.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= mixK2
+	x ^= x >> 27
+	x *= mixK3
+	x ^= x >> 31
+	return x
+}
+
+type hasher struct{ h uint64 }
+
+func (h *hasher) word(w uint64) { h.h = mix64(h.h ^ (w + mixK1)) }
+
+func (h *hasher) bytes(b []byte) {
+	for len(b) >= 8 {
+		h.word(binary.LittleEndian.Uint64(b))
+		b = b[8:]
+	}
+	var tail [8]byte
+	copy(tail[:], b)
+	h.word(binary.LittleEndian.Uint64(tail[:]) ^ uint64(len(b))<<56)
+}
+
+func (h *hasher) tuple(t *flow.Tuple) {
+	h.bytes(t.Src[:])
+	h.bytes(t.Dst[:])
+	h.word(uint64(t.SrcPort)<<16 | uint64(t.DstPort))
+}
+
+func (h *hasher) key(k *flow.Key) {
+	h.tuple(&k.Orig)
+	h.word(uint64(k.Family)<<32 | uint64(k.Proto)<<16 | uint64(k.Zone))
+}
+
+// KeyHash returns the hash that places a flow in its bucket.
+func KeyHash(k *flow.Key) uint64 {
+	h := hasher{h: 0x6374_7379_6e63_6431} // "ctsyncd1"
+	h.key(k)
+	return h.h
+}
+
+// StateHash returns the hash of a flow's replicated state.
+func StateHash(f *flow.Flow) uint64 {
+	h := hasher{h: 0x6374_7379_6e63_6432}
+	h.key(&f.Key)
+	h.tuple(&f.Reply)
+	h.word(uint64(f.Status)<<32 | uint64(f.Mark))
+	t := &f.TCP
+	h.word(uint64(t.State) | uint64(t.WScaleOrig)<<8 | uint64(t.WScaleRep)<<16 | uint64(t.FlagsOrig)<<24 | uint64(t.FlagsRep)<<32)
+	if x := f.Extra; !x.IsZero() {
+		h.bytes(x.Labels[:])
+		h.bytes([]byte(x.Helper))
+		h.bytes(mustAppend(x.SeqAdjOrig))
+		h.bytes(mustAppend(x.SeqAdjReply))
+		h.bytes(mustAppend(x.SynProxy))
+		h.bytes(mustAppend(x.SCTP))
+		h.bytes(mustAppend(x.DCCP))
+	}
+	return h.h
+}
+
+func mustAppend(v any) []byte {
+	b, err := binary.Append(nil, binary.LittleEndian, v)
+	if err != nil {
+		panic(err) // fixed-size structs of the flow package
+	}
+	return b
+}
+
+// Digest returns the bucket digests of the internal cache among nb buckets
+// (a power of two) and the number of flows. It holds the cache's lock for
+// one pass over the flows (tens of milliseconds at a million).
+func (c *Internal) Digest(nb int) (sums []uint64, flows int) {
+	sums = make([]uint64, nb)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.flows.each(func(k flow.Key, e *entry) {
+		f := e.flow(k)
+		sums[BucketOf(&k, nb)] += StateHash(&f)
+	})
+	return sums, c.flows.len()
+}
+
+// BucketFlows returns the current state of the internal cache's flows that
+// fall in the given buckets (among nb), as changes ready to replicate.
+func (c *Internal) BucketFlows(nb int, buckets map[uint32]bool) []Change {
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []Change
+	c.flows.each(func(k flow.Key, e *entry) {
+		if buckets[BucketOf(&k, nb)] {
+			out = append(out, c.change(k, e, now))
+		}
+	})
+	return out
+}
+
+// Digest returns the bucket digests among nb buckets of the flows origin
+// replicated, and their number.
+func (c *External) Digest(origin string, nb int) (sums []uint64, flows int) {
+	sums = make([]uint64, nb)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i, ok := c.byName[origin]
+	if !ok {
+		return sums, 0
+	}
+	o := c.origins[i]
+	for k, e := range o.flows {
+		f := e.flow(k)
+		sums[BucketOf(&k, nb)] += StateHash(&f)
+	}
+	return sums, len(o.flows)
+}
+
+// Repair applies a state an origin sent to repair drift, and reports
+// whether it changed anything (a missing or different flow). It behaves as
+// Apply otherwise.
+func (c *External) Repair(origin string, ch Change, now time.Time) bool {
+	c.mu.Lock()
+	o := c.originLocked(origin)
+	old, had := o.flows[ch.Flow.Key]
+	c.mu.Unlock()
+	changed := !had
+	if had {
+		f := old.flow(ch.Flow.Key)
+		changed = !f.SameState(&ch.Flow)
+	}
+	c.Apply(origin, ch, now)
+	return changed
+}
+
+// Prune removes origin's flows that fall in the given buckets (among nb)
+// and are not in keep: the flows the origin no longer has. It returns how
+// many it removed.
+func (c *External) Prune(origin string, nb int, buckets map[uint32]bool, keep map[flow.Key]struct{}) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i, ok := c.byName[origin]
+	if !ok {
+		return 0
+	}
+	o := c.origins[i]
+	n := 0
+	for k := range o.flows {
+		if _, kept := keep[k]; kept || !buckets[BucketOf(&k, nb)] {
+			continue
+		}
+		delete(o.flows, k)
+		c.stats.RemovedByKey++
+		n++
+	}
+	return n
+}
+
+// ByOrigin returns how many flows each origin has in the cache (origins
+// with none included once they were seen).
+func (c *External) ByOrigin() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make(map[string]int, len(c.origins))
+	for _, o := range c.origins {
+		out[o.name] = len(o.flows)
+	}
+	return out
+}
+
+// DigestBuckets returns the bucket count for a table of flows: about 256
+// flows a bucket, between 64 and 4096 buckets, a power of two.
+func DigestBuckets(flows int) int {
+	nb := 64
+	for nb < 4096 && nb*256 < flows {
+		nb *= 2
+	}
+	return nb
+}
