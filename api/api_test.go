@@ -3,6 +3,7 @@ package api
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -474,5 +475,48 @@ func TestLoadTokens(t *testing.T) {
 		if _, err := LoadTokens(p); err == nil || !strings.Contains(err.Error(), p+c.want) && !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: error %v, want %q", c.text, err, c.want)
 		}
+	}
+}
+
+// blockingFlows holds every List until released.
+type blockingFlows struct {
+	*fakeFlows
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (b *blockingFlows) List(ctx context.Context, src Source, f Filter, fn func(*Item) error) error {
+	b.entered <- struct{}{}
+	<-b.release
+	return b.fakeFlows.List(ctx, src, f, fn)
+}
+
+func TestConcurrentScansAreBounded(t *testing.T) {
+	bf := &blockingFlows{fakeFlows: &fakeFlows{flows: testFlows(10)}, entered: make(chan struct{}), release: make(chan struct{})}
+	h := New(Options{Tokens: []Token{NewToken("viewer", RoleRead, readSecret)}, Flows: bf, Status: fakeStatus{}, Actions: &fakeActions{}})
+	get := func() int {
+		r := httptest.NewRequest("GET", "/api/v1/flows/page", nil)
+		r.Header.Set("Authorization", "Bearer "+readSecret)
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		return w.Code
+	}
+	codes := make(chan int, MaxScans)
+	for range MaxScans {
+		go func() { codes <- get() }()
+		<-bf.entered
+	}
+	if c := get(); c != http.StatusServiceUnavailable {
+		t.Errorf("scan %d while %d run: %d, want 503", MaxScans+1, MaxScans, c)
+	}
+	close(bf.release)
+	for range MaxScans {
+		if c := <-codes; c != 200 {
+			t.Errorf("held scan: %d", c)
+		}
+	}
+	go func() { <-bf.entered }()
+	if c := get(); c != 200 {
+		t.Errorf("after the others ended: %d", c)
 	}
 }

@@ -34,7 +34,14 @@ type Handler struct {
 	limiter  *limiter
 	audit    *slog.Logger
 	log      *slog.Logger
+	// scans bounds the requests that read a whole table at once (listings,
+	// pages, deletes, patches): each is a full dump of the kernel table.
+	scans chan struct{}
 }
+
+// MaxScans is how many requests may read a table at the same time; more
+// get 503 with Retry-After.
+const MaxScans = 4
 
 // route is one documented endpoint.
 type route struct {
@@ -72,6 +79,7 @@ func New(opts Options) *Handler {
 		mux:      http.NewServeMux(),
 		sessions: &sessions{m: map[string]*session{}, ttl: opts.SessionTTL, max: 1024},
 		limiter:  newLimiter(opts.FailuresPerMinute),
+		scans:    make(chan struct{}, MaxScans),
 		audit:    opts.Audit,
 		log:      opts.Log,
 	}
@@ -96,16 +104,31 @@ func (h *Handler) routes() []route {
 		{"POST", "/api/v1/logout", RoleRead, h.logout},
 		{"GET", "/api/v1/session", RoleRead, h.session},
 		{"GET", "/api/v1/status", RoleRead, h.status},
-		{"GET", "/api/v1/flows", RoleRead, h.listFlows},
-		{"GET", "/api/v1/flows/page", RoleRead, h.pageFlows},
-		{"DELETE", "/api/v1/flows", RoleAdmin, h.deleteFlows},
-		{"PATCH", "/api/v1/flows", RoleAdmin, h.patchFlows},
-		{"GET", "/api/v1/expectations", RoleRead, h.listExpectations},
+		{"GET", "/api/v1/flows", RoleRead, h.scan(h.listFlows)},
+		{"GET", "/api/v1/flows/page", RoleRead, h.scan(h.pageFlows)},
+		{"DELETE", "/api/v1/flows", RoleAdmin, h.scan(h.deleteFlows)},
+		{"PATCH", "/api/v1/flows", RoleAdmin, h.scan(h.patchFlows)},
+		{"GET", "/api/v1/expectations", RoleRead, h.scan(h.listExpectations)},
 	}
 	for _, a := range Action {
 		rs = append(rs, route{"POST", "/api/v1/actions/" + a, RoleAdmin, h.action(a)})
 	}
 	return rs
+}
+
+// scan runs h when fewer than MaxScans table reads are running, and
+// answers 503 otherwise.
+func (h *Handler) scan(next func(w http.ResponseWriter, r *http.Request, who identity)) func(w http.ResponseWriter, r *http.Request, who identity) {
+	return func(w http.ResponseWriter, r *http.Request, who identity) {
+		select {
+		case h.scans <- struct{}{}:
+			defer func() { <-h.scans }()
+			next(w, r, who)
+		default:
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusServiceUnavailable, "", fmt.Sprintf("%d table reads are running; try again", MaxScans))
+		}
+	}
 }
 
 // Routes lists the endpoints as "METHOD /path" (the OpenAPI test).
