@@ -64,6 +64,7 @@ type ExternalStats struct {
 	BulkRemoved  uint64 // entries removed at the end of a bulk
 	Taken        uint64 // entries removed by Take (commit)
 	RemovedByKey uint64 // entries removed by Remove or Delete
+	Refused      uint64 // changes refused by the limits (SetLimits)
 }
 
 // External is the cache of the flows peers replicated, kept per origin node.
@@ -78,6 +79,18 @@ type External struct {
 	origins []*origin // index is the interned origin; never shrinks
 	byName  map[string]int
 	stats   ExternalStats
+
+	maxPerOrigin int // 0: unbounded (see SetLimits)
+	maxOrigins   int
+}
+
+// SetLimits bounds the entries kept per origin and the number of origins
+// (0: unbounded, the default). Apply refuses a new flow or a new origin
+// beyond them; what is held already stays.
+func (c *External) SetLimits(maxPerOrigin, maxOrigins int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxPerOrigin, c.maxOrigins = maxPerOrigin, maxOrigins
 }
 
 // NewExternal returns an empty external cache.
@@ -97,16 +110,27 @@ func (c *External) originLocked(name string) *origin {
 }
 
 // Apply records a change replicated by origin and received at now: the
-// flow's new state, or its removal when ch.Deleted.
-func (c *External) Apply(origin string, ch Change, now time.Time) {
+// flow's new state, or its removal when ch.Deleted. It returns false, and
+// counts it in ExternalStats.Refused, when a new flow or a new origin is
+// beyond the limits (SetLimits).
+func (c *External) Apply(origin string, ch Change, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	o := c.originLocked(origin)
-	c.stats.Applied++
-	if ch.Deleted {
-		delete(o.flows, ch.Flow.Key)
-		return
+	if _, ok := c.byName[origin]; !ok && c.maxOrigins > 0 && len(c.origins) >= c.maxOrigins {
+		c.stats.Refused++
+		return false
 	}
+	o := c.originLocked(origin)
+	if ch.Deleted {
+		c.stats.Applied++
+		delete(o.flows, ch.Flow.Key)
+		return true
+	}
+	if _, ok := o.flows[ch.Flow.Key]; !ok && c.maxPerOrigin > 0 && len(o.flows) >= c.maxPerOrigin {
+		c.stats.Refused++
+		return false
+	}
+	c.stats.Applied++
 	f := &ch.Flow
 	idle := ch.Idle.Milliseconds()
 	if idle < 0 {
@@ -127,6 +151,7 @@ func (c *External) Apply(origin string, ch Change, now time.Time) {
 		received: now.UnixNano(),
 		extra:    x,
 	}
+	return true
 }
 
 // Delete removes origin's entry for k, if any.
