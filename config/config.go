@@ -149,6 +149,20 @@ type Filter struct {
 	// IgnoreOwnAddresses also ignores flows to or from this node's own
 	// addresses. Default true; see IgnoreOwn.
 	IgnoreOwnAddresses *bool `toml:"ignore_own_addresses"`
+	// IgnorePorts are original destination ports of flows not replicated,
+	// each a number or a range "FROM-TO" (inclusive), e.g. [53, "8000-8100"];
+	// they apply to TCP, UDP, UDP-Lite, SCTP and DCCP. Default [].
+	IgnorePorts []PortRange `toml:"ignore_ports"`
+	// IgnoreMarks are "VALUE" or "VALUE/MASK" (decimal or 0x hex): a flow
+	// whose mark & MASK equals VALUE is not replicated (no mask: all bits).
+	// Default [].
+	IgnoreMarks []string `toml:"ignore_marks"`
+	// IgnoreZones are conntrack zones (0..65535) whose flows are not
+	// replicated. Default [].
+	IgnoreZones []int `toml:"ignore_zones"`
+	// IgnoreHelpers are conntrack helper names ("ftp", "sip", "tftp", ...)
+	// whose flows are not replicated. Default [].
+	IgnoreHelpers []string `toml:"ignore_helpers"`
 }
 
 // Failover tunes commit and purge.
@@ -244,6 +258,10 @@ func Default() *Config {
 			IgnoreAddresses:    append([]string(nil), defaultIgnoreAddresses...),
 			TCPStates:          append([]string(nil), defaultTCPStates...),
 			IgnoreOwnAddresses: &own,
+			IgnorePorts:        []PortRange{},
+			IgnoreMarks:        []string{},
+			IgnoreZones:        []int{},
+			IgnoreHelpers:      []string{},
 		},
 		Failover: Failover{
 			PurgeTimeout:  mustDuration(defaultPurgeTimeout),

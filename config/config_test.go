@@ -384,6 +384,13 @@ func TestErrors(t *testing.T) {
 		// [filter]
 		{"protocol-unknown", base + "[filter]\nprotocols = [\"tcp\", \"quic\"]\n", 6, "filter.protocols", `"quic" is not one of tcp, udp`},
 		{"protocol-empty", base + "[filter]\nprotocols = []\n", 6, "filter.protocols", "nothing would be replicated"},
+		{"port-zero", base + "[filter]\nignore_ports = [0]\n", 6, "filter.ignore_ports", "port 0 is not 1..65535"},
+		{"port-range-backwards", base + "[filter]\nignore_ports = [\n  53,\n  \"9000-8000\",\n]\n", 6, "filter.ignore_ports", "ends before it starts"},
+		{"port-word", base + "[filter]\nignore_ports = [\"dns\"]\n", 6, "filter.ignore_ports", `"dns" is not a port`},
+		{"mark-bits-outside-mask", base + "[filter]\nignore_marks = [\"0x1/0xf0\"]\n", 6, "filter.ignore_marks", "bits outside the mask"},
+		{"mark-not-number", base + "[filter]\nignore_marks = [\"0x10\", \"red\"]\n", 6, "filter.ignore_marks", `"red" is not a 32-bit number`},
+		{"zone-range", base + "[filter]\nignore_zones = [70000]\n", 6, "filter.ignore_zones", "zone 70000 is not 0..65535"},
+		{"helper-long", base + "[filter]\nignore_helpers = [\"a-very-long-helper\"]\n", 6, "filter.ignore_helpers", "at most 15"},
 		{"cidr-invalid", base + "[filter]\nignore_addresses = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n", 8, "filter.ignore_addresses", `"10.0.0.0/33" is not a CIDR`},
 		{"cidr-host-bits", base + "[filter]\nignore_addresses = [\"192.168.1.1/24\"]\n", 6, "filter.ignore_addresses", `write "192.168.1.0/24"`},
 		{"address-hostname", base + "[filter]\nignore_addresses = [\"localhost\"]\n", 6, "filter.ignore_addresses", "not a CIDR or an IP address"},

@@ -148,7 +148,32 @@ func newFilter(c config.Filter) (*filter.Filter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return filter.New(protos, states, prefixes), nil
+	ex, err := exclusions(c)
+	if err != nil {
+		return nil, err
+	}
+	return filter.New(protos, states, prefixes, ex), nil
+}
+
+// exclusions converts the [filter] ignore_ports, ignore_marks, ignore_zones
+// and ignore_helpers lists (already validated) into the filter's form.
+func exclusions(c config.Filter) (filter.Exclude, error) {
+	var ex filter.Exclude
+	for _, p := range c.IgnorePorts {
+		ex.Ports = append(ex.Ports, filter.PortRange{Lo: p.Lo, Hi: p.Hi})
+	}
+	for _, m := range c.IgnoreMarks {
+		v, mask, err := config.ParseMarkMask(m)
+		if err != nil {
+			return ex, fmt.Errorf("filter.ignore_marks: %w", err)
+		}
+		ex.Marks = append(ex.Marks, filter.MarkMask{Value: v, Mask: mask})
+	}
+	for _, z := range c.IgnoreZones {
+		ex.Zones = append(ex.Zones, uint16(z))
+	}
+	ex.Helpers = append(ex.Helpers, c.IgnoreHelpers...)
+	return ex, nil
 }
 
 // Reload re-reads the config file (SIGHUP) and applies what can change
