@@ -239,7 +239,9 @@ func TestKernelFilterKeys(t *testing.T) {
 		},
 		{
 			name: "ignore_ports by original destination port and range",
-			tune: func(c *config.Config) { c.Filter.IgnorePorts = []config.PortRange{{Lo: 53, Hi: 53}, {Lo: 8000, Hi: 8100}} },
+			tune: func(c *config.Config) {
+				c.Filter.IgnorePorts = []config.PortRange{{Lo: 53, Hi: 53}, {Lo: 8000, Hi: 8100}}
+			},
 			in: []string{"-p udp -s 10.8.0.1 -d 10.9.1.1 --sport 53 --dport 54 -t 60",
 				"-p tcp -s 10.8.0.1 -d 10.9.1.1 --sport 9 --dport 8101 --state ESTABLISHED -t 60",
 				"-p icmp -s 10.8.0.1 -d 10.9.1.1 --icmp-type 8 --icmp-code 0 --icmp-id 53 -t 30"},
