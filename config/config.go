@@ -130,6 +130,11 @@ type Sync struct {
 	// PeerTimeout is the silence after which a peer counts as gone.
 	// Default 5s; longer than HeartbeatInterval.
 	PeerTimeout Duration `toml:"peer_timeout"`
+	// MinAge delays a flow's first replication until it has lived this
+	// long, so that short-lived flows (DNS, health checks) are never sent,
+	// nor their destroys. Bulk transfers and commit are unaffected. Default
+	// "0s" (off), at most 1h.
+	MinAge Duration `toml:"min_age"`
 }
 
 // Filter selects the flows that are replicated.

@@ -378,6 +378,7 @@ func TestErrors(t *testing.T) {
 		{"ack-negative", base + "ack_interval = \"-50ms\"\n", 5, "sync.ack_interval", "negative duration -50ms"},
 		{"ack-zero", base + "ack_interval = \"0s\"\n", 5, "sync.ack_interval", "too short"},
 		{"heartbeat-long", base + "heartbeat_interval = \"2m\"\n", 5, "sync.heartbeat_interval", "too long"},
+		{"min-age-long", base + "min_age = \"2h\"\n", 5, "sync.min_age", "too long: at most 1h0m0s"},
 		{"peer-timeout-short", base + "heartbeat_interval = \"1s\"\npeer_timeout = \"1s\"\n", 6, "sync.peer_timeout", "must be longer than heartbeat_interval"},
 		{"peer-timeout-default-short", base + "heartbeat_interval = \"10s\"\n", 5, "sync.heartbeat_interval", "must be longer than heartbeat_interval"},
 
@@ -474,7 +475,7 @@ f.toml:9: log.level: "verbose" is not one of debug, info, warn, error`
 	// Unknown keys are reported before values are checked, all of them,
 	// but not the keys below an unknown table.
 	_, err = Parse("f.toml", []byte("[sync]\nbogus = 1\n[extra]\na = 1\nb = 2\n[log]\nlevl = \"x\"\n"))
-	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout\n" +
+	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age\n" +
 		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [failover], [log]\n" +
 		"f.toml:7: log.levl: unknown key; did you mean level?"
 	if err == nil || err.Error() != want {

@@ -253,6 +253,7 @@ func (s Sync) validate(v *validator) {
 	v.durRange("sync.ack_interval", s.AckInterval, time.Millisecond, 10*time.Second)
 	v.durRange("sync.heartbeat_interval", s.HeartbeatInterval, 10*time.Millisecond, time.Minute)
 	v.durRange("sync.peer_timeout", s.PeerTimeout, 0, 0)
+	v.durRange("sync.min_age", s.MinAge, 0, time.Hour)
 	if s.HeartbeatInterval.Duration > 0 && s.PeerTimeout.Duration >= 0 && s.PeerTimeout.Duration <= s.HeartbeatInterval.Duration {
 		key := "sync.peer_timeout"
 		if !v.inFile(key) && v.inFile("sync.heartbeat_interval") {

@@ -251,6 +251,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.internal = cache.NewInternal(kernel.TimeoutPolicy())
 	if d.cfg.Sync.Disabled {
 		d.internal.DisableChanges() // nobody takes them
+	} else {
+		d.internal.SetMinAge(d.cfg.Sync.MinAge.Duration)
 	}
 	// The writer's sockets are known before any event is read, so that
 	// events caused by our own writes (commit) are never taken as local.
@@ -301,6 +303,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.reconciler(ctx) })
+	if d.cfg.Sync.MinAge.Duration > 0 && !d.cfg.Sync.Disabled {
+		g.Go(func() error { return d.promoteAged(ctx) })
+	}
 	if d.cfg.Failover.ReadyFile != "" {
 		g.Go(func() error { return d.readiness(ctx) })
 	}
