@@ -44,7 +44,7 @@ func TestMinAge(t *testing.T) {
 
 	now = now.Add(time.Second)
 	long.TCP.State = flow.TCPEstablished
-	c.Upsert(&long)    // a young flow's update is not sent on its own
+	c.Upsert(&long)     // a young flow's update is not sent on its own
 	c.Delete(short.Key) // dies young: neither it nor its destroy is sent
 	c.PromoteAged()
 	if got := changesText(c.TakeChanges(0)); got != "" {
