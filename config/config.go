@@ -195,6 +195,16 @@ type Log struct {
 	Level string `toml:"level"`
 	// Format is text or json. Default text.
 	Format string `toml:"format"`
+	// Flows, if set, is a file (absolute path) that gets one line for each
+	// destroyed flow with its counters (packets and bytes need
+	// net.netfilter.nf_conntrack_acct=1, start and stop times
+	// nf_conntrack_timestamp=1), for accounting. Reopened on SIGHUP, for
+	// logrotate. Default: unset (off).
+	Flows string `toml:"flows"`
+	// FlowsFormat is "extended" (the time, then the flow as `conntrack -E -o
+	// extended` prints a DESTROY event) or "json" (one object a line).
+	// Default "extended".
+	FlowsFormat string `toml:"flows_format"`
 }
 
 // DefaultSocket is the default path of the control socket, also
@@ -273,7 +283,7 @@ func Default() *Config {
 			CommitTimeout: mustDuration(defaultCommitTimeout),
 			MinTimeout:    mustDuration(defaultMinTimeout),
 		},
-		Log: Log{Level: defaultLogLevel, Format: defaultLogFormat},
+		Log: Log{Level: defaultLogLevel, Format: defaultLogFormat, FlowsFormat: "extended"},
 	}
 }
 

@@ -407,6 +407,8 @@ func TestErrors(t *testing.T) {
 		{"ready-relative", base + "[failover]\nready_file = \"ready\"\n", 6, "failover.ready_file", "not an absolute file path"},
 		{"log-level", base + "[log]\nlevel = \"trace\"\n", 6, "log.level", `"trace" is not one of debug, info, warn, error`},
 		{"log-format", base + "[log]\nformat = \"logfmt\"\n", 6, "log.format", `"logfmt" is not one of text, json`},
+		{"flows-relative", base + "[log]\nflows = \"flows.log\"\n", 6, "log.flows", "not an absolute file path"},
+		{"flows-format", base + "[log]\nflows_format = \"csv\"\n", 6, "log.flows_format", `"csv" is not one of extended, json`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -156,6 +156,10 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 	// [log]
 	v.oneOf("log.level", c.Log.Level, logLevels)
 	v.oneOf("log.format", c.Log.Format, logFormats)
+	if p := c.Log.Flows; p != "" && (!filepath.IsAbs(p) || strings.HasSuffix(p, "/")) {
+		v.add("log.flows", "%q is not an absolute file path", p)
+	}
+	v.oneOf("log.flows_format", c.Log.FlowsFormat, []string{"extended", "json"})
 
 	return joinErrors(v.errs)
 }

@@ -30,6 +30,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/failover"
 	"github.com/ctsyncd/ctsyncd/filter"
 	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/flowlog"
 	"github.com/ctsyncd/ctsyncd/kernel"
 	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
@@ -78,6 +79,7 @@ type Daemon struct {
 
 	listener *kernel.Listener
 	ctl      *control.Server
+	flowLog  *flowlog.Writer // nil unless [log] flows is set
 
 	lastOverrunLog time.Time // listener goroutine only
 
@@ -125,6 +127,9 @@ func New(opts Options) (*Daemon, error) {
 		if gid, err = lookupGroup(g); err != nil {
 			return nil, fmt.Errorf("control.group: %w", err)
 		}
+	}
+	if err := d.openFlowLog(); err != nil {
+		return nil, fmt.Errorf("log.flows: %w", err)
 	}
 	d.ctl, err = control.Listen(control.ServerOptions{
 		Path: cfg.Control.Socket, Mode: cfg.Control.FileMode(), GID: gid, Log: opts.Log,
@@ -177,9 +182,11 @@ func exclusions(c config.Filter) (filter.Exclude, error) {
 }
 
 // Reload re-reads the config file (SIGHUP) and applies what can change
-// without losing state: the log level and the filters. A broken file
-// changes nothing. What changed but needs a restart is logged.
+// without losing state: the log level and the filters; it also reopens the
+// flow log (logrotate). A broken file changes nothing else. What changed but
+// needs a restart is logged.
 func (d *Daemon) Reload(path string) {
+	d.reopenFlowLog() // first: logrotate's SIGHUP must work even with a broken config
 	cfg, err := config.Load(path)
 	if err != nil {
 		d.log.Error("reload: config not applied", "err", err)
@@ -207,6 +214,7 @@ func (d *Daemon) Reload(path string) {
 		"node": {cfg.Node, d.cfg.Node}, "control": {cfg.Control, d.cfg.Control},
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
 		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
+		"log.flows": {[2]string{cfg.Log.Flows, cfg.Log.FlowsFormat}, [2]string{d.cfg.Log.Flows, d.cfg.Log.FlowsFormat}},
 	} {
 		if !reflect.DeepEqual(pair[0], pair[1]) {
 			needRestart = append(needRestart, name)
@@ -303,6 +311,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.reconciler(ctx) })
+	if d.flowLog != nil {
+		g.Go(func() error { return d.flushFlowLog(ctx) })
+	}
 	if d.cfg.Sync.MinAge.Duration > 0 && !d.cfg.Sync.Disabled {
 		g.Go(func() error { return d.promoteAged(ctx) })
 	}
@@ -337,6 +348,7 @@ func (d *Daemon) Event(ev *kernel.Event) {
 	case kernel.EventDestroy:
 		d.evDestroy.Add(1)
 		d.internal.Delete(ev.Flow.Key)
+		d.logDestroyed(ev)
 		return
 	case kernel.EventNew:
 		d.evNew.Add(1)
