@@ -218,6 +218,8 @@ type Stats struct {
 		ReconAdded uint64 `json:"reconcile_added"`
 		ReconFixed uint64 `json:"reconcile_fixed"`
 		ReconGone  uint64 `json:"reconcile_removed"`
+		Young      int    `json:"waiting_min_age"`        // [sync] min_age: not yet replicated
+		NeverSent  uint64 `json:"removed_before_min_age"` // flows that died young, never sent
 	} `json:"internal"`
 	LastReconcile *reconcileReport            `json:"last_reconcile,omitempty"`
 	External      *cache.ExternalStats        `json:"external,omitempty"`
@@ -248,6 +250,7 @@ func (d *Daemon) stats() Stats {
 	s.Internal.Flows, s.Internal.Created, s.Internal.Updated, s.Internal.Deleted = is.Flows, is.Created, is.Updated, is.Deleted
 	s.Internal.Pending, s.Internal.Reconciles = is.Dirty, is.Reconciles
 	s.Internal.ReconAdded, s.Internal.ReconFixed, s.Internal.ReconGone = is.ReconAdded, is.ReconFixed, is.ReconGone
+	s.Internal.Young, s.Internal.NeverSent = is.Young, is.NeverSent
 	s.LastReconcile = d.lastRec.Load()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)

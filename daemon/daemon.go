@@ -30,6 +30,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/failover"
 	"github.com/ctsyncd/ctsyncd/filter"
 	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/flowlog"
 	"github.com/ctsyncd/ctsyncd/kernel"
 	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
@@ -78,6 +79,7 @@ type Daemon struct {
 
 	listener *kernel.Listener
 	ctl      *control.Server
+	flowLog  *flowlog.Writer // nil unless [log] flows is set
 
 	lastOverrunLog time.Time // listener goroutine only
 
@@ -126,6 +128,9 @@ func New(opts Options) (*Daemon, error) {
 			return nil, fmt.Errorf("control.group: %w", err)
 		}
 	}
+	if err := d.openFlowLog(); err != nil {
+		return nil, fmt.Errorf("log.flows: %w", err)
+	}
 	d.ctl, err = control.Listen(control.ServerOptions{
 		Path: cfg.Control.Socket, Mode: cfg.Control.FileMode(), GID: gid, Log: opts.Log,
 	})
@@ -148,13 +153,40 @@ func newFilter(c config.Filter) (*filter.Filter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return filter.New(protos, states, prefixes), nil
+	ex, err := exclusions(c)
+	if err != nil {
+		return nil, err
+	}
+	return filter.New(protos, states, prefixes, ex), nil
+}
+
+// exclusions converts the [filter] ignore_ports, ignore_marks, ignore_zones
+// and ignore_helpers lists (already validated) into the filter's form.
+func exclusions(c config.Filter) (filter.Exclude, error) {
+	var ex filter.Exclude
+	for _, p := range c.IgnorePorts {
+		ex.Ports = append(ex.Ports, filter.PortRange{Lo: p.Lo, Hi: p.Hi})
+	}
+	for _, m := range c.IgnoreMarks {
+		v, mask, err := config.ParseMarkMask(m)
+		if err != nil {
+			return ex, fmt.Errorf("filter.ignore_marks: %w", err)
+		}
+		ex.Marks = append(ex.Marks, filter.MarkMask{Value: v, Mask: mask})
+	}
+	for _, z := range c.IgnoreZones {
+		ex.Zones = append(ex.Zones, uint16(z))
+	}
+	ex.Helpers = append(ex.Helpers, c.IgnoreHelpers...)
+	return ex, nil
 }
 
 // Reload re-reads the config file (SIGHUP) and applies what can change
-// without losing state: the log level and the filters. A broken file
-// changes nothing. What changed but needs a restart is logged.
+// without losing state: the log level and the filters; it also reopens the
+// flow log (logrotate). A broken file changes nothing else. What changed but
+// needs a restart is logged.
 func (d *Daemon) Reload(path string) {
+	d.reopenFlowLog() // first: logrotate's SIGHUP must work even with a broken config
 	cfg, err := config.Load(path)
 	if err != nil {
 		d.log.Error("reload: config not applied", "err", err)
@@ -182,6 +214,7 @@ func (d *Daemon) Reload(path string) {
 		"node": {cfg.Node, d.cfg.Node}, "control": {cfg.Control, d.cfg.Control},
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
 		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
+		"log.flows": {[2]string{cfg.Log.Flows, cfg.Log.FlowsFormat}, [2]string{d.cfg.Log.Flows, d.cfg.Log.FlowsFormat}},
 	} {
 		if !reflect.DeepEqual(pair[0], pair[1]) {
 			needRestart = append(needRestart, name)
@@ -226,6 +259,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.internal = cache.NewInternal(kernel.TimeoutPolicy())
 	if d.cfg.Sync.Disabled {
 		d.internal.DisableChanges() // nobody takes them
+	} else {
+		d.internal.SetMinAge(d.cfg.Sync.MinAge.Duration)
 	}
 	// The writer's sockets are known before any event is read, so that
 	// events caused by our own writes (commit) are never taken as local.
@@ -276,6 +311,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.reconciler(ctx) })
+	if d.flowLog != nil {
+		g.Go(func() error { return d.flushFlowLog(ctx) })
+	}
+	if d.cfg.Sync.MinAge.Duration > 0 && !d.cfg.Sync.Disabled {
+		g.Go(func() error { return d.promoteAged(ctx) })
+	}
 	if d.cfg.Failover.ReadyFile != "" {
 		g.Go(func() error { return d.readiness(ctx) })
 	}
@@ -307,6 +348,7 @@ func (d *Daemon) Event(ev *kernel.Event) {
 	case kernel.EventDestroy:
 		d.evDestroy.Add(1)
 		d.internal.Delete(ev.Flow.Key)
+		d.logDestroyed(ev)
 		return
 	case kernel.EventNew:
 		d.evNew.Add(1)

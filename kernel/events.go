@@ -42,6 +42,9 @@ type Event struct {
 	Type   EventType
 	PortID uint32
 	Flow   flow.Flow
+	// Counters holds a DESTROY event's packets, bytes and times (what
+	// the kernel reports: see flow.Counters); zero for other events.
+	Counters flow.Counters
 }
 
 // Multicast groups of ctnetlink as a legacy bitmask: group g is bit g-1
@@ -161,6 +164,11 @@ func (l *Listener) Run(ctx context.Context, h Handler) error {
 		}
 		ev.Type = t
 		ev.PortID = m.Header.PID
+		if t == EventDestroy {
+			decodeCounters(m, &ev.Counters)
+		} else {
+			ev.Counters = flow.Counters{}
+		}
 		l.events.Add(1)
 		h.Event(&ev)
 		return nil
