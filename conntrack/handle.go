@@ -344,15 +344,21 @@ func (f *Filter) dumpFilter() kernel.DumpFilter {
 }
 
 // tupleFilter is the kernel's exact-match tuple filter for one direction:
-// single addresses (not networks), the protocol, and ports of protocols
-// that have them.
+// single IPv4 addresses (not networks), the protocol, and ports of
+// protocols that have them.
+//
+// IPv6 addresses are not pushed: the kernel's CTA_FILTER compares them
+// inverted (ctnetlink_filter_match_tuple tests !ipv6_addr_cmp, which is
+// true on equality), so a dump filtered by an IPv6 address returns every
+// flow except the matching ones (seen on Linux 6.18, found by
+// TestKernelListMatchesConntrack).
 func tupleFilter(proto uint8, src, dst netip.Prefix, sport, dport Opt[uint16]) kernel.TupleFilter {
 	var t kernel.TupleFilter
-	if src.IsValid() && src.IsSingleIP() {
+	if src.IsValid() && src.IsSingleIP() && src.Addr().Is4() {
 		t.Flags |= kernel.FilterIPSrc
 		t.Tuple.Src = flow.AddrFrom(src.Addr())
 	}
-	if dst.IsValid() && dst.IsSingleIP() {
+	if dst.IsValid() && dst.IsSingleIP() && dst.Addr().Is4() {
 		t.Flags |= kernel.FilterIPDst
 		t.Tuple.Dst = flow.AddrFrom(dst.Addr())
 	}
