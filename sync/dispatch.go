@@ -93,7 +93,7 @@ func (n *Node) handle(p Packet) {
 // checked against the replay window.
 func (n *Node) dispatch(pr *peer, m *message, now time.Time) {
 	switch m.Type {
-	case MsgData, MsgBulkBegin, MsgBulkEnd:
+	case MsgData, MsgBulkBegin, MsgBulkEnd, MsgExpect:
 		n.receiveSeq(pr, m, now)
 	case MsgHeartbeat:
 		if m.Seq > pr.rx.maxSeen {
@@ -113,5 +113,10 @@ func (n *Node) dispatch(pr *peer, m *message, now time.Time) {
 		n.startBulk(false)
 	case MsgHello:
 		// Known already; nothing to do.
+	default:
+		if m.Type >= firstStreamExt {
+			// A newer peer's stream message: take its sequence number.
+			n.receiveSeq(pr, m, now)
+		}
 	}
 }

@@ -107,6 +107,10 @@ func (n *Node) repair(pr *peer, ranges []seqRange) {
 }
 
 func (n *Node) resend(pr *peer, e *queued) {
+	if e.typ == MsgExpect {
+		n.resendExpect(pr, e)
+		return
+	}
 	if e.typ != MsgData {
 		n.sendTo(pr.addr, &message{Type: e.typ, Seq: e.seq, Bulk: e.bulk})
 		return
