@@ -352,3 +352,35 @@ func (w *Writer) FlushExpect(ctx context.Context) error {
 	}
 	return nil
 }
+
+// UpdateExpect changes the timeout of existing expectations to each one's
+// Timeout as is (no floor; purge uses it to cap them). One that does not
+// exist fails with ENOENT.
+func (w *Writer) UpdateExpect(ctx context.Context, exps []flow.Expect) ([]ExpectResult, error) {
+	if err := w.begin(); err != nil {
+		return nil, err
+	}
+	defer w.opMu.Unlock()
+	res := make([]ExpectResult, len(exps))
+	todo := make([]int, 0, len(exps))
+	for i := range exps {
+		res[i].Key = exps[i].ExpectKey
+		if err := validKey(&flow.Key{Family: exps[i].Family}); err != nil || exps[i].Timeout == 0 {
+			if err == nil {
+				err = unix.EINVAL
+			}
+			res[i].Op, res[i].Err = Failed, &OpError{Op: "update expectation", Err: err}
+			continue
+		}
+		todo = append(todo, i)
+	}
+	codes, err := w.round(ctx, len(todo), func(b []byte, k int, seq uint32, fl netlink.HeaderFlags) []byte {
+		e := &exps[todo[k]]
+		return appendExpect(b, e, e.Timeout, seq, fl)
+	}, nil)
+	err = w.roundErr(ctx, err)
+	for k, i := range todo {
+		codeExpectResult(&res[i], "update expectation", Updated, codes[k], err)
+	}
+	return res, err
+}

@@ -333,6 +333,19 @@ func TestKernelExpectCreate(t *testing.T) {
 	}
 	checkDump("after the second create", exps)
 
+	// Update caps a timeout; a missing expectation fails with ENOENT.
+	capped := []flow.Expect{exps[1], testExpects()[2]}
+	capped[0].Timeout = 40
+	res2, err = w.UpdateExpect(ctx, capped)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res2[0].Op != Updated || res2[1].Op != Failed || !errors.Is(res2[1].Err, unix.ENOENT) {
+		t.Errorf("update: %+v", res2)
+	}
+	exps[1].Timeout = 40
+	checkDump("after the update", exps)
+
 	// A missing master, a master without a helper.
 	bad := testExpects()[:1]
 	bad = append(bad, bad[0])
