@@ -1,0 +1,122 @@
+package sync
+
+// Receiving a datagram: verification (handle) and the one place where a
+// message type is mapped to what the node does with it (dispatch).
+//
+// To add a message type: append its number in wire.go (ONLY APPEND, and
+// move msgTypeEnd), give it an encoding in appendBody/decodeBody (or a
+// codec of its own), then add a case to dispatch below that calls a method
+// in a file of its own. Messages of epochs not (yet) accepted never reach
+// dispatch.
+
+import (
+	"slices"
+	"time"
+)
+
+// handle processes one received datagram. Order: header, authentication,
+// epoch and replay checks, then body decoding, then effects (dispatch).
+func (n *Node) handle(p Packet) {
+	now := n.now()
+	h, err := parseHeader(p.Data)
+	if err != nil {
+		n.statsFor(0, p.From).Drops.Malformed++
+		n.log.Debug("dropped malformed datagram", "from", p.From, "err", err)
+		return
+	}
+	if h.Node == n.id {
+		if h.Epoch != n.epoch && !n.warnedTwin {
+			n.warnedTwin = true
+			n.log.Error("another node uses this node's name; its datagrams are ignored", "from", p.From)
+		}
+		return // our own, looped back by multicast
+	}
+	st := n.statsFor(h.Node, p.From)
+	aead, err := n.peerAEAD(h.Node, h.Epoch)
+	if err != nil {
+		st.Drops.Auth++
+		return
+	}
+	body, err := open(p.Data, &h, aead)
+	if err != nil {
+		st.Drops.Auth++
+		n.log.Debug("dropped datagram failing authentication", "from", p.From, "err", err)
+		return
+	}
+	pr := n.peers[h.Node]
+	accepted := pr != nil && pr.epoch == h.Epoch
+	if accepted && !pr.window.check(h.Counter) {
+		st.Drops.Replay++
+		return
+	}
+	if !accepted && pr != nil && slices.Contains(pr.retired, h.Epoch) {
+		st.Drops.OldEpoch++
+		return
+	}
+	m, err := decodeBody(h.Type, body)
+	if err != nil {
+		st.Drops.Malformed++
+		n.log.Debug("dropped malformed message", "from", p.From, "err", err)
+		return
+	}
+	st.MsgsIn++
+	st.BytesIn += uint64(len(p.Data))
+	if accepted {
+		pr.window.mark(h.Counter)
+		pr.addr = p.From
+		pr.seen = now
+	}
+	switch m.Type {
+	case MsgChallenge:
+		// Answer whoever asks: the answer proves only that we hold the key
+		// and live in our epoch, and is sealed under that epoch.
+		n.sendTo(p.From, &message{Type: MsgResponse, Name: n.opt.NodeName, Nonce: m.Nonce, Seq: n.nextSeq})
+		if !accepted {
+			n.challenge(h.Node, p.From, now)
+		}
+		return
+	case MsgResponse:
+		if !accepted {
+			n.verifyResponse(&h, m, p.From, now)
+		}
+		return
+	}
+	if !accepted {
+		st.Drops.Unverified++
+		n.challenge(h.Node, p.From, now)
+		return
+	}
+	n.dispatch(pr, m, now)
+}
+
+// dispatch acts on a message of pr's accepted epoch, authenticated and
+// checked against the replay window.
+func (n *Node) dispatch(pr *peer, m *message, now time.Time) {
+	switch m.Type {
+	case MsgData, MsgBulkBegin, MsgBulkEnd, MsgExpect:
+		n.receiveSeq(pr, m, now)
+	case MsgHeartbeat:
+		if m.Seq > pr.rx.maxSeen {
+			pr.rx.maxSeen = m.Seq
+		}
+	case MsgAck:
+		pr.stats.AcksIn++
+		if m.Seq < n.nextSeq && (!pr.ackKnown || m.Seq > pr.acked) {
+			pr.acked, pr.ackKnown = m.Seq, true
+			n.trimQueue(now)
+		}
+	case MsgNack:
+		pr.stats.NacksIn++
+		n.repair(pr, m.Ranges)
+	case MsgResyncRequest:
+		n.log.Info("peer requests a resync", "peer", pr.name)
+		n.startBulk(false)
+	case MsgHello:
+		// Known already; nothing to do.
+	default:
+		if m.Type >= firstStreamExt {
+			// A newer peer's stream message: take its sequence number.
+			n.receiveSeq(pr, m, now)
+		}
+	}
+}
