@@ -16,7 +16,9 @@ import (
 //	tcp      6 431999 ESTABLISHED src=10.0.0.1 dst=192.0.2.1 sport=40000 dport=22 src=192.0.2.1 dst=10.0.0.1 sport=22 dport=40000 [ASSURED] mark=0 zone=7
 //
 // conntrack(8) ends the line with use=N, the entry's reference count,
-// which the decoder does not keep; it is left out.
+// which the decoder does not keep; it is left out. Labels are printed as
+// bit numbers (labels=1,5), which conntrack(8) prints only as names and
+// only with a connlabel.conf.
 func AppendFlow(b []byte, fl *Flow, extended bool) []byte {
 	pad := func(s string, n int) {
 		b = append(b, s...)
@@ -50,13 +52,13 @@ func AppendFlow(b []byte, fl *Flow, extended bool) []byte {
 	}
 	b = append(b, "mark="...)
 	b = strconv.AppendUint(b, uint64(fl.Mark), 10)
-	if fl.Extra != nil && fl.Extra.Helper != "" {
-		b = append(b, " helper="...)
-		b = append(b, fl.Extra.Helper...)
-	}
 	if fl.Zone != 0 {
 		b = append(b, " zone="...)
 		b = strconv.AppendUint(b, uint64(fl.Zone), 10)
+	}
+	if fl.Extra != nil && fl.Extra.Helper != "" {
+		b = append(b, " helper="...)
+		b = append(b, fl.Extra.Helper...)
 	}
 	if fl.Extra != nil && fl.Extra.Labels != ([16]byte{}) {
 		b = append(b, " labels="...)

@@ -66,7 +66,7 @@ type Handle struct {
 	nsfd  int // 0: the calling thread's namespace
 	table *kernel.Table
 
-	// mu guards writer, opened by the first DeleteMatching.
+	// mu guards writer, opened by the first batched operation.
 	mu     sync.Mutex
 	writer *kernel.Writer
 }
@@ -246,7 +246,7 @@ func (h *Handle) DeleteMatching(ctx context.Context, f Filter) (int, error) {
 	if len(keys) == 0 {
 		return 0, nil
 	}
-	w, err := h.deleter()
+	w, err := h.batchWriter()
 	if err != nil {
 		return 0, err
 	}
@@ -271,7 +271,7 @@ func (h *Handle) DeleteMatching(ctx context.Context, f Filter) (int, error) {
 	return n, nil
 }
 
-func (h *Handle) deleter() (*kernel.Writer, error) {
+func (h *Handle) batchWriter() (*kernel.Writer, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.writer != nil {

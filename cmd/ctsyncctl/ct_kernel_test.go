@@ -179,3 +179,87 @@ func TestKernelCTVerbsAgainstConntrack(t *testing.T) {
 		t.Errorf("%d flows after flush --all", n)
 	}
 }
+
+// expects lists the expectations of both families with conntrack(8),
+// whose -L expect shows IPv4 only unless told -f ipv6.
+func expects(t *testing.T, ns *netnstest.NS) string {
+	t.Helper()
+	return ctool(t, ns, "-L expect -f ipv4") + ctool(t, ns, "-L expect -f ipv6")
+}
+
+// normExpect drops the timeout (first field) of `conntrack -L expect`
+// lines and sorts them.
+func normExpect(s string) []string {
+	var lines []string
+	for _, l := range strings.Split(s, "\n") {
+		if f := strings.Fields(l); len(f) > 1 {
+			lines = append(lines, strings.Join(f[1:], " "))
+		}
+	}
+	slices.Sort(lines)
+	return lines
+}
+
+// TestKernelCTExpectAgainstConntrack creates expectations with ctsyncctl
+// ct expect create on masters with the ftp helper and reads them back
+// with conntrack -L expect; deletes and flushes them.
+func TestKernelCTExpectAgainstConntrack(t *testing.T) {
+	netnstest.Need(t, "conntrack")
+	ns := netnstest.New(t)
+	for _, m := range []string{
+		"create -p tcp -s 10.1.0.1 -d 10.2.0.1 --sport 40000 --dport 21 --state ESTABLISHED -u SEEN_REPLY,ASSURED --helper ftp -t 3000",
+		"create -p tcp -s 10.1.0.2 -d 10.2.0.1 --sport 40001 --dport 21 --state ESTABLISHED -u SEEN_REPLY,ASSURED --helper ftp -t 3000",
+		"create -p tcp -s fd00::1 -d fd00::2 --sport 40002 --dport 21 --state ESTABLISHED -u SEEN_REPLY,ASSURED --helper ftp -t 3000",
+		"create -p tcp -s 10.1.0.3 -d 10.2.0.1 --sport 40003 --dport 21 --state ESTABLISHED -u SEEN_REPLY,ASSURED -t 3000",
+	} {
+		mustCT(t, ns, m)
+	}
+	for _, c := range []struct{ args, want string }{
+		{"expect create -p tcp -s 10.1.0.1 -d 10.2.0.1 --sport 40000 --dport 21 --tuple-src 10.1.0.1 --tuple-dst 10.2.0.1 --tuple-port-dst 50123 -t 300",
+			"proto=6 src=10.1.0.1 dst=10.2.0.1 sport=0 dport=50123 mask-src=255.255.255.255 mask-dst=255.255.255.255 sport=65535 dport=65535 master-src=10.1.0.1 master-dst=10.2.0.1 sport=40000 dport=21 class=0 helper=ftp"},
+		{"expect create -p tcp -s 10.1.0.2 -d 10.2.0.1 --sport 40001 --dport 21 --tuple-src 10.1.0.2 --tuple-dst 10.2.0.1 --tuple-port-dst 50124 --mask-port-src 0 -t 300",
+			"proto=6 src=10.1.0.2 dst=10.2.0.1 sport=0 dport=50124 mask-src=255.255.255.255 mask-dst=255.255.255.255 sport=0 dport=65535 master-src=10.1.0.2 master-dst=10.2.0.1 sport=40001 dport=21 class=0 helper=ftp"},
+		{"expect create -p tcp -s fd00::1 -d fd00::2 --sport 40002 --dport 21 --tuple-src fd00::1 --tuple-dst fd00::2 --tuple-port-dst 50125 -t 300",
+			"proto=6 src=fd00::1 dst=fd00::2 sport=0 dport=50125 mask-src=ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff mask-dst=ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff sport=65535 dport=65535 master-src=fd00::1 master-dst=fd00::2 sport=40002 dport=21 class=0 helper=ftp"},
+	} {
+		mustCT(t, ns, c.args)
+		if got := normExpect(expects(t, ns)); !slices.Contains(got, c.want) {
+			t.Errorf("after ct %s, conntrack -L expect has no %q:\n%s", c.args, c.want, strings.Join(got, "\n"))
+		}
+	}
+	_, out, _ := ct(t, ns, "expect list")
+	if got, want := normExpect(out), normExpect(expects(t, ns)); !slices.Equal(got, want) || len(want) != 3 {
+		t.Errorf("expect list:\n%s\nconntrack -L expect:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if _, out, _ := ct(t, ns, "expect list -f ipv6 --json"); strings.Count(out, "\n") != 1 || !strings.Contains(out, `"dport":50125`) {
+		t.Errorf("expect list -f ipv6 --json: %q", out)
+	}
+	// A master without a helper, or none at all: exit 1.
+	for _, args := range []string{
+		"expect create -p tcp -s 10.1.0.3 -d 10.2.0.1 --sport 40003 --dport 21 --tuple-src 10.1.0.3 --tuple-dst 10.2.0.1 --tuple-port-dst 50126 -t 300",
+		"expect create -p tcp -s 10.1.0.9 -d 10.2.0.1 --sport 40009 --dport 21 --tuple-src 10.1.0.9 --tuple-dst 10.2.0.1 --tuple-port-dst 50127 -t 300",
+	} {
+		if code, _, errs := ct(t, ns, args); code != 1 {
+			t.Errorf("ct %s: exit %d, %q", args, code, errs)
+		}
+	}
+	// Bad input: exit 2, nothing changed.
+	for _, args := range []string{"expect delete", "expect flush", "expect delete -m 1", "expect create -p tcp -s 10.1.0.1 -d 10.2.0.1 --sport 40000 --dport 21 --tuple-src 10.1.0.1 -t 300", "expect list --tuple-src 1.2.3.4"} {
+		if code, out, errs := ct(t, ns, args); code != 2 || out != "" || strings.Count(errs, "\n") != 1 {
+			t.Errorf("ct %s: exit %d, stdout %q, stderr %q", args, code, out, errs)
+		}
+	}
+	if n := len(normExpect(expects(t, ns))); n != 3 {
+		t.Fatalf("bad input changed the expectations: %d left", n)
+	}
+	if out := mustCT(t, ns, "expect delete -f ipv4 -d 10.2.0.1"); out != "2 expectations have been deleted.\n" {
+		t.Errorf("expect delete printed %q", out)
+	}
+	if got := normExpect(expects(t, ns)); len(got) != 1 || !strings.Contains(got[0], "fd00::2") {
+		t.Errorf("after expect delete: %q", got)
+	}
+	mustCT(t, ns, "expect flush --all")
+	if got := expects(t, ns); got != "" {
+		t.Errorf("after expect flush --all: %q", got)
+	}
+}
