@@ -50,9 +50,10 @@ func (e *extEntry) flow(k flow.Key) flow.Flow {
 type origin struct {
 	name  string
 	flows map[flow.Key]extEntry
-	gen   uint32 // bumped by BeginBulk; entries applied since carry it
-	bulk  uint64 // id of the bulk in progress
-	inBlk bool   // a bulk is in progress
+	exps  map[flow.ExpectKey]extExpect // expectations (expect_external.go)
+	gen   uint32                       // bumped by BeginBulk; entries applied since carry it
+	bulk  uint64                       // id of the bulk in progress
+	inBlk bool                         // a bulk is in progress
 }
 
 // ExternalStats are counters of the external cache.
@@ -65,6 +66,10 @@ type ExternalStats struct {
 	Taken        uint64 // entries removed by Take (commit)
 	RemovedByKey uint64 // entries removed by Remove or Delete
 	Refused      uint64 // changes refused by the limits (SetLimits)
+
+	Expectations  int    // expectations held
+	ExpectApplied uint64 // expectation changes applied
+	ExpectRemoved uint64 // expectations removed by RemoveExpects (commit) or a bulk
 }
 
 // External is the cache of the flows peers replicated, kept per origin node.
@@ -124,6 +129,7 @@ func (c *External) Apply(origin string, ch Change, now time.Time) bool {
 	if ch.Deleted {
 		c.stats.Applied++
 		delete(o.flows, ch.Flow.Key)
+		o.dropExpectsOfLocked(ch.Flow.Key)
 		return true
 	}
 	if _, ok := o.flows[ch.Flow.Key]; !ok && c.maxPerOrigin > 0 && len(o.flows) >= c.maxPerOrigin {
@@ -205,6 +211,12 @@ func (c *External) EndBulk(origin string, epoch uint64) (removed int) {
 			removed++
 		}
 	}
+	for k, x := range o.exps {
+		if x.gen != o.gen {
+			delete(o.exps, k)
+			c.stats.ExpectRemoved++
+		}
+	}
 	c.stats.BulksEnded++
 	c.stats.BulkRemoved += uint64(removed)
 	return removed
@@ -228,6 +240,7 @@ func (c *External) Stats() ExternalStats {
 	s := c.stats
 	for _, o := range c.origins {
 		s.Flows += len(o.flows)
+		s.Expectations += len(o.exps)
 	}
 	return s
 }
@@ -389,6 +402,7 @@ func (c *External) Flush(origin string) int {
 		if origin == "" || o.name == origin {
 			n += len(o.flows)
 			o.flows = make(map[flow.Key]extEntry)
+			o.exps = nil // the expectations go with their masters
 		}
 	}
 	return n

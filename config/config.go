@@ -135,6 +135,14 @@ type Sync struct {
 	// nor their destroys. Bulk transfers and commit are unaffected. Default
 	// "0s" (off), at most 1h.
 	MinAge Duration `toml:"min_age"`
+	// Expectations replicates conntrack expectations (what the ftp, sip
+	// and tftp helpers announce) and commits them on failover, after
+	// their master flows. Default true.
+	Expectations bool `toml:"expectations"`
+	// ExpectationHelpers limits the expectations replicated, and accepted
+	// from peers, to those of the named helpers ("ftp", "sip", "tftp").
+	// Empty (the default): every helper.
+	ExpectationHelpers []string `toml:"expectation_helpers"`
 }
 
 // Filter selects the flows that are replicated.
@@ -261,12 +269,14 @@ func Default() *Config {
 			WriteBatch:     defaultWriteBatch,
 		},
 		Sync: Sync{
-			Transport:         defaultTransport,
-			MTU:               defaultMTU,
-			ResendQueue:       defaultResendQueue,
-			AckInterval:       mustDuration(defaultAckInterval),
-			HeartbeatInterval: mustDuration(defaultHeartbeatInterval),
-			PeerTimeout:       mustDuration(defaultPeerTimeout),
+			Transport:          defaultTransport,
+			MTU:                defaultMTU,
+			ResendQueue:        defaultResendQueue,
+			AckInterval:        mustDuration(defaultAckInterval),
+			HeartbeatInterval:  mustDuration(defaultHeartbeatInterval),
+			PeerTimeout:        mustDuration(defaultPeerTimeout),
+			Expectations:       true,
+			ExpectationHelpers: []string{},
 		},
 		Filter: Filter{
 			Protocols:          append([]string(nil), defaultProtocols...),

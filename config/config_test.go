@@ -191,6 +191,8 @@ func TestDefaults(t *testing.T) {
 		{"sync.ack_interval", c.Sync.AckInterval.Duration, 50 * time.Millisecond},
 		{"sync.heartbeat_interval", c.Sync.HeartbeatInterval.Duration, time.Second},
 		{"sync.peer_timeout", c.Sync.PeerTimeout.Duration, 5 * time.Second},
+		{"sync.expectations", c.Sync.Expectations, true},
+		{"sync.expectation_helpers", c.Sync.ExpectationHelpers, []string{}},
 		{"filter.protocols", c.Filter.Protocols, []string{"tcp", "udp", "icmp", "icmpv6", "sctp", "dccp", "gre"}},
 		{"filter.ignore_addresses", c.Filter.IgnoreAddresses, []string{"127.0.0.0/8", "::1/128"}},
 		{"filter.tcp_states", c.Filter.TCPStates, []string{"syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack", "time_wait"}},
@@ -477,7 +479,7 @@ f.toml:9: log.level: "verbose" is not one of debug, info, warn, error`
 	// Unknown keys are reported before values are checked, all of them,
 	// but not the keys below an unknown table.
 	_, err = Parse("f.toml", []byte("[sync]\nbogus = 1\n[extra]\na = 1\nb = 2\n[log]\nlevl = \"x\"\n"))
-	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age\n" +
+	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, expectations, expectation_helpers\n" +
 		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [failover], [log]\n" +
 		"f.toml:7: log.levl: unknown key; did you mean level?"
 	if err == nil || err.Error() != want {
@@ -677,5 +679,12 @@ func TestLocate(t *testing.T) {
 	// Broken input: no panic, no hang.
 	for _, s := range []string{"[", "a = [", "a = {", "a = \"\"\"", "'", "= 1", "a = '''x", "[[a", "a.\"b", "a = [1,,]"} {
 		locate(s)
+	}
+}
+
+func TestExpectationHelpersValidated(t *testing.T) {
+	_, err := Parse("f.toml", []byte("[node]\nname = \"a\"\n[sync]\ndisabled = true\nexpectation_helpers = [\"ftp\", \"Bad Name\"]\n"))
+	if err == nil || !strings.Contains(err.Error(), "f.toml:5: sync.expectation_helpers: \"Bad Name\"") {
+		t.Errorf("err = %v", err)
 	}
 }

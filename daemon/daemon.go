@@ -85,6 +85,11 @@ type Daemon struct {
 
 	// counters of the event path, written by the listener goroutine only
 	evNew, evUpdate, evDestroy, evOwn, evFiltered atomic.Uint64
+
+	// iexp is the internal expectation cache; nil when sync.expectations
+	// is off (expect.go).
+	iexp                                            *cache.InternalExpect
+	evExpNew, evExpDestroy, evExpOwn, evExpFiltered atomic.Uint64
 }
 
 type reconcileReport struct {
@@ -243,7 +248,11 @@ func lookupGroup(g string) (int, error) {
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
 	// Subscribe before the first dump, so that no change falls between.
-	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns})
+	if d.cfg.Sync.Expectations {
+		d.iexp = cache.NewInternalExpect()
+	}
+	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns,
+		Expectations: d.cfg.Sync.Expectations})
 	if err != nil {
 		d.ctl.Close()
 		return fmt.Errorf("subscribe to conntrack events: %w", err)
@@ -259,6 +268,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.internal = cache.NewInternal(kernel.TimeoutPolicy())
 	if d.cfg.Sync.Disabled {
 		d.internal.DisableChanges() // nobody takes them
+		if d.iexp != nil {
+			d.iexp.DisableChanges()
+		}
 	} else {
 		d.internal.SetMinAge(d.cfg.Sync.MinAge.Duration)
 	}
@@ -283,6 +295,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.external = cache.NewExternal()
 		if tr, err = d.newTransport(); err == nil {
 			d.node, err = d.newNode(tr)
+		}
+		if err == nil && d.iexp != nil {
+			d.node.SetExpectations(d.iexp, d.acceptHelper)
 		}
 		if err != nil {
 			if tr != nil {
@@ -445,6 +460,9 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 	}
 	rep.Result = r.Finish()
 	d.lastRec.Store(rep)
+	if err := d.reconcileExpects(ctx, reason); err != nil {
+		return rep, err
+	}
 	lvl := slog.LevelDebug
 	if rep.Result.Added+rep.Result.Fixed+rep.Result.Removed > 0 || reason != "periodic" {
 		lvl = slog.LevelInfo
