@@ -43,6 +43,7 @@ type Config struct {
 	Filter   Filter   `toml:"filter"`
 	Failover Failover `toml:"failover"`
 	Log      Log      `toml:"log"`
+	API      API      `toml:"api"`
 
 	// Path is the file the config was loaded from (the name given to
 	// Parse); it is not a TOML key.

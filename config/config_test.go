@@ -411,6 +411,15 @@ func TestErrors(t *testing.T) {
 		{"log-format", base + "[log]\nformat = \"logfmt\"\n", 6, "log.format", `"logfmt" is not one of text, json`},
 		{"flows-relative", base + "[log]\nflows = \"flows.log\"\n", 6, "log.flows", "not an absolute file path"},
 		{"flows-format", base + "[log]\nflows_format = \"csv\"\n", 6, "log.flows_format", `"csv" is not one of extended, json`},
+
+		// [api]
+		{"api-no-tls", base + "[api]\nlisten = \"10.0.0.1:9470\"\ntokens_file = \"/t\"\n", 6, "api.listen", "not a loopback address: TLS is required"},
+		{"api-bad-listen", base + "[api]\nlisten = \"localhost:9470\"\ntokens_file = \"/t\"\n", 6, "api.listen", "not an IP address"},
+		{"api-no-tokens", base + "[api]\nlisten = \"127.0.0.1:9470\"\n", 5, "api.tokens_file", "required with api.listen"},
+		{"api-cert-alone", base + "[api]\nlisten = \"127.0.0.1:9470\"\ntokens_file = \"/t\"\ncert_file = \"/c\"\n", 8, "api.cert_file", "set both or neither"},
+		{"api-ca-no-tls", base + "[api]\nlisten = \"127.0.0.1:9470\"\ntokens_file = \"/t\"\nclient_ca_file = \"/ca\"\n", 8, "api.client_ca_file", "need TLS"},
+		{"api-audit-relative", base + "[api]\nlisten = \"127.0.0.1:9470\"\ntokens_file = \"/t\"\naudit_file = \"audit.log\"\n", 8, "api.audit_file", "not an absolute file path"},
+		{"api-off-but-set", base + "[api]\ntokens_file = \"/t\"\n", 6, "api.tokens_file", "the API is off"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -480,7 +489,7 @@ f.toml:9: log.level: "verbose" is not one of debug, info, warn, error`
 	// but not the keys below an unknown table.
 	_, err = Parse("f.toml", []byte("[sync]\nbogus = 1\n[extra]\na = 1\nb = 2\n[log]\nlevl = \"x\"\n"))
 	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, expectations, expectation_helpers\n" +
-		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [failover], [log]\n" +
+		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [failover], [log], [api]\n" +
 		"f.toml:7: log.levl: unknown key; did you mean level?"
 	if err == nil || err.Error() != want {
 		t.Fatalf("got\n%v\nwant\n%s", err, want)

@@ -161,6 +161,8 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 	}
 	v.oneOf("log.flows_format", c.Log.FlowsFormat, []string{"extended", "json"})
 
+	c.API.validate(v)
+
 	return joinErrors(v.errs)
 }
 

@@ -80,6 +80,8 @@ type Daemon struct {
 	listener *kernel.Listener
 	ctl      *control.Server
 	flowLog  *flowlog.Writer // nil unless [log] flows is set
+	api      *apiServer // nil unless api.listen is set
+	apiClose func()
 
 	lastOverrunLog time.Time // listener goroutine only
 
@@ -136,10 +138,22 @@ func New(opts Options) (*Daemon, error) {
 	if err := d.openFlowLog(); err != nil {
 		return nil, fmt.Errorf("log.flows: %w", err)
 	}
+	h, closeAPI, err := d.newAPI()
+	if err != nil {
+		return nil, err
+	}
+	if h != nil {
+		if d.api, err = d.listenAPI(h); err != nil {
+			closeAPI()
+			return nil, err
+		}
+	}
+	d.apiClose = closeAPI
 	d.ctl, err = control.Listen(control.ServerOptions{
 		Path: cfg.Control.Socket, Mode: cfg.Control.FileMode(), GID: gid, Log: opts.Log,
 	})
 	if err != nil {
+		d.closeAPI()
 		return nil, err
 	}
 	return d, nil
@@ -220,6 +234,7 @@ func (d *Daemon) Reload(path string) {
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
 		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
 		"log.flows": {[2]string{cfg.Log.Flows, cfg.Log.FlowsFormat}, [2]string{d.cfg.Log.Flows, d.cfg.Log.FlowsFormat}},
+		"api": {cfg.API, d.cfg.API},
 	} {
 		if !reflect.DeepEqual(pair[0], pair[1]) {
 			needRestart = append(needRestart, name)
@@ -247,6 +262,7 @@ func lookupGroup(g string) (int, error) {
 // removes the control socket before it returns.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
+	defer d.closeAPI()
 	// Subscribe before the first dump, so that no change falls between.
 	if d.cfg.Sync.Expectations {
 		d.iexp = cache.NewInternalExpect()
@@ -317,6 +333,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.listener.Run(ctx, d) })
 	g.Go(func() error { return d.ctl.Serve(ctx, d.handle) })
+	if d.api != nil {
+		g.Go(func() error { return d.api.serve(ctx) })
+		d.log.Info("API and web console listening", "url", d.api.url)
+	}
 	if d.cfg.Filter.IgnoreOwn() {
 		g.Go(func() error {
 			return kernel.WatchAddrs(ctx, d.netns, func(addrs []netip.Addr) {
