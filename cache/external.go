@@ -27,10 +27,11 @@ type ExternalEntry struct {
 
 // extEntry is what External stores per flow: the flow without its key (the
 // map key holds it), the receive time, the reported idleness and the bulk
-// generation that last refreshed it. About 80 bytes on amd64 plus the map
-// slot; the origin is implied by the per-origin map.
+// generation that last refreshed it. 48 bytes on amd64 plus the map slot's
+// 40-byte key: the reply tuple, the inverse of the key's tuple for every
+// flow that is not NATed, and the rarer attributes live in more, nil for
+// most flows. The origin is implied by the per-origin map.
 type extEntry struct {
-	reply    flow.Tuple
 	status   uint32
 	timeout  uint32
 	mark     uint32
@@ -38,12 +39,24 @@ type extEntry struct {
 	gen      uint32 // origin's generation when last applied
 	idleMs   uint32 // reported idleness in milliseconds, saturating
 	received int64  // Unix nanoseconds
-	extra    *flow.Extra
+	more     *extMore
+}
+
+// extMore is the part of an entry few flows have: a reply tuple that is not
+// the inverse of the original (NAT), the rarer attributes.
+type extMore struct {
+	reply flow.Tuple
+	extra *flow.Extra
 }
 
 func (e *extEntry) flow(k flow.Key) flow.Flow {
-	return flow.Flow{Key: k, Reply: e.reply, Status: e.status, Timeout: e.timeout,
-		Mark: e.mark, TCP: e.tcp, Extra: e.extra}
+	f := flow.Flow{Key: k, Status: e.status, Timeout: e.timeout, Mark: e.mark, TCP: e.tcp}
+	if e.more != nil {
+		f.Reply, f.Extra = e.more.reply, e.more.extra
+	} else {
+		f.Reply = k.Orig.Invert(k.Proto)
+	}
+	return f
 }
 
 // origin is the state kept per origin node.
@@ -116,8 +129,11 @@ func (c *External) Apply(origin string, ch Change, now time.Time) {
 	if x.IsZero() {
 		x = nil
 	}
+	var more *extMore
+	if x != nil || f.Reply != f.Orig.Invert(f.Proto) {
+		more = &extMore{reply: f.Reply, extra: x}
+	}
 	o.flows[f.Key] = extEntry{
-		reply:    f.Reply,
 		status:   f.Status,
 		timeout:  f.Timeout,
 		mark:     f.Mark,
@@ -125,7 +141,7 @@ func (c *External) Apply(origin string, ch Change, now time.Time) {
 		gen:      o.gen,
 		idleMs:   uint32(min(idle, math.MaxUint32)),
 		received: now.UnixNano(),
-		extra:    x,
+		more:     more,
 	}
 }
 

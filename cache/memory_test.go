@@ -37,3 +37,4 @@ func BenchmarkInternalMemory(b *testing.B) {
 	runtime.KeepAlive(c)
 	runtime.KeepAlive(flows) // else its freeing is subtracted from the cache
 }
+
