@@ -37,4 +37,3 @@ func BenchmarkInternalMemory(b *testing.B) {
 	runtime.KeepAlive(c)
 	runtime.KeepAlive(flows) // else its freeing is subtracted from the cache
 }
-
