@@ -17,7 +17,7 @@
 #   RUNS     runs per daemon and per kernel-ceiling case (-runs, default 3)
 #   OUT      results directory (-out, default bench/results/<UTC time>-n<N>)
 #   TIMEOUT  seconds to wait for convergence or commit (-timeout, 120)
-#   RATES    stepped rates, flows/s (-rates, "25000 50000 100000 200000";
+#   RATES    stepped rates, flows/s (-rates, "10000 50000 100000";
 #            "" for none)
 #   STEP_TIMEOUT  seconds after the last create within which a stepped run
 #            must converge exactly (-step-timeout, 30)

@@ -101,7 +101,7 @@ func run(args []string, log io.Writer) error {
 	fs.DurationVar(&b.stepTimeout, "step-timeout", 30*time.Second, "a stepped-rate run must converge exactly within this long after its last create")
 	fs.StringVar(&b.commitTimeout, "commit-timeout", "600s", "ctsyncd's failover.commit_timeout (the shipped default, 120s, is enough for 1M flows on an idle machine; conntrackd has no such bound)")
 	daemons := fs.String("daemons", "ctsyncd conntrackd conntrackd_rr", "daemons, in turn (conntrackd_rr: conntrackd left on the SCHED_RR 99 it picks by default, for reference)")
-	rates := fs.String("rates", "25000 50000 100000 200000", "stepped-rate runs after the others: one run per rate (flows/s) and daemon; \"\" for none")
+	rates := fs.String("rates", "10000 50000 100000", "stepped-rate runs after the others: one run per rate (flows/s) and daemon; \"\" for none")
 	takeover := fs.Bool("takeover", true, "also measure the takeover stall of a live TCP stream with -bg idle background flows")
 	takeoverOnly := fs.Bool("takeover-only", false, "only the takeover runs")
 	fs.IntVar(&b.bg, "bg", 200000, "takeover: idle background flows")
