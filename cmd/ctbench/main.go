@@ -113,8 +113,15 @@ func run(args []string, log io.Writer) error {
 	fs.BoolVar(&b.profile, "profile", false, "perf-record the daemons while they replicate and commit (needs perf; skews timings)")
 	fs.BoolVar(&b.cpuProfile, "cpuprofile", false, "run ctsyncd with --cpuprofile (cpu.pprof beside each daemon's log)")
 	keep := fs.Bool("keep", false, "keep the work directory")
+	plot := fs.String("plot", "", "only write the scaling charts (SVG) into this directory, from the result sets given as arguments (one N each)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *plot != "" {
+		if fs.NArg() == 0 {
+			return errors.New("-plot: name the result directories to plot")
+		}
+		return plotScaling(*plot, fs.Args())
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments %q", fs.Args())

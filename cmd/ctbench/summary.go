@@ -240,6 +240,7 @@ func table(n int, daemons []string, vals map[key][]float64, summ map[string]map[
 			}
 			l = append(l, fmt.Sprintf("| %s | %s |", thousands(float64(rate)), strings.Join(row, " | ")))
 		}
+		l = append(l, pacedCPU(steps, daemons, vals)...)
 	}
 	if tk != nil {
 		l = append(l, "", fmt.Sprintf("Takeover: live TCP stream, %s idle background flows; stall = largest gap at the server", thousands(float64(bg))),
@@ -265,4 +266,57 @@ func table(n int, daemons []string, vals map[key][]float64, summ map[string]map[
 		}
 	}
 	return strings.Join(l, "\n") + "\n"
+}
+
+// pacedCPU is the table of CPU seconds per 100k flows, sender / receiver,
+// at each stepped rate (one run per cell), with ctsyncd's ratio to
+// conntrackd.
+func pacedCPU(steps []int, daemons []string, vals map[key][]float64) []string {
+	found := false
+	for _, d := range daemons {
+		for _, r := range steps {
+			found = found || len(vals[key{fmt.Sprintf("%s@%d", d, r), "cpu_sender_s_per_100k"}]) > 0
+		}
+	}
+	if !found {
+		return nil // results of an older harness
+	}
+	get := func(d string, rate int, m string) (float64, bool) {
+		v := vals[key{fmt.Sprintf("%s@%d", d, rate), m}]
+		if len(v) == 0 {
+			return 0, false
+		}
+		return median(v), true
+	}
+	hdr := "| rate (flows/s) |"
+	sep := "| --- |"
+	for _, d := range daemons {
+		hdr += " " + d + " sender / receiver |"
+		sep += " --- |"
+	}
+	hdr += " ratio ctsyncd / conntrackd |"
+	sep += " --- |"
+	l := []string{"", "CPU s per 100k flows at the stepped rates, sender / receiver (one run per cell)", "", hdr, sep}
+	for _, rate := range steps {
+		row := fmt.Sprintf("| %s |", thousands(float64(rate)))
+		for _, d := range daemons {
+			a, ok1 := get(d, rate, "cpu_sender_s_per_100k")
+			b, ok2 := get(d, rate, "cpu_receiver_s_per_100k")
+			if !ok1 || !ok2 {
+				row += " — |"
+				continue
+			}
+			row += fmt.Sprintf(" %.3g / %.3g |", a, b)
+		}
+		ratio := " — |"
+		as, ok1 := get("ctsyncd", rate, "cpu_sender_s_per_100k")
+		ar, ok2 := get("ctsyncd", rate, "cpu_receiver_s_per_100k")
+		bs, ok3 := get("conntrackd", rate, "cpu_sender_s_per_100k")
+		br, ok4 := get("conntrackd", rate, "cpu_receiver_s_per_100k")
+		if ok1 && ok2 && ok3 && ok4 && bs > 0 && br > 0 {
+			ratio = fmt.Sprintf(" %.2f / %.2f |", as/bs, ar/br)
+		}
+		l = append(l, row+ratio)
+	}
+	return l
 }

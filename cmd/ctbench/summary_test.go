@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -28,7 +29,17 @@ func TestSummaryRendersTheQuotedTable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got != string(want) {
+	// The table of CPU at the stepped rates is new; the rest is the same.
+	const paced = "\nCPU s per 100k flows at the stepped rates"
+	i := strings.Index(got, paced)
+	j := strings.Index(got, "\nTakeover:")
+	if i < 0 || j < i {
+		t.Fatalf("no table of CPU at the stepped rates:\n%s", got)
+	}
+	if !strings.Contains(got[i:j], "| 25,000 | 0.7 / 0.33 | 0.51 / 0.2 | 0.84 / 0.38 | 1.37 / 1.65 |") {
+		t.Errorf("CPU at the stepped rates:\n%s", got[i:j])
+	}
+	if got = got[:i] + got[j:]; got != string(want) {
 		t.Errorf("table differs:\n--- got\n%s\n--- want\n%s", got, want)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "summary.json")); err != nil {
