@@ -249,6 +249,59 @@ func (c *External) Snapshot() []ExternalEntry {
 	return out
 }
 
+// Ref names one entry of the cache without copying its flow: the key, the
+// origin, the idleness as of the call and the receive time. A commit orders
+// refs (64 bytes each) and reads the entries a chunk at a time with
+// Entries, instead of copying the whole cache at once.
+type Ref struct {
+	Key      flow.Key
+	IdleAt   time.Duration
+	Received int64 // Unix nanoseconds
+	origin   int32
+}
+
+// OriginIndex identifies the ref's origin among the cache's origins.
+func (r *Ref) OriginIndex() int { return int(r.origin) }
+
+// Refs returns a ref to every entry, in no particular order.
+func (c *External) Refs() []Ref {
+	now := time.Now().UnixNano()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, o := range c.origins {
+		n += len(o.flows)
+	}
+	out := make([]Ref, 0, n)
+	for i, o := range c.origins {
+		for k, e := range o.flows {
+			idle := time.Duration(e.idleMs)*time.Millisecond + time.Duration(max(0, now-e.received))
+			out = append(out, Ref{Key: k, IdleAt: idle, Received: e.received, origin: int32(i)})
+		}
+	}
+	return out
+}
+
+// Entries appends to dst the entries refs name that are still in the cache,
+// as of now (an entry applied again since Refs is read as it is now), and
+// returns the extended slice.
+func (c *External) Entries(refs []Ref, dst []ExternalEntry) []ExternalEntry {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range refs {
+		r := &refs[i]
+		if int(r.origin) >= len(c.origins) {
+			continue
+		}
+		o := c.origins[r.origin]
+		if e, ok := o.flows[r.Key]; ok {
+			dst = append(dst, entryOf(o, r.Key, &e, now))
+		}
+	}
+	return dst
+}
+
 // LeastIdle returns the n entries that have been idle the shortest time,
 // least idle first, without copying the rest: a failover commits these
 // first, before it orders the whole cache. A key several origins hold may

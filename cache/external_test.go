@@ -218,3 +218,38 @@ func TestExternalReplyTuples(t *testing.T) {
 		}
 	}
 }
+
+// Refs name every entry of every origin; Entries reads those still there.
+func TestExternalRefsEntries(t *testing.T) {
+	c := NewExternal()
+	now := time.Now()
+	for i := range 10 {
+		c.Apply("a", Change{Flow: tcp(i, flow.TCPEstablished, 300), Idle: time.Duration(i) * time.Second}, now)
+	}
+	c.Apply("b", Change{Flow: tcp(100, flow.TCPEstablished, 300)}, now)
+	refs := c.Refs()
+	if len(refs) != 11 {
+		t.Fatalf("%d refs, want 11", len(refs))
+	}
+	for _, r := range refs {
+		if want := time.Duration(r.Key.Orig.SrcPort-1000) * time.Second; r.Key.Orig.SrcPort < 1100 && (r.IdleAt < want || r.IdleAt > want+time.Minute) {
+			t.Errorf("%v: idle %v, want about %v", r.Key.Orig, r.IdleAt, want)
+		}
+	}
+	gone := tcp(3, flow.TCPEstablished, 300)
+	c.Remove([]flow.Key{gone.Key})
+	got := c.Entries(refs, nil)
+	if len(got) != 10 {
+		t.Fatalf("%d entries, want 10", len(got))
+	}
+	origins := map[string]int{}
+	for _, e := range got {
+		if e.Flow.Key == gone.Key {
+			t.Errorf("removed entry read back")
+		}
+		origins[e.Origin]++
+	}
+	if origins["a"] != 9 || origins["b"] != 1 {
+		t.Errorf("origins %v", origins)
+	}
+}

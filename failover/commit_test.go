@@ -443,7 +443,7 @@ func TestIdleOrder(t *testing.T) {
 		}
 		key := func(i int32) time.Duration { return max(entries[i].IdleAt, 0) }
 		slices.SortStableFunc(want, func(a, b int32) int { return cmp.Compare(key(a), key(b)) })
-		if got := idleOrder(entries); !slices.Equal(got, want) {
+		if got := idleOrder(n, func(i int) time.Duration { return entries[i].IdleAt }); !slices.Equal(got, want) {
 			t.Errorf("n=%d: order differs", n)
 		}
 	}
