@@ -111,6 +111,8 @@ type Internal struct {
 	gen       uint32 // reconcile generation
 	tombs     map[flow.Key]uint32
 	dirty     map[flow.Key]struct{}
+	queue     []flow.Key // dirty keys in the order they became dirty, from head
+	head      int
 	noChanges bool
 	notify    chan struct{}
 	stats     InternalStats
@@ -241,14 +243,23 @@ func (c *Internal) DisableChanges() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.noChanges = true
+	c.clearDirty()
+}
+
+// clearDirty forgets every pending change.
+func (c *Internal) clearDirty() {
 	clear(c.dirty)
+	c.queue, c.head = c.queue[:0], 0
 }
 
 func (c *Internal) markDirty(k flow.Key) {
 	if c.noChanges {
 		return
 	}
-	c.dirty[k] = struct{}{}
+	if _, ok := c.dirty[k]; !ok {
+		c.dirty[k] = struct{}{}
+		c.queue = append(c.queue, k)
+	}
 	select {
 	case c.notify <- struct{}{}:
 	default:
@@ -316,7 +327,7 @@ func (c *Internal) Flush() int {
 	n := c.flows.len()
 	c.seq++
 	c.flows.clear()
-	clear(c.dirty)
+	c.clearDirty()
 	clear(c.tombs)
 	clear(c.young)
 	c.youngQ = nil
@@ -387,16 +398,26 @@ func (c *Internal) TakeChanges(max int) []Change {
 		n = max
 	}
 	out := make([]Change, 0, n)
-	for k := range c.dirty {
-		if len(out) == n {
-			break
-		}
+	// Oldest first, from the queue: ranging over the map from a random
+	// start while deleting costs a scan of its emptied slots every call.
+	for len(out) < n && c.head < len(c.queue) {
+		k := c.queue[c.head]
+		c.head++
 		delete(c.dirty, k)
 		if e, ok := c.flows.get(k); ok {
 			out = append(out, c.change(k, e, now))
 		} else {
 			out = append(out, Change{Flow: flow.Flow{Key: k}, Deleted: true})
 		}
+	}
+	switch {
+	case c.head == len(c.queue) && cap(c.queue) > 1<<12:
+		c.queue, c.head = nil, 0 // a burst's queue is not kept
+	case c.head == len(c.queue):
+		c.queue, c.head = c.queue[:0], 0
+	case c.head > len(c.queue)/2:
+		c.queue = c.queue[:copy(c.queue, c.queue[c.head:])]
+		c.head = 0
 	}
 	if len(c.dirty) > 0 {
 		select {
