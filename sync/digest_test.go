@@ -125,14 +125,14 @@ func TestDigestUnderChurn(t *testing.T) {
 
 func TestDigestWire(t *testing.T) {
 	chs := []cache.Change{{Flow: tcpFlow(1)}, {Flow: tcpFlow(2)}}
-	for _, m := range []*Message{
+	for _, m := range []*message{
 		{Type: MsgDigest, Seq: 77, Digest: &DigestPart{Round: 3, Buckets: 64, Offset: 8, Flows: 1234, Sums: []uint64{1, 1 << 63, 42}}},
 		{Type: MsgDigestRequest, Digest: &DigestPart{Round: 3, Buckets: 64, List: []uint32{0, 5, 63}}},
 		{Type: MsgRepair, Changes: chs, Digest: &DigestPart{Round: 3, Buckets: 64}},
 		{Type: MsgRepairEnd, Digest: &DigestPart{Round: 3, Buckets: 64, List: []uint32{5, 63}, Counts: []uint32{2, 0}}},
 	} {
-		b := AppendBody(nil, m)
-		got, err := DecodeBody(m.Type, b)
+		b := appendBody(nil, m)
+		got, err := decodeBody(m.Type, b)
 		if err != nil {
 			t.Fatalf("%s: %v", m.Type, err)
 		}
@@ -145,16 +145,16 @@ func TestDigestWire(t *testing.T) {
 		if !reflect.DeepEqual(got, m) {
 			t.Errorf("%s: got %+v %+v, want %+v %+v", m.Type, got, got.Digest, m, m.Digest)
 		}
-		if _, err := DecodeBody(m.Type, b[:len(b)-1]); err == nil {
+		if _, err := decodeBody(m.Type, b[:len(b)-1]); err == nil {
 			t.Errorf("%s: truncated body decoded", m.Type)
 		}
 	}
-	bad := AppendBody(nil, &Message{Type: MsgDigest, Seq: 1, Digest: &DigestPart{Round: 1, Buckets: 48, Sums: []uint64{1}}})
-	if _, err := DecodeBody(MsgDigest, bad); err == nil {
+	bad := appendBody(nil, &message{Type: MsgDigest, Seq: 1, Digest: &DigestPart{Round: 1, Buckets: 48, Sums: []uint64{1}}})
+	if _, err := decodeBody(MsgDigest, bad); err == nil {
 		t.Error("a bucket count that is not a power of two decoded")
 	}
-	bad = AppendBody(nil, &Message{Type: MsgDigest, Seq: 1, Digest: &DigestPart{Round: 1, Buckets: 64, Offset: 63, Sums: []uint64{1, 2}}})
-	if _, err := DecodeBody(MsgDigest, bad); err == nil {
+	bad = appendBody(nil, &message{Type: MsgDigest, Seq: 1, Digest: &DigestPart{Round: 1, Buckets: 64, Offset: 63, Sums: []uint64{1, 2}}})
+	if _, err := decodeBody(MsgDigest, bad); err == nil {
 		t.Error("sums past the last bucket decoded")
 	}
 }
