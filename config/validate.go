@@ -141,6 +141,7 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 
 	c.Sync.validate(v)
 	c.Filter.validate(v)
+	c.PeerPolicy.validate(v)
 
 	// [failover]
 	f := c.Failover
@@ -253,6 +254,14 @@ func (s Sync) validate(v *validator) {
 	v.durRange("sync.ack_interval", s.AckInterval, time.Millisecond, 10*time.Second)
 	v.durRange("sync.heartbeat_interval", s.HeartbeatInterval, 10*time.Millisecond, time.Minute)
 	v.durRange("sync.peer_timeout", s.PeerTimeout, 0, 0)
+	if s.MaxBufferBytes < 64<<10 || s.MaxBufferBytes > 4<<30 {
+		v.add("sync.max_buffer_bytes", "%d is out of range 64KiB..4GiB", int64(s.MaxBufferBytes))
+	}
+	v.intRange("sync.max_peers", s.MaxPeers, 1, 4096)
+	v.intRange("sync.max_flows_per_origin", s.MaxFlowsPerOrigin, 1, 1<<26)
+	if s.ResendRate < 64<<10 || s.ResendRate > 1<<30 {
+		v.add("sync.resend_rate", "%d is out of range 64KiB..1GiB", int64(s.ResendRate))
+	}
 	if s.HeartbeatInterval.Duration > 0 && s.PeerTimeout.Duration >= 0 && s.PeerTimeout.Duration <= s.HeartbeatInterval.Duration {
 		key := "sync.peer_timeout"
 		if !v.inFile(key) && v.inFile("sync.heartbeat_interval") {
@@ -261,6 +270,27 @@ func (s Sync) validate(v *validator) {
 		v.add(key, "peer_timeout (%s) must be longer than heartbeat_interval (%s); 3 to 5 heartbeats is usual",
 			s.PeerTimeout.Duration, s.HeartbeatInterval.Duration)
 	}
+}
+
+var (
+	policyModes        = []string{"allow", "strip", "refuse", "require"}
+	policyModesNoStrip = []string{"allow", "refuse", "require"}
+)
+
+// maxHelperName is NF_CT_HELPER_NAME_LEN - 1.
+const maxHelperName = 15
+
+func (p PeerPolicy) validate(v *validator) {
+	for i, h := range p.Helpers {
+		if h == "" || len(h) > maxHelperName || strings.IndexFunc(h, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0 {
+			v.addElem("peer_policy.helpers", i, "%q is not a helper name (1 to %d printable characters, no spaces)", h, maxHelperName)
+		}
+	}
+	v.oneOf("peer_policy.mark", p.Mark, policyModes)
+	v.oneOf("peer_policy.labels", p.Labels, policyModes)
+	v.oneOf("peer_policy.zone", p.Zone, policyModesNoStrip)
+	v.oneOf("peer_policy.nat", p.NAT, policyModesNoStrip)
+	v.intRange("peer_policy.timeout_factor", p.TimeoutFactor, 1, 1000)
 }
 
 func (f Filter) validate(v *validator) {
