@@ -30,12 +30,12 @@ func (d *Daemon) newTransport() (ctsync.Transport, error) {
 	c := d.cfg.Sync
 	switch c.Transport {
 	case "udp":
-		return ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers})
+		return ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers, Interface: c.Interface})
 	case "multicast":
 		return ctsync.NewMulticast(ctsync.MulticastOptions{Group: c.Group, Interface: c.Interface})
 	case "gossip":
 		return ctsync.NewGossip(ctsync.GossipOptions{
-			NodeName: d.cfg.Node.Name, Listen: c.Listen, Seeds: c.Peers, Key: d.key,
+			NodeName: d.cfg.Node.Name, Listen: c.Listen, Seeds: c.Peers, Key: d.key, Interface: c.Interface,
 			Logger: d.log.With("part", "memberlist"),
 		})
 	}
