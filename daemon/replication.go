@@ -122,7 +122,7 @@ func (d *Daemon) syncStatus() *SyncStatus {
 // externalView is one line of `dump external`.
 func externalLine(e *cache.ExternalEntry, now time.Time) (string, uint32) {
 	elapsed := uint32(max(0, now.Sub(e.Received)/time.Second))
-	return e.Origin, e.Flow.Timeout - min(e.Flow.Timeout, elapsed)
+	return ctsync.Escape(e.Origin), e.Flow.Timeout - min(e.Flow.Timeout, elapsed)
 }
 
 // policyRef is the current receive policy, replaced whole on reload.

@@ -3,6 +3,7 @@ package sync
 import (
 	"bytes"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -461,5 +462,38 @@ func TestStrangersRateLimited(t *testing.T) {
 	n.handle(Packet{From: "x", Data: sealedFrom(n, "x", 1, 3, &message{Type: MsgData, Seq: 1, Changes: []cache.Change{{Flow: f}}})})
 	if got := n.peers[NodeID("x")].stats.FlowsIn; got != 1 {
 		t.Fatalf("x's flow after the forgeries: %d applied, want 1 (drops %+v)", got, n.peers[NodeID("x")].stats.Drops)
+	}
+}
+
+// TestPeerNameValidated: a peer whose name carries a newline and a
+// terminal escape is not accepted; names print escaped.
+func TestPeerNameValidated(t *testing.T) {
+	net := NewMemNetwork(35)
+	n, err := New(Options{NodeName: "b", Key: &testKey}, cache.NewInternal(nil), cache.NewExternal(), net.Endpoint("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, name := range []string{"evil\n\x1b[2Jfw-a", "a b", "", string(make([]byte, 65))} {
+		if ValidateName(name) == nil {
+			t.Errorf("%q accepted", name)
+		}
+	}
+	bad := "evil\n\x1b[2Jfw-a"
+	n.handle(Packet{From: "x", Data: sealedFrom(n, bad, 1, 1, &message{Type: MsgHello, Name: bad})})
+	c := n.challenges[[2]uint64{NodeID(bad), 1}]
+	if c == nil {
+		t.Fatal("no challenge")
+	}
+	n.handle(Packet{From: "x", Data: sealedFrom(n, bad, 1, 2, &message{Type: MsgResponse, Name: bad, Nonce: c.nonce[:], Seq: 1})})
+	if n.peers[NodeID(bad)] != nil {
+		t.Fatal("a peer named with control characters was accepted")
+	}
+	if got := Escape(bad); strings.ContainsAny(got, "\n\x1b") {
+		t.Errorf("Escape(%q) = %q", bad, got)
+	}
+	if got := Escape("fw-a"); got != "fw-a" {
+		t.Errorf("Escape(fw-a) = %q", got)
 	}
 }

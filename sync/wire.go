@@ -865,7 +865,13 @@ func decodeExtra(r *reader) (*flow.Extra, error) {
 		if n == 0 || n > maxHelperLen {
 			return nil, fmt.Errorf("helper name of %d bytes", n)
 		}
-		x.Helper = string(r.take(n))
+		h := r.take(n)
+		for _, c := range h {
+			if c <= ' ' || c >= 0x7f {
+				return nil, fmt.Errorf("helper name %q not printable ASCII", h)
+			}
+		}
+		x.Helper = string(h)
 	}
 	if xf&xSeqAdjOrig != 0 {
 		r.seqAdj(&x.SeqAdjOrig)
