@@ -157,6 +157,12 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 	// [log]
 	v.oneOf("log.level", c.Log.Level, logLevels)
 	v.oneOf("log.format", c.Log.Format, logFormats)
+	if p := c.Log.Flows; p != "" && (!filepath.IsAbs(p) || strings.HasSuffix(p, "/")) {
+		v.add("log.flows", "%q is not an absolute file path", p)
+	}
+	v.oneOf("log.flows_format", c.Log.FlowsFormat, []string{"extended", "json"})
+
+	c.API.validate(v)
 
 	return joinErrors(v.errs)
 }
@@ -254,6 +260,12 @@ func (s Sync) validate(v *validator) {
 	v.durRange("sync.ack_interval", s.AckInterval, time.Millisecond, 10*time.Second)
 	v.durRange("sync.heartbeat_interval", s.HeartbeatInterval, 10*time.Millisecond, time.Minute)
 	v.durRange("sync.peer_timeout", s.PeerTimeout, 0, 0)
+	v.durRange("sync.min_age", s.MinAge, 0, time.Hour)
+	for i, h := range s.ExpectationHelpers {
+		if !validHelperName(h) {
+			v.addElem("sync.expectation_helpers", i, "%q is not a conntrack helper name (1 to 15 of a-z, 0-9, -, _; e.g. \"ftp\", \"sip\", \"tftp\")", h)
+		}
+	}
 	if s.MaxBufferBytes < 64<<10 || s.MaxBufferBytes > 4<<30 {
 		v.add("sync.max_buffer_bytes", "%d is out of range 64KiB..4GiB", int64(s.MaxBufferBytes))
 	}
@@ -277,13 +289,10 @@ var (
 	policyModesNoStrip = []string{"allow", "refuse", "require"}
 )
 
-// maxHelperName is NF_CT_HELPER_NAME_LEN - 1.
-const maxHelperName = 15
-
 func (p PeerPolicy) validate(v *validator) {
 	for i, h := range p.Helpers {
-		if h == "" || len(h) > maxHelperName || strings.IndexFunc(h, func(r rune) bool { return unicode.IsSpace(r) || !unicode.IsPrint(r) }) >= 0 {
-			v.addElem("peer_policy.helpers", i, "%q is not a helper name (1 to %d printable characters, no spaces)", h, maxHelperName)
+		if !validHelperName(h) {
+			v.addElem("peer_policy.helpers", i, "%q is not a conntrack helper name (1 to 15 of a-z, 0-9, -, _; e.g. \"ftp\", \"sip\")", h)
 		}
 	}
 	v.oneOf("peer_policy.mark", p.Mark, policyModes)
@@ -319,6 +328,7 @@ func (f Filter) validate(v *validator) {
 	if tcp && len(f.TCPStates) == 0 {
 		v.add("filter.tcp_states", "empty while protocols include tcp: no TCP flow would be replicated (to replicate none, remove tcp from protocols)")
 	}
+	f.validateExclusions(v)
 }
 
 // parseAddrPort parses "IP:port" or "[IPv6]:port" with a literal address
@@ -521,4 +531,18 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// validHelperName reports whether h can name a conntrack helper
+// (NF_CT_HELPER_NAME_LEN is 16 with the NUL).
+func validHelperName(h string) bool {
+	if h == "" || len(h) > 15 {
+		return false
+	}
+	for _, c := range h {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

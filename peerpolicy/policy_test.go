@@ -46,7 +46,7 @@ func TestCraftedFlowDefaultPolicy(t *testing.T) {
 
 	// The node's filter ignores the crafted source (a filter the node
 	// applies to its own flows applies to its peers' flows too).
-	own := filter.New(nil, nil, []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")})
+	own := filter.New(nil, nil, []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")}, filter.Exclude{})
 	p, _ = New(Options{Filter: own, Helpers: []string{"ftp"}})
 	f = crafted()
 	if err := p.Check(&f); err == nil || !strings.Contains(err.Error(), "filter") {

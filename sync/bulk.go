@@ -66,9 +66,10 @@ func (n *Node) bulkStep() {
 			n.sendData(chs)
 		}
 		if b.pos >= len(b.keys) {
+			exps := n.bulkExpects()
 			n.sendMarker(MsgBulkEnd, b.id)
 			n.bulk = nil
-			n.log.Info("bulk transfer sent", "flows", len(b.keys))
+			n.log.Info("bulk transfer sent", "flows", len(b.keys), "expectations", exps)
 			return
 		}
 	}

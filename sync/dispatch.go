@@ -114,7 +114,7 @@ func (n *Node) handle(p Packet) {
 // checked against the replay window.
 func (n *Node) dispatch(pr *peer, m *message, size int64, now time.Time) {
 	switch m.Type {
-	case MsgData, MsgBulkBegin, MsgBulkEnd:
+	case MsgData, MsgBulkBegin, MsgBulkEnd, MsgExpect:
 		n.receiveSeq(pr, m, size, now)
 	case MsgHeartbeat:
 		if m.Seq > pr.rx.maxSeen {
@@ -134,5 +134,10 @@ func (n *Node) dispatch(pr *peer, m *message, size int64, now time.Time) {
 		n.requestedBulk(now)
 	case MsgHello:
 		// Known already; nothing to do.
+	default:
+		if m.Type >= firstStreamExt {
+			// A newer peer's stream message: take its sequence number.
+			n.receiveSeq(pr, m, size, now)
+		}
 	}
 }

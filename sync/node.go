@@ -179,6 +179,10 @@ type PeerStats struct {
 	BytesIn  uint64 `json:"bytes_in"`
 	BytesOut uint64 `json:"bytes_out"`
 	FlowsIn  uint64 `json:"flows_in"` // changes applied to the external cache
+	// ExpectsIn counts expectation changes applied; ExpectsRefused those
+	// of helpers sync.expectation_helpers does not accept.
+	ExpectsIn      uint64 `json:"expects_in"`
+	ExpectsRefused uint64 `json:"expects_refused,omitempty"`
 
 	AcksIn   uint64 `json:"acks_in"`
 	AcksOut  uint64 `json:"acks_out"`
@@ -224,7 +228,11 @@ type Node struct {
 	internal *cache.Internal
 	external *cache.External
 	tr       Transport
-	now      func() time.Time
+
+	// iexp and acceptExpect are set by SetExpectations before Run.
+	iexp         *cache.InternalExpect
+	acceptExpect func(helper string) bool
+	now          func() time.Time
 
 	bulkReq   chan struct{} // Bulk() asks; capacity 1
 	resyncReq chan struct{} // RequestResync() asks; capacity 1
@@ -361,6 +369,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}()
 	pkts := n.tr.Packets()
 	changed := n.internal.Changed()
+	n.mu.Lock()
+	expChanged := n.expectChanged() // nil without expectations: never ready
+	n.mu.Unlock()
 	for {
 		select {
 		case <-ctx.Done():
@@ -375,6 +386,10 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-changed:
 			n.mu.Lock()
 			n.sendChanges()
+			n.mu.Unlock()
+		case <-expChanged:
+			n.mu.Lock()
+			n.sendExpectChanges()
 			n.mu.Unlock()
 		case <-ack.C:
 			n.mu.Lock()

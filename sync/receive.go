@@ -155,6 +155,8 @@ func (n *Node) apply(pr *peer, m *message, now time.Time) {
 		pr.stats.BulksReceived++
 		n.external.BeginBulk(pr.name, m.Bulk)
 		n.log.Debug("bulk begins", "peer", pr.name, "bulk", m.Bulk)
+	case MsgExpect:
+		n.applyExpects(pr, m, now)
 	case MsgBulkEnd:
 		removed := n.external.EndBulk(pr.name, m.Bulk)
 		n.log.Info("bulk received", "peer", pr.name, "removed", removed)

@@ -10,11 +10,12 @@ import (
 
 // queued is a sent stream message kept for repair.
 type queued struct {
-	seq  uint64
-	typ  MsgType
-	keys []flow.Key // DATA: the flows it carried
-	bulk uint64     // BULK_BEGIN/END: the bulk id
-	sent time.Time
+	seq   uint64
+	typ   MsgType
+	keys  []flow.Key       // DATA: the flows it carried
+	ekeys []flow.ExpectKey // EXPECT: the expectations it carried
+	bulk  uint64           // BULK_BEGIN/END: the bulk id
+	sent  time.Time
 
 	resentTo uint64 // the peer it was last resent to, and when
 	resentAt time.Time

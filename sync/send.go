@@ -118,6 +118,9 @@ func (n *Node) resendBurst() float64 { return max(float64(n.opt.ResendRate)/4, 4
 
 // resend sends a queued message again to pr and returns its size.
 func (n *Node) resend(pr *peer, e *queued) int {
+	if e.typ == MsgExpect {
+		return n.resendExpect(pr, e)
+	}
 	if e.typ != MsgData {
 		return n.sendTo(pr, &message{Type: e.typ, Seq: e.seq, Bulk: e.bulk})
 	}

@@ -81,23 +81,30 @@ type MsgType uint8
 
 // Message types. ONLY APPEND: a number, once used, keeps its meaning.
 const (
-	MsgData          MsgType = 1               // a batch of flow changes, sequenced
-	MsgAck           MsgType = 2               // cumulative: every message up to Seq arrived
-	MsgNack          MsgType = 3               // these sequence ranges are missing
-	MsgHeartbeat     MsgType = 4               // alive; Seq is the last sequence number sent
-	MsgBulkBegin     MsgType = 5               // a full copy of the sender's table begins, sequenced
-	MsgBulkEnd       MsgType = 6               // the bulk ends: drop what it did not refresh, sequenced
-	MsgResyncRequest MsgType = 7               // please send a bulk
-	MsgHello         MsgType = 8               // a node announces itself (name)
-	MsgChallenge     MsgType = 9               // prove you hold the key and live in your epoch
-	MsgResponse      MsgType = 10              // the answer to a challenge
-	msgTypeEnd               = MsgResponse + 1 // one past the last known type; move it when appending
+	MsgData          MsgType = 1             // a batch of flow changes, sequenced
+	MsgAck           MsgType = 2             // cumulative: every message up to Seq arrived
+	MsgNack          MsgType = 3             // these sequence ranges are missing
+	MsgHeartbeat     MsgType = 4             // alive; Seq is the last sequence number sent
+	MsgBulkBegin     MsgType = 5             // a full copy of the sender's table begins, sequenced
+	MsgBulkEnd       MsgType = 6             // the bulk ends: drop what it did not refresh, sequenced
+	MsgResyncRequest MsgType = 7             // please send a bulk
+	MsgHello         MsgType = 8             // a node announces itself (name)
+	MsgChallenge     MsgType = 9             // prove you hold the key and live in your epoch
+	MsgResponse      MsgType = 10            // the answer to a challenge
+	MsgExpect        MsgType = 11            // a batch of expectation changes, sequenced (expect.go)
+	msgTypeEnd               = MsgExpect + 1 // one past the last known type; move it when appending
+
+	// firstStreamExt is the first type of the stream extension rule: every
+	// type from it on is a stream message whose body begins with its
+	// sequence number, so that a receiver can take and skip a type it does
+	// not know (expect.go).
+	firstStreamExt = MsgExpect
 )
 
 var msgTypeNames = [...]string{
 	MsgData: "DATA", MsgAck: "ACK", MsgNack: "NACK", MsgHeartbeat: "HEARTBEAT",
 	MsgBulkBegin: "BULK_BEGIN", MsgBulkEnd: "BULK_END", MsgResyncRequest: "RESYNC_REQUEST",
-	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE",
+	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE", MsgExpect: "EXPECT",
 }
 
 func (t MsgType) String() string {
@@ -169,7 +176,7 @@ func parseHeader(b []byte) (header, error) {
 		To:      binary.BigEndian.Uint64(b[32:]),
 		ToEpoch: binary.BigEndian.Uint64(b[40:]),
 	}
-	if h.Type == 0 || h.Type >= msgTypeEnd {
+	if h.Type == 0 || (h.Type >= msgTypeEnd && h.Type < firstStreamExt) {
 		return header{}, fmt.Errorf("%w: unknown message type %d", ErrMalformed, b[3])
 	}
 	if h.Flags&^flagSealed != 0 || b[5]|b[6]|b[7] != 0 {
@@ -202,6 +209,8 @@ type seqRange struct {
 //	CHALLENGE       Name (the challenger), Nonce
 //	RESPONSE        Name (the responder), Nonce (the challenge's), Seq (the
 //	                responder's next sequence number)
+//	EXPECT          Seq, Expects
+//	(unknown >= 11) Seq only: taken from the stream and ignored
 type message struct {
 	Type    MsgType
 	Seq     uint64
@@ -210,6 +219,7 @@ type message struct {
 	Ranges  []seqRange
 	Name    string
 	Nonce   []byte
+	Expects []cache.ExpectChange
 }
 
 // appendBody appends the encoded body of m to b.
@@ -221,6 +231,9 @@ func appendBody(b []byte, m *message) []byte {
 			b = appendChange(b, &m.Changes[i])
 		}
 		return b
+	}
+	if m.Type == MsgExpect {
+		return appendExpectBody(b, m)
 	}
 	buf := bytes.NewBuffer(b)
 	e := msgpack.NewEncoder(buf)
@@ -272,7 +285,13 @@ func decodeBody(t MsgType, b []byte) (*message, error) {
 	case MsgAck, MsgNack, MsgHeartbeat, MsgBulkBegin, MsgBulkEnd, MsgResyncRequest,
 		MsgHello, MsgChallenge, MsgResponse:
 		err = decodeControl(b, m)
+	case MsgExpect:
+		err = decodeExpectBody(b, m)
 	default:
+		if t >= firstStreamExt {
+			err = decodeUnknownStream(b, m)
+			break
+		}
 		err = fmt.Errorf("unknown message type %d", t)
 	}
 	if err != nil {

@@ -119,7 +119,6 @@ func TestHeaderRoundTrip(t *testing.T) {
 	for _, mod := range []func([]byte){
 		func(b []byte) { b[0] = 0 },
 		func(b []byte) { b[3] = 0 },
-		func(b []byte) { b[3] = 200 },
 		func(b []byte) { b[4] = 2 },
 		func(b []byte) { b[6] = 1 },
 		func(b []byte) { b[2] = 1 },                              // version 1
