@@ -23,11 +23,13 @@ import (
 
 // BucketOf returns the bucket of key k among nb buckets (nb a power of
 // two, at least 1).
-func BucketOf(k *flow.Key, nb int) uint32 {
+func BucketOf(k *flow.Key, nb int) uint32 { return bucketOfHash(KeyHash(k), nb) }
+
+func bucketOfHash(kh uint64, nb int) uint32 {
 	if nb <= 1 {
 		return 0
 	}
-	return uint32(KeyHash(k) >> (64 - bits.TrailingZeros(uint(nb))))
+	return uint32(kh >> (64 - bits.TrailingZeros(uint(nb))))
 }
 
 const (
@@ -80,13 +82,17 @@ func KeyHash(k *flow.Key) uint64 {
 
 // StateHash returns the hash of a flow's replicated state.
 func StateHash(f *flow.Flow) uint64 {
-	h := hasher{h: 0x6374_7379_6e63_6432}
-	h.key(&f.Key)
-	h.tuple(&f.Reply)
-	h.word(uint64(f.Status)<<32 | uint64(f.Mark))
-	t := &f.TCP
+	return stateHash(KeyHash(&f.Key), &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
+}
+
+// stateHash is StateHash given the key's hash (computed once per flow for
+// both the bucket and the state).
+func stateHash(kh uint64, reply *flow.Tuple, status, mark uint32, t *flow.TCPInfo, x *flow.Extra) uint64 {
+	h := hasher{h: kh ^ 0x6374_7379_6e63_6432}
+	h.tuple(reply)
+	h.word(uint64(status)<<32 | uint64(mark))
 	h.word(uint64(t.State) | uint64(t.WScaleOrig)<<8 | uint64(t.WScaleRep)<<16 | uint64(t.FlagsOrig)<<24 | uint64(t.FlagsRep)<<32)
-	if x := f.Extra; !x.IsZero() {
+	if !x.IsZero() {
 		h.bytes(x.Labels[:])
 		h.bytes([]byte(x.Helper))
 		h.bytes(mustAppend(x.SeqAdjOrig))
@@ -114,8 +120,8 @@ func (c *Internal) Digest(nb int) (sums []uint64, flows int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.flows.each(func(k flow.Key, e *entry) {
-		f := e.flow(k)
-		sums[BucketOf(&k, nb)] += StateHash(&f)
+		kh := KeyHash(&k)
+		sums[bucketOfHash(kh, nb)] += stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
 	})
 	return sums, c.flows.len()
 }
@@ -148,7 +154,8 @@ func (c *External) Digest(origin string, nb int) (sums []uint64, flows int) {
 	o := c.origins[i]
 	for k, e := range o.flows {
 		f := e.flow(k)
-		sums[BucketOf(&k, nb)] += StateHash(&f)
+		kh := KeyHash(&k)
+		sums[bucketOfHash(kh, nb)] += stateHash(kh, &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
 	}
 	return sums, len(o.flows)
 }
