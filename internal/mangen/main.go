@@ -185,26 +185,31 @@ func programPage(prog, help string) string {
 	return b.String()
 }
 
-// field is one documented config key.
-type field struct {
-	key, typ, doc string
-}
-
 // configPage documents every TOML table and key of config.Config from the
 // types' doc comments.
 func configPage(dir string) (string, error) {
 	fset := token.NewFileSet()
-	pkgs, err := parser.ParseDir(fset, dir, func(fi os.FileInfo) bool { return !strings.HasSuffix(fi.Name(), "_test.go") }, parser.ParseComments)
+	entries, err := os.ReadDir(dir)
 	if err != nil {
-		return "", fmt.Errorf("parse %s: %w", dir, err)
+		return "", err
 	}
-	pkg, ok := pkgs["config"]
-	if !ok {
-		return "", fmt.Errorf("no package config in %s", dir)
+	var files []*ast.File
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasSuffix(name, ".go") || strings.HasSuffix(name, "_test.go") {
+			continue
+		}
+		f, err := parser.ParseFile(fset, filepath.Join(dir, name), nil, parser.ParseComments)
+		if err != nil {
+			return "", fmt.Errorf("parse %s: %w", name, err)
+		}
+		if f.Name.Name == "config" {
+			files = append(files, f)
+		}
 	}
 	types := map[string]*ast.TypeSpec{}
 	docs := map[string]string{}
-	for _, f := range pkg.Files {
+	for _, f := range files {
 		for _, d := range f.Decls {
 			g, ok := d.(*ast.GenDecl)
 			if !ok || g.Tok != token.TYPE {
