@@ -72,7 +72,7 @@ func (n *Node) handle(p Packet) {
 		return
 	}
 	var m *message
-	if h.Type >= msgTypeEnd && h.Flags&flagStreamExt == 0 {
+	if !knownType(h.Type) && h.Flags&flagStreamExt == 0 {
 		m = &message{Type: h.Type} // a newer peer's message beside the stream: ignored
 	} else {
 		m, err = decodeBody(h.Type, body)
