@@ -201,7 +201,7 @@ func parseHeader(b []byte) (header, error) {
 	if h.Flags&^(flagSealed|flagStreamExt) != 0 || b[5]|b[6]|b[7] != 0 {
 		return header{}, fmt.Errorf("%w: reserved header bits set", ErrMalformed)
 	}
-	if h.Flags&flagStreamExt != 0 && (h.Type < firstStreamExt || (h.Type < msgTypeEnd && !streamExt(h.Type))) {
+	if h.Flags&flagStreamExt != 0 && (h.Type < firstStreamExt || (knownType(h.Type) && !streamExt(h.Type))) {
 		return header{}, fmt.Errorf("%w: %s is not an extension stream message", ErrMalformed, h.Type)
 	}
 	if h.To == 0 && h.ToEpoch != 0 {
