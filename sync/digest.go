@@ -2,7 +2,7 @@ package sync
 
 import (
 	"bytes"
-		"encoding/binary"
+	"encoding/binary"
 	"fmt"
 	"maps"
 	"slices"
