@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"testing"
 	"time"
@@ -123,4 +124,127 @@ func BenchmarkExternalDigest1M(b *testing.B) {
 	for b.Loop() {
 		ex.Digest("a", nb)
 	}
+}
+
+// TestDigestKeptSums: the sums the internal cache keeps as flows change
+// equal a pass over the flows after any mix of events, reconciles and a
+// flush.
+func TestDigestKeptSums(t *testing.T) {
+	in := NewInternal(nil)
+	r := rand.New(rand.NewPCG(1, 2))
+	check := func(when string) {
+		t.Helper()
+		for _, nb := range []int{64, 1024, 4096} {
+			got, _ := in.Digest(nb)
+			want := in.digestByPass(nb)
+			for b := range want {
+				if got[b] != want[b] {
+					t.Fatalf("%s: bucket %d of %d: kept %x, pass %x", when, b, nb, got[b], want[b])
+				}
+			}
+		}
+	}
+	mutate := func(f *flow.Flow) {
+		switch r.IntN(4) {
+		case 0:
+			f.TCP.State = uint8(1 + r.IntN(8))
+		case 1:
+			f.Mark = r.Uint32()
+		case 2:
+			f.Timeout = r.Uint32N(1000) // not in the digest
+		case 3:
+			f.Extra = &flow.Extra{Helper: "ftp", Labels: [16]byte{byte(r.IntN(3))}}
+		}
+	}
+	for round := range 20 {
+		for range 2000 {
+			f := digestFlow(r.IntN(5000))
+			switch r.IntN(5) {
+			case 0:
+				in.Delete(f.Key)
+			default:
+				mutate(&f)
+				in.Upsert(&f)
+			}
+		}
+		check("events")
+		if round%5 == 4 {
+			rec := in.BeginReconcile()
+			for i := range 5000 {
+				if r.IntN(3) == 0 {
+					continue // missing from the dump: removed
+				}
+				f := digestFlow(i)
+				if r.IntN(4) == 0 {
+					mutate(&f)
+				}
+				rec.Add(&f)
+			}
+			rec.Finish()
+			check("reconcile")
+		}
+	}
+	in.Flush()
+	check("flush")
+	f := digestFlow(1)
+	in.Upsert(&f)
+	check("after flush")
+}
+
+// TestExternalDigestKeptSums: the external cache's kept sums equal a pass
+// over an origin's flows after applies, removals, bulks, takes, prunes and
+// flushes.
+func TestExternalDigestKeptSums(t *testing.T) {
+	ex := NewExternal()
+	r := rand.New(rand.NewPCG(3, 4))
+	now := time.Now()
+	check := func(when string) {
+		t.Helper()
+		for _, origin := range []string{"a", "b"} {
+			for _, nb := range []int{64, 4096} {
+				got, _ := ex.Digest(origin, nb)
+				want := ex.digestByPass(origin, nb)
+				for b := range want {
+					if got[b] != want[b] {
+						t.Fatalf("%s: %s bucket %d of %d: kept %x, pass %x", when, origin, b, nb, got[b], want[b])
+					}
+				}
+			}
+		}
+	}
+	for round := range 10 {
+		if round%3 == 1 {
+			ex.BeginBulk("a", uint64(round))
+		}
+		for range 2000 {
+			f := digestFlow(r.IntN(3000))
+			origin := []string{"a", "b"}[r.IntN(2)]
+			switch r.IntN(6) {
+			case 0:
+				ex.Apply(origin, Change{Flow: f, Deleted: true}, now)
+			case 1:
+				ex.Delete(origin, f.Key)
+			default:
+				f.Mark = r.Uint32N(3)
+				if r.IntN(5) == 0 {
+					f.Reply.Dst[0] = 9 // NAT: the reply is stored apart
+				}
+				ex.Apply(origin, Change{Flow: f}, now)
+			}
+		}
+		check("applies")
+		if round%3 == 1 {
+			ex.EndBulk("a", uint64(round))
+			check("bulk end")
+		}
+		keys := []flow.Key{digestFlow(r.IntN(3000)).Key, digestFlow(r.IntN(3000)).Key}
+		ex.Take(keys)
+		ex.Remove([]flow.Key{digestFlow(r.IntN(3000)).Key})
+		ex.Prune("b", 64, map[uint32]bool{uint32(r.IntN(64)): true}, nil)
+		check("take, remove, prune")
+	}
+	ex.Flush("a")
+	check("flush a")
+	ex.Apply("a", Change{Flow: digestFlow(1)}, now)
+	check("after flush")
 }
