@@ -23,11 +23,13 @@ import (
 
 // BucketOf returns the bucket of key k among nb buckets (nb a power of
 // two, at least 1).
-func BucketOf(k *flow.Key, nb int) uint32 {
+func BucketOf(k *flow.Key, nb int) uint32 { return bucketOfHash(KeyHash(k), nb) }
+
+func bucketOfHash(kh uint64, nb int) uint32 {
 	if nb <= 1 {
 		return 0
 	}
-	return uint32(KeyHash(k) >> (64 - bits.TrailingZeros(uint(nb))))
+	return uint32(kh >> (64 - bits.TrailingZeros(uint(nb))))
 }
 
 const (
@@ -80,13 +82,17 @@ func KeyHash(k *flow.Key) uint64 {
 
 // StateHash returns the hash of a flow's replicated state.
 func StateHash(f *flow.Flow) uint64 {
-	h := hasher{h: 0x6374_7379_6e63_6432}
-	h.key(&f.Key)
-	h.tuple(&f.Reply)
-	h.word(uint64(f.Status)<<32 | uint64(f.Mark))
-	t := &f.TCP
+	return stateHash(KeyHash(&f.Key), &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
+}
+
+// stateHash is StateHash given the key's hash (computed once per flow for
+// both the bucket and the state).
+func stateHash(kh uint64, reply *flow.Tuple, status, mark uint32, t *flow.TCPInfo, x *flow.Extra) uint64 {
+	h := hasher{h: kh ^ 0x6374_7379_6e63_6432}
+	h.tuple(reply)
+	h.word(uint64(status)<<32 | uint64(mark))
 	h.word(uint64(t.State) | uint64(t.WScaleOrig)<<8 | uint64(t.WScaleRep)<<16 | uint64(t.FlagsOrig)<<24 | uint64(t.FlagsRep)<<32)
-	if x := f.Extra; !x.IsZero() {
+	if !x.IsZero() {
 		h.bytes(x.Labels[:])
 		h.bytes([]byte(x.Helper))
 		h.bytes(mustAppend(x.SeqAdjOrig))
@@ -106,18 +112,58 @@ func mustAppend(v any) []byte {
 	return b
 }
 
+// fineBuckets is the bucket count the internal cache keeps its digest sums
+// at as flows change; a digest of fewer buckets adds neighbours (a bucket
+// is the top bits of the key hash, so bucket b of nb is fine buckets
+// b*(fineBuckets/nb) onwards).
+const fineBuckets = maxBuckets
+
+// dgIn adds e's state to the digest sums; dgOut takes it out. Called with
+// c.mu held, around every change of a flow's replicated state.
+func (c *Internal) dgIn(k *flow.Key, e *entry) {
+	if c.dsum == nil {
+		c.dsum = new([fineBuckets]uint64)
+	}
+	kh := KeyHash(k)
+	c.dsum[bucketOfHash(kh, fineBuckets)] += stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
+}
+
+func (c *Internal) dgOut(k *flow.Key, e *entry) {
+	if c.dsum == nil {
+		c.dsum = new([fineBuckets]uint64)
+	}
+	kh := KeyHash(k)
+	c.dsum[bucketOfHash(kh, fineBuckets)] -= stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
+}
+
 // Digest returns the bucket digests of the internal cache among nb buckets
-// (a power of two) and the number of flows. It holds the cache's lock for
-// one pass over the flows (tens of milliseconds at a million).
+// (a power of two, at most 4096) and the number of flows. The sums are
+// kept as flows change, so this costs 4096 additions, not a pass over the
+// flows.
 func (c *Internal) Digest(nb int) (sums []uint64, flows int) {
 	sums = make([]uint64, nb)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.flows.each(func(k flow.Key, e *entry) {
-		f := e.flow(k)
-		sums[BucketOf(&k, nb)] += StateHash(&f)
-	})
+	if c.dsum != nil {
+		shift := bits.TrailingZeros(uint(fineBuckets / nb))
+		for b, v := range c.dsum {
+			sums[b>>shift] += v
+		}
+	}
 	return sums, c.flows.len()
+}
+
+// digestByPass is Digest computed by a pass over the flows (tests: it must
+// equal the kept sums).
+func (c *Internal) digestByPass(nb int) []uint64 {
+	sums := make([]uint64, nb)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.flows.each(func(k flow.Key, e *entry) {
+		kh := KeyHash(&k)
+		sums[bucketOfHash(kh, nb)] += stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
+	})
+	return sums
 }
 
 // BucketFlows returns the current state of the internal cache's flows that
@@ -135,8 +181,43 @@ func (c *Internal) BucketFlows(nb int, buckets map[uint32]bool) []Change {
 	return out
 }
 
-// Digest returns the bucket digests among nb buckets of the flows origin
-// replicated, and their number.
+// extHash is the digest hash of an external entry and its fine bucket.
+func extHash(k *flow.Key, e *extEntry) (uint32, uint64) {
+	f := e.flow(*k)
+	kh := KeyHash(k)
+	return bucketOfHash(kh, fineBuckets), stateHash(kh, &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
+}
+
+// put stores e for k, keeping the digest sums.
+func (o *origin) put(k flow.Key, e extEntry) {
+	if o.dsum == nil {
+		o.dsum = new([fineBuckets]uint64)
+	}
+	if old, ok := o.flows[k]; ok {
+		b, h := extHash(&k, &old)
+		o.dsum[b] -= h
+	}
+	o.flows[k] = e
+	b, h := extHash(&k, &e)
+	o.dsum[b] += h
+}
+
+// del removes k's entry, if any, keeping the digest sums.
+func (o *origin) del(k flow.Key) {
+	old, ok := o.flows[k]
+	if !ok {
+		return
+	}
+	if o.dsum != nil {
+		b, h := extHash(&k, &old)
+		o.dsum[b] -= h
+	}
+	delete(o.flows, k)
+}
+
+// Digest returns the bucket digests among nb buckets (at most 4096) of the
+// flows origin replicated, and their number. The sums are kept as entries
+// change: this costs 4096 additions.
 func (c *External) Digest(origin string, nb int) (sums []uint64, flows int) {
 	sums = make([]uint64, nb)
 	c.mu.Lock()
@@ -146,11 +227,30 @@ func (c *External) Digest(origin string, nb int) (sums []uint64, flows int) {
 		return sums, 0
 	}
 	o := c.origins[i]
-	for k, e := range o.flows {
-		f := e.flow(k)
-		sums[BucketOf(&k, nb)] += StateHash(&f)
+	if o.dsum != nil {
+		shift := bits.TrailingZeros(uint(fineBuckets / nb))
+		for b, v := range o.dsum {
+			sums[b>>shift] += v
+		}
 	}
 	return sums, len(o.flows)
+}
+
+// digestByPass is External.Digest computed by a pass over the flows.
+func (c *External) digestByPass(origin string, nb int) []uint64 {
+	sums := make([]uint64, nb)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i, ok := c.byName[origin]
+	if !ok {
+		return sums
+	}
+	for k, e := range c.origins[i].flows {
+		f := e.flow(k)
+		kh := KeyHash(&k)
+		sums[bucketOfHash(kh, nb)] += stateHash(kh, &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
+	}
+	return sums
 }
 
 // Repair applies a state an origin sent to repair drift, and reports
@@ -186,7 +286,7 @@ func (c *External) Prune(origin string, nb int, buckets map[uint32]bool, keep ma
 		if _, kept := keep[k]; kept || !buckets[BucketOf(&k, nb)] {
 			continue
 		}
-		delete(o.flows, k)
+		o.del(k)
 		c.stats.RemovedByKey++
 		n++
 	}
@@ -205,11 +305,14 @@ func (c *External) ByOrigin() map[string]int {
 	return out
 }
 
+// maxBuckets is the most buckets a digest has.
+const maxBuckets = 4096
+
 // DigestBuckets returns the bucket count for a table of flows: about 256
 // flows a bucket, between 64 and 4096 buckets, a power of two.
 func DigestBuckets(flows int) int {
 	nb := 64
-	for nb < 4096 && nb*256 < flows {
+	for nb < maxBuckets && nb*256 < flows {
 		nb *= 2
 	}
 	return nb

@@ -36,15 +36,17 @@ import (
 // Config is the whole configuration. The comment on each field gives its
 // default; Default returns a Config with all of them applied.
 type Config struct {
-	Node     Node     `toml:"node"`
-	Control  Control  `toml:"control"`
-	Kernel   Kernel   `toml:"kernel"`
-	Sync     Sync     `toml:"sync"`
-	Filter   Filter   `toml:"filter"`
-	Failover Failover `toml:"failover"`
-	Metrics  Metrics  `toml:"metrics"`
-	Log      Log      `toml:"log"`
-	API      API      `toml:"api"`
+	Node    Node    `toml:"node"`
+	Control Control `toml:"control"`
+	Kernel  Kernel  `toml:"kernel"`
+	Sync    Sync    `toml:"sync"`
+	Filter  Filter  `toml:"filter"`
+	// PeerPolicy is what a peer may put into this node's kernel.
+	PeerPolicy PeerPolicy `toml:"peer_policy"`
+	Failover   Failover   `toml:"failover"`
+	Metrics    Metrics    `toml:"metrics"`
+	Log        Log        `toml:"log"`
+	API        API        `toml:"api"`
 
 	// Path is the file the config was loaded from (the name given to
 	// Parse); it is not a TOML key.
@@ -132,11 +134,53 @@ type Sync struct {
 	// PeerTimeout is the silence after which a peer counts as gone.
 	// Default 5s; longer than HeartbeatInterval.
 	PeerTimeout Duration `toml:"peer_timeout"`
+	// MinAge delays a flow's first replication until it has lived this
+	// long, so that short-lived flows (DNS, health checks) are never sent,
+	// nor their destroys. Bulk transfers and commit are unaffected. Default
+	// "0s" (off), at most 1h.
+	MinAge Duration `toml:"min_age"`
+	// Link lists more dedicated sync links, for redundancy (transport udp
+	// only), each a [[sync.link]] table with its interface, listen
+	// address and the same peers in the same order as interface, listen
+	// and peers above, which are the first link. Every datagram is sent on
+	// every link, so that losing a link loses nothing. Default: none.
+	Link []Link `toml:"link"`
+	// Expectations replicates conntrack expectations (what the ftp, sip
+	// and tftp helpers announce) and commits them on failover, after
+	// their master flows. Default true.
+	Expectations bool `toml:"expectations"`
+	// ExpectationHelpers limits the expectations replicated, and accepted
+	// from peers, to those of the named helpers ("ftp", "sip", "tftp").
+	// Empty (the default): every helper.
+	ExpectationHelpers []string `toml:"expectation_helpers"`
+	// MaxBufferBytes bounds the memory held per peer for its messages
+	// received ahead of a gap. Default 16MiB, 64KiB..4GiB.
+	MaxBufferBytes ByteSize `toml:"max_buffer_bytes"`
+	// MaxPeers bounds the peers accepted (and the origins kept in the
+	// external cache). Default 64, 1..4096.
+	MaxPeers int `toml:"max_peers"`
+	// MaxFlowsPerOrigin bounds the flows kept per peer; new ones beyond
+	// it are refused and counted. Default 2097152, 1..67108864.
+	MaxFlowsPerOrigin int `toml:"max_flows_per_origin"`
+	// ResendRate bounds the bytes per second resent to one peer on its
+	// NACKs. Default 8MiB, 64KiB..1GiB.
+	ResendRate ByteSize `toml:"resend_rate"`
 	// DigestInterval is how often each node sends its peers a digest of
 	// its table (bucketed hashes over flow keys and states), so that a
 	// peer whose copy diverged without anyone noticing repairs the
 	// buckets that differ. Default 10s; "0s" disables; otherwise 1s..1h.
 	DigestInterval Duration `toml:"digest_interval"`
+}
+
+// Link is one more dedicated sync link (see Sync.Link).
+type Link struct {
+	// Interface is the link's network interface.
+	Interface string `toml:"interface"`
+	// Listen is this node's address on the link, "IP:port".
+	Listen string `toml:"listen"`
+	// Peers are the peers' addresses on the link, in the order of
+	// sync.peers.
+	Peers []string `toml:"peers"`
 }
 
 // Metrics is the HTTP listener for Prometheus and health checks.
@@ -145,6 +189,30 @@ type Metrics struct {
 	// and /readyz over plain HTTP. Default: unset (no listener). Keep it
 	// on a management address: the metrics name peers and addresses.
 	Listen string `toml:"listen"`
+}
+
+// PeerPolicy is the receive policy for peers' flows (package peerpolicy):
+// what a peer may put into this node's kernel. The node's own [filter]
+// applies to peers' flows too.
+type PeerPolicy struct {
+	// Helpers are the conntrack helpers a peer's flow may carry; a flow
+	// with another helper is refused. Default none: list the helpers this
+	// node itself uses, e.g. ["ftp", "sip"].
+	Helpers []string `toml:"helpers"`
+	// Mark and Labels are "allow" (default), "strip" (cleared), "refuse"
+	// (a flow carrying one is refused) or "require" (a flow without one
+	// is refused).
+	Mark   string `toml:"mark"`
+	Labels string `toml:"labels"`
+	// Zone and NAT are "allow" (default), "refuse" or "require".
+	Zone string `toml:"zone"`
+	NAT  string `toml:"nat"`
+	// TimeoutFactor multiplies the per-protocol and per-state caps on a
+	// peer's flow's timeout (Linux's default timeouts). Default 1, 1..1000.
+	TimeoutFactor int `toml:"timeout_factor"`
+	// KeepFixedTimeout keeps the FIXED_TIMEOUT status bit of peers'
+	// flows. Default false: cleared.
+	KeepFixedTimeout bool `toml:"keep_fixed_timeout"`
 }
 
 // Filter selects the flows that are replicated.
@@ -164,6 +232,20 @@ type Filter struct {
 	// IgnoreOwnAddresses also ignores flows to or from this node's own
 	// addresses. Default true; see IgnoreOwn.
 	IgnoreOwnAddresses *bool `toml:"ignore_own_addresses"`
+	// IgnorePorts are original destination ports of flows not replicated,
+	// each a number or a range "FROM-TO" (inclusive), e.g. [53, "8000-8100"];
+	// they apply to TCP, UDP, UDP-Lite, SCTP and DCCP. Default [].
+	IgnorePorts []PortRange `toml:"ignore_ports"`
+	// IgnoreMarks are "VALUE" or "VALUE/MASK" (decimal or 0x hex): a flow
+	// whose mark & MASK equals VALUE is not replicated (no mask: all bits).
+	// Default [].
+	IgnoreMarks []string `toml:"ignore_marks"`
+	// IgnoreZones are conntrack zones (0..65535) whose flows are not
+	// replicated. Default [].
+	IgnoreZones []int `toml:"ignore_zones"`
+	// IgnoreHelpers are conntrack helper names ("ftp", "sip", "tftp", ...)
+	// whose flows are not replicated. Default [].
+	IgnoreHelpers []string `toml:"ignore_helpers"`
 }
 
 // Failover tunes commit and purge.
@@ -191,6 +273,16 @@ type Log struct {
 	Level string `toml:"level"`
 	// Format is text or json. Default text.
 	Format string `toml:"format"`
+	// Flows, if set, is a file (absolute path) that gets one line for each
+	// destroyed flow with its counters (packets and bytes need
+	// net.netfilter.nf_conntrack_acct=1, start and stop times
+	// nf_conntrack_timestamp=1), for accounting. Reopened on SIGHUP, for
+	// logrotate. Default: unset (off).
+	Flows string `toml:"flows"`
+	// FlowsFormat is "extended" (the time, then the flow as `conntrack -E -o
+	// extended` prints a DESTROY event) or "json" (one object a line).
+	// Default "extended".
+	FlowsFormat string `toml:"flows_format"`
 }
 
 // DefaultSocket is the default path of the control socket, also
@@ -216,6 +308,12 @@ const (
 	defaultPurgeTimeout      = "60s"
 	defaultCommitTimeout     = "120s"
 	defaultMinTimeout        = "30s"
+	defaultMaxBufferBytes    = 16 << 20
+	defaultMaxPeers          = 64
+	defaultMaxFlowsPerOrigin = 2 << 20
+	defaultResendRate        = 8 << 20
+	defaultPolicyMode        = "allow"
+	defaultTimeoutFactor     = 1
 )
 
 var (
@@ -248,26 +346,41 @@ func Default() *Config {
 			WriteBatch:     defaultWriteBatch,
 		},
 		Sync: Sync{
-			Transport:         defaultTransport,
-			MTU:               defaultMTU,
-			ResendQueue:       defaultResendQueue,
-			AckInterval:       mustDuration(defaultAckInterval),
-			HeartbeatInterval: mustDuration(defaultHeartbeatInterval),
-			PeerTimeout:       mustDuration(defaultPeerTimeout),
-			DigestInterval:    mustDuration(defaultDigestInterval),
+			Transport:          defaultTransport,
+			MTU:                defaultMTU,
+			ResendQueue:        defaultResendQueue,
+			AckInterval:        mustDuration(defaultAckInterval),
+			HeartbeatInterval:  mustDuration(defaultHeartbeatInterval),
+			PeerTimeout:        mustDuration(defaultPeerTimeout),
+			DigestInterval:     mustDuration(defaultDigestInterval),
+			Expectations:       true,
+			ExpectationHelpers: []string{},
+			MaxBufferBytes:     defaultMaxBufferBytes,
+			MaxPeers:           defaultMaxPeers,
+			MaxFlowsPerOrigin:  defaultMaxFlowsPerOrigin,
+			ResendRate:         defaultResendRate,
+		},
+		PeerPolicy: PeerPolicy{
+			Helpers: []string{},
+			Mark:    defaultPolicyMode, Labels: defaultPolicyMode, Zone: defaultPolicyMode, NAT: defaultPolicyMode,
+			TimeoutFactor: defaultTimeoutFactor,
 		},
 		Filter: Filter{
 			Protocols:          append([]string(nil), defaultProtocols...),
 			IgnoreAddresses:    append([]string(nil), defaultIgnoreAddresses...),
 			TCPStates:          append([]string(nil), defaultTCPStates...),
 			IgnoreOwnAddresses: &own,
+			IgnorePorts:        []PortRange{},
+			IgnoreMarks:        []string{},
+			IgnoreZones:        []int{},
+			IgnoreHelpers:      []string{},
 		},
 		Failover: Failover{
 			PurgeTimeout:  mustDuration(defaultPurgeTimeout),
 			CommitTimeout: mustDuration(defaultCommitTimeout),
 			MinTimeout:    mustDuration(defaultMinTimeout),
 		},
-		Log: Log{Level: defaultLogLevel, Format: defaultLogFormat},
+		Log: Log{Level: defaultLogLevel, Format: defaultLogFormat, FlowsFormat: "extended"},
 	}
 }
 

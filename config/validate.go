@@ -141,6 +141,7 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 
 	c.Sync.validate(v)
 	c.Filter.validate(v)
+	c.PeerPolicy.validate(v)
 
 	// [failover]
 	f := c.Failover
@@ -163,6 +164,10 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 	// [log]
 	v.oneOf("log.level", c.Log.Level, logLevels)
 	v.oneOf("log.format", c.Log.Format, logFormats)
+	if p := c.Log.Flows; p != "" && (!filepath.IsAbs(p) || strings.HasSuffix(p, "/")) {
+		v.add("log.flows", "%q is not an absolute file path", p)
+	}
+	v.oneOf("log.flows_format", c.Log.FlowsFormat, []string{"extended", "json"})
 
 	c.API.validate(v)
 
@@ -265,6 +270,21 @@ func (s Sync) validate(v *validator) {
 	if d := s.DigestInterval.Duration; d != 0 {
 		v.durRange("sync.digest_interval", s.DigestInterval, time.Second, time.Hour)
 	}
+	v.durRange("sync.min_age", s.MinAge, 0, time.Hour)
+	s.validateLinks(v)
+	for i, h := range s.ExpectationHelpers {
+		if !validHelperName(h) {
+			v.addElem("sync.expectation_helpers", i, "%q is not a conntrack helper name (1 to 15 of a-z, 0-9, -, _; e.g. \"ftp\", \"sip\", \"tftp\")", h)
+		}
+	}
+	if s.MaxBufferBytes < 64<<10 || s.MaxBufferBytes > 4<<30 {
+		v.add("sync.max_buffer_bytes", "%d is out of range 64KiB..4GiB", int64(s.MaxBufferBytes))
+	}
+	v.intRange("sync.max_peers", s.MaxPeers, 1, 4096)
+	v.intRange("sync.max_flows_per_origin", s.MaxFlowsPerOrigin, 1, 1<<26)
+	if s.ResendRate < 64<<10 || s.ResendRate > 1<<30 {
+		v.add("sync.resend_rate", "%d is out of range 64KiB..1GiB", int64(s.ResendRate))
+	}
 	if s.HeartbeatInterval.Duration > 0 && s.PeerTimeout.Duration >= 0 && s.PeerTimeout.Duration <= s.HeartbeatInterval.Duration {
 		key := "sync.peer_timeout"
 		if !v.inFile(key) && v.inFile("sync.heartbeat_interval") {
@@ -273,6 +293,24 @@ func (s Sync) validate(v *validator) {
 		v.add(key, "peer_timeout (%s) must be longer than heartbeat_interval (%s); 3 to 5 heartbeats is usual",
 			s.PeerTimeout.Duration, s.HeartbeatInterval.Duration)
 	}
+}
+
+var (
+	policyModes        = []string{"allow", "strip", "refuse", "require"}
+	policyModesNoStrip = []string{"allow", "refuse", "require"}
+)
+
+func (p PeerPolicy) validate(v *validator) {
+	for i, h := range p.Helpers {
+		if !validHelperName(h) {
+			v.addElem("peer_policy.helpers", i, "%q is not a conntrack helper name (1 to 15 of a-z, 0-9, -, _; e.g. \"ftp\", \"sip\")", h)
+		}
+	}
+	v.oneOf("peer_policy.mark", p.Mark, policyModes)
+	v.oneOf("peer_policy.labels", p.Labels, policyModes)
+	v.oneOf("peer_policy.zone", p.Zone, policyModesNoStrip)
+	v.oneOf("peer_policy.nat", p.NAT, policyModesNoStrip)
+	v.intRange("peer_policy.timeout_factor", p.TimeoutFactor, 1, 1000)
 }
 
 func (f Filter) validate(v *validator) {
@@ -301,6 +339,7 @@ func (f Filter) validate(v *validator) {
 	if tcp && len(f.TCPStates) == 0 {
 		v.add("filter.tcp_states", "empty while protocols include tcp: no TCP flow would be replicated (to replicate none, remove tcp from protocols)")
 	}
+	f.validateExclusions(v)
 }
 
 // parseAddrPort parses "IP:port" or "[IPv6]:port" with a literal address
@@ -394,6 +433,9 @@ func unknownKeys(file string, md toml.MetaData, loc *locator) []*Error {
 			return ok
 		case 2:
 			return ok && slices.Contains(keys, k[1])
+		case 3:
+			sub, ok := nestedTables[k[0]+"."+k[1]]
+			return ok && slices.Contains(sub, k[2])
 		}
 		return false
 	}
@@ -423,6 +465,19 @@ func unknownKeys(file string, md toml.MetaData, loc *locator) []*Error {
 	return errs
 }
 
+// nestedTables are the arrays of tables below a section, with their keys.
+var nestedTables = map[string][]string{"sync.link": tomlKeys(reflect.TypeOf(Link{}))}
+
+func tomlKeys(t reflect.Type) []string {
+	var out []string
+	for i := range t.NumField() {
+		if tag := strings.Split(t.Field(i).Tag.Get("toml"), ",")[0]; tag != "" && tag != "-" {
+			out = append(out, tag)
+		}
+	}
+	return out
+}
+
 func unknownMsg(md toml.MetaData, k toml.Key) string {
 	secs := sections()
 	if len(k) == 1 {
@@ -444,6 +499,9 @@ func unknownMsg(md toml.MetaData, k toml.Key) string {
 	keys, ok := secs[k[0]]
 	if !ok {
 		return "unknown key" // below a known key that is not a table; the decoder reports those
+	}
+	if sub, ok := nestedTables[k[0]+"."+k[1]]; ok && len(k) == 3 {
+		return fmt.Sprintf("unknown key; [[%s.%s]] has %s", k[0], k[1], strings.Join(sub, ", "))
 	}
 	if len(k) > 2 {
 		return fmt.Sprintf("unknown key: %s.%s is not a table", k[0], k[1])
@@ -503,4 +561,18 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// validHelperName reports whether h can name a conntrack helper
+// (NF_CT_HELPER_NAME_LEN is 16 with the NUL).
+func validHelperName(h string) bool {
+	if h == "" || len(h) > 15 {
+		return false
+	}
+	for _, c := range h {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

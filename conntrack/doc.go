@@ -25,7 +25,8 @@
 // Kernel versions: listing, get, create, update, delete, flush, events and
 // statistics work on any kernel with ctnetlink (Linux 3.x and later);
 // kernel-side filtering needs Linux 3.1 (mark), 4.20 (family), 5.10
-// (CTA_FILTER: addresses, protocol, ports, ICMP fields), 5.15 (status) and
+// (CTA_FILTER: IPv4 addresses, protocol, ports, ICMP fields; IPv6 addresses
+// are filtered here, as the kernel compares them inverted), 5.15 (status) and
 // 6.8 (zone); on older kernels the same filters run in user space.
 //
 // Concurrency: a [Handle] may be used from several goroutines; each

@@ -80,9 +80,9 @@ var filterOptions = []filterOption{
 	{"orig-port-dst", []string{"dport"}, func(f *Filter, v string) (err error) { f.OrigDstPort, err = parseU16(v, "port"); return }},
 	{"reply-port-src", []string{"reply-sport"}, func(f *Filter, v string) (err error) { f.ReplySrcPort, err = parseU16(v, "port"); return }},
 	{"reply-port-dst", []string{"reply-dport"}, func(f *Filter, v string) (err error) { f.ReplyDstPort, err = parseU16(v, "port"); return }},
-	{"icmp-type", nil, func(f *Filter, v string) (err error) { f.ICMPType, err = parseU8(v, "ICMP type"); return }},
-	{"icmp-code", nil, func(f *Filter, v string) (err error) { f.ICMPCode, err = parseU8(v, "ICMP code"); return }},
-	{"icmp-id", nil, func(f *Filter, v string) (err error) { f.ICMPID, err = parseU16(v, "ICMP id"); return }},
+	{"icmp-type", []string{"icmpv6-type"}, func(f *Filter, v string) (err error) { f.ICMPType, err = parseU8(v, "ICMP type"); return }},
+	{"icmp-code", []string{"icmpv6-code"}, func(f *Filter, v string) (err error) { f.ICMPCode, err = parseU8(v, "ICMP code"); return }},
+	{"icmp-id", []string{"icmpv6-id"}, func(f *Filter, v string) (err error) { f.ICMPID, err = parseU16(v, "ICMP id"); return }},
 	{"state", nil, func(f *Filter, v string) (err error) { f.TCPStates, err = ParseTCPStates(v); return }},
 	{"status", []string{"u"}, func(f *Filter, v string) (err error) { f.Status, err = ParseStatus(v); return }},
 	{"mark", []string{"m"}, func(f *Filter, v string) (err error) {

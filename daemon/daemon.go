@@ -30,6 +30,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/failover"
 	"github.com/ctsyncd/ctsyncd/filter"
 	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/flowlog"
 	"github.com/ctsyncd/ctsyncd/httpd"
 	"github.com/ctsyncd/ctsyncd/kernel"
 	ctsync "github.com/ctsyncd/ctsyncd/sync"
@@ -58,10 +59,12 @@ type Daemon struct {
 	started  time.Time
 
 	filter   atomic.Pointer[filter.Filter] // replaced whole on SIGHUP
+	policy   *policyRef                    // receive policy for peers' flows; replaced on SIGHUP
 	internal *cache.Internal
 	external *cache.External      // nil without sync
 	key      *[ctsync.KeyLen]byte // nil: insecure or no sync
 	node     *ctsync.Node         // nil without sync
+	links    *ctsync.Links        // nil unless there are redundant sync links
 	writer   *kernel.Writer
 
 	// ownPorts are the netlink port ids of this daemon's write sockets:
@@ -79,7 +82,8 @@ type Daemon struct {
 
 	listener *kernel.Listener
 	ctl      *control.Server
-	api      *httpd.Server // nil unless api.listen is set
+	flowLog  *flowlog.Writer // nil unless [log] flows is set
+	api      *httpd.Server   // nil unless api.listen is set
 	apiClose func()
 
 	lastOverrunLog time.Time // listener goroutine only
@@ -92,6 +96,10 @@ type Daemon struct {
 	metrics       *metrics      // Prometheus (metrics.go)
 	metricsSrv    *httpd.Server // [metrics] listener; nil when unset
 	lastCommitEnd atomic.Int64  // Unix ns of the end of the last commit
+	// iexp is the internal expectation cache; nil when sync.expectations
+	// is off (expect.go).
+	iexp                                            *cache.InternalExpect
+	evExpNew, evExpDestroy, evExpOwn, evExpFiltered atomic.Uint64
 }
 
 type reconcileReport struct {
@@ -121,6 +129,12 @@ func New(opts Options) (*Daemon, error) {
 		ready:    make(chan struct{}),
 	}
 	d.filter.Store(flt)
+	d.policy = &policyRef{}
+	pol, err := d.newPolicy(cfg.PeerPolicy)
+	if err != nil {
+		return nil, err
+	}
+	d.policy.p.Store(pol)
 	if cfg.Sync.Inject {
 		return nil, fmt.Errorf("sync.inject: writing received flows straight into the kernel is not supported yet; commit on failover instead")
 	}
@@ -136,9 +150,13 @@ func New(opts Options) (*Daemon, error) {
 		}
 	}
 	d.notify = newNotifier(opts.Log)
+	if err := d.openFlowLog(); err != nil {
+		return nil, fmt.Errorf("log.flows: %w", err)
+	}
 	if l := cfg.Metrics.Listen; l != "" {
 		d.metricsSrv, err = httpd.Listen(httpd.Options{Name: "metrics", Addr: l, Log: opts.Log})
 		if err != nil {
+			d.closeAPI()
 			return nil, fmt.Errorf("metrics.listen: %w", err)
 		}
 	}
@@ -181,13 +199,40 @@ func newFilter(c config.Filter) (*filter.Filter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return filter.New(protos, states, prefixes), nil
+	ex, err := exclusions(c)
+	if err != nil {
+		return nil, err
+	}
+	return filter.New(protos, states, prefixes, ex), nil
+}
+
+// exclusions converts the [filter] ignore_ports, ignore_marks, ignore_zones
+// and ignore_helpers lists (already validated) into the filter's form.
+func exclusions(c config.Filter) (filter.Exclude, error) {
+	var ex filter.Exclude
+	for _, p := range c.IgnorePorts {
+		ex.Ports = append(ex.Ports, filter.PortRange{Lo: p.Lo, Hi: p.Hi})
+	}
+	for _, m := range c.IgnoreMarks {
+		v, mask, err := config.ParseMarkMask(m)
+		if err != nil {
+			return ex, fmt.Errorf("filter.ignore_marks: %w", err)
+		}
+		ex.Marks = append(ex.Marks, filter.MarkMask{Value: v, Mask: mask})
+	}
+	for _, z := range c.IgnoreZones {
+		ex.Zones = append(ex.Zones, uint16(z))
+	}
+	ex.Helpers = append(ex.Helpers, c.IgnoreHelpers...)
+	return ex, nil
 }
 
 // Reload re-reads the config file (SIGHUP) and applies what can change
-// without losing state: the log level and the filters. A broken file
-// changes nothing. What changed but needs a restart is logged.
+// without losing state: the log level and the filters; it also reopens the
+// flow log (logrotate). A broken file changes nothing else. What changed but
+// needs a restart is logged.
 func (d *Daemon) Reload(path string) {
+	d.reopenFlowLog() // first: logrotate's SIGHUP must work even with a broken config
 	cfg, err := config.Load(path)
 	if err != nil {
 		d.log.Error("reload: config not applied", "err", err)
@@ -210,12 +255,21 @@ func (d *Daemon) Reload(path string) {
 			d.requestResync()
 		}
 	}
+	if !reflect.DeepEqual(cfg.PeerPolicy, d.cfg.PeerPolicy) {
+		if pol, err := d.newPolicy(cfg.PeerPolicy); err != nil {
+			d.log.Error("reload: peer policy not applied", "err", err)
+		} else {
+			d.policy.p.Store(pol)
+			d.log.Info("reload: peer policy applied to flows received and committed from now on")
+		}
+	}
 	var needRestart []string
 	for name, pair := range map[string][2]any{
 		"node": {cfg.Node, d.cfg.Node}, "control": {cfg.Control, d.cfg.Control},
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
 		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
-		"api": {cfg.API, d.cfg.API},
+		"log.flows": {[2]string{cfg.Log.Flows, cfg.Log.FlowsFormat}, [2]string{d.cfg.Log.Flows, d.cfg.Log.FlowsFormat}},
+		"api":       {cfg.API, d.cfg.API},
 	} {
 		if !reflect.DeepEqual(pair[0], pair[1]) {
 			needRestart = append(needRestart, name)
@@ -248,7 +302,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer d.metricsSrv.Close()
 	}
 	// Subscribe before the first dump, so that no change falls between.
-	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns})
+	if d.cfg.Sync.Expectations {
+		d.iexp = cache.NewInternalExpect()
+	}
+	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns,
+		Expectations: d.cfg.Sync.Expectations})
 	if err != nil {
 		d.ctl.Close()
 		return fmt.Errorf("subscribe to conntrack events: %w", err)
@@ -264,6 +322,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.internal = cache.NewInternal(kernel.TimeoutPolicy())
 	if d.cfg.Sync.Disabled {
 		d.internal.DisableChanges() // nobody takes them
+		if d.iexp != nil {
+			d.iexp.DisableChanges()
+		}
+	} else {
+		d.internal.SetMinAge(d.cfg.Sync.MinAge.Duration)
 	}
 	// The writer's sockets are known before any event is read, so that
 	// events caused by our own writes (commit) are never taken as local.
@@ -286,6 +349,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.external = cache.NewExternal()
 		if tr, err = d.newTransport(); err == nil {
 			d.node, err = d.newNode(tr)
+		}
+		if err == nil && d.iexp != nil {
+			d.node.SetExpectations(d.iexp, d.acceptHelper)
 		}
 		if err != nil {
 			if tr != nil {
@@ -322,6 +388,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.reconciler(ctx) })
+	if d.flowLog != nil {
+		g.Go(func() error { return d.flushFlowLog(ctx) })
+	}
+	if d.cfg.Sync.MinAge.Duration > 0 && !d.cfg.Sync.Disabled {
+		g.Go(func() error { return d.promoteAged(ctx) })
+	}
 	g.Go(func() error { return d.readiness(ctx) })
 	g.Go(func() error { return d.watchdog(ctx) })
 	if d.metricsSrv != nil {
@@ -359,6 +431,7 @@ func (d *Daemon) Event(ev *kernel.Event) {
 	case kernel.EventDestroy:
 		d.evDestroy.Add(1)
 		d.internal.Delete(ev.Flow.Key)
+		d.logDestroyed(ev)
 		return
 	case kernel.EventNew:
 		d.evNew.Add(1)
@@ -472,6 +545,9 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 	rep.Result = r.Finish()
 	d.lastRec.Store(rep)
 	d.ops.dumped.Store(true)
+	if err := d.reconcileExpects(ctx, reason); err != nil {
+		return rep, err
+	}
 	lvl := slog.LevelDebug
 	if rep.Result.Added+rep.Result.Fixed+rep.Result.Removed > 0 || reason != "periodic" {
 		lvl = slog.LevelInfo

@@ -107,6 +107,12 @@ var (
 	dDriftRepairs   = desc("drift_repairs_total", "Drift repairs that changed this node's copy of an origin's flows, by origin.", "origin")
 	dDriftFlows     = desc("drift_repaired_flows_total", "Flows added, fixed or removed by drift repairs, by origin.", "origin")
 	dDriftBulks     = desc("drift_bulk_requests_total", "Drifts too large for bucket repair, answered by asking the origin for a bulk.", "origin")
+	dIntExpects     = desc("internal_expectations", "Conntrack expectations of this node held in the internal expectation cache.")
+	dExtExpects     = desc("external_expectations", "Conntrack expectations peers replicated to this node.")
+	dExpEvents      = desc("kernel_expectation_events_total", "Expectation events from the kernel, by type (new, destroy, own_write, filtered).", "type")
+	dLinkUp         = desc("sync_link_up", "1 while a datagram arrived on the sync link within sync.peer_timeout (redundant links only).", "link")
+	dLinkBytes      = desc("sync_link_bytes_total", "Bytes on a sync link, by direction (in, out).", "link", "direction")
+	dLinkErrors     = desc("sync_link_send_errors_total", "Failed sends on a sync link.", "link")
 	dDigestSeconds  = desc("sync_digest_last_duration_seconds", "CPU time of the last digest computation of this node's table.")
 )
 
@@ -118,7 +124,8 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		dEvents, dEventsIgnored, dOverruns, dReconciles, dReconFixed, dLastReconcile, dExtApplied, dExtBulkRemoved,
 		dExtTaken, dMsgs, dBytes, dFlowsIn, dAcks, dNacks, dResends, dBulks, dFullResyncs, dGapsSkipped, dDrops,
 		dPeerUp, dPeerSeen, dLag, dPending, dPeerRisk, dAtRisk, dQueue, dLastSeq, dDigestsSent, dDigestBytes,
-		dDigestsChecked, dDriftBuckets, dDriftRepairs, dDriftFlows, dDriftBulks, dDigestSeconds} {
+		dDigestsChecked, dDriftBuckets, dDriftRepairs, dDriftFlows, dDriftBulks, dDigestSeconds,
+		dIntExpects, dExtExpects, dExpEvents, dLinkUp, dLinkBytes, dLinkErrors} {
 		ch <- d
 	}
 }
@@ -160,8 +167,26 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if r := d.lastRec.Load(); r != nil {
 		gauge(dLastReconcile, float64(r.At.UnixNano())/1e9)
 	}
+	if d.iexp != nil {
+		gauge(dIntExpects, float64(d.iexp.Len()))
+		counter(dExpEvents, d.evExpNew.Load(), "new")
+		counter(dExpEvents, d.evExpDestroy.Load(), "destroy")
+		counter(dExpEvents, d.evExpOwn.Load(), "own_write")
+		counter(dExpEvents, d.evExpFiltered.Load(), "filtered")
+		if d.external != nil {
+			gauge(dExtExpects, float64(d.external.ExpectLen()))
+		}
+	}
 	if d.node == nil {
 		return
+	}
+	if d.links != nil {
+		for _, l := range d.links.Status() {
+			gauge(dLinkUp, b2f(l.Up), l.Name)
+			counter(dLinkBytes, l.BytesIn, l.Name, "in")
+			counter(dLinkBytes, l.BytesOut, l.Name, "out")
+			counter(dLinkErrors, l.SendErrors, l.Name)
+		}
 	}
 	es := d.external.Stats()
 	for origin, n := range d.external.ByOrigin() {

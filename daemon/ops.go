@@ -173,6 +173,14 @@ func (d *Daemon) Status() *status.Status {
 	}
 	s.Caches.InternalFlows = d.internal.Len()
 	s.Caches.ExternalByOrigin = map[string]int{}
+	if d.iexp != nil {
+		n := d.iexp.Len()
+		s.Caches.InternalExpectations = &n
+		if d.external != nil {
+			x := d.external.ExpectLen()
+			s.Caches.ExternalExpectations = &x
+		}
+	}
 	if r := d.lastRec.Load(); r != nil {
 		took, _ := time.ParseDuration(r.Duration)
 		s.LastResync = &status.Resync{At: r.At, Reason: r.Reason, DurationSeconds: took.Seconds(), Flows: r.Flows,
@@ -196,6 +204,16 @@ func (d *Daemon) Status() *status.Status {
 	ns := d.node.Status()
 	s.Sync = &status.Sync{Transport: d.cfg.Sync.Transport, Secure: ns.Secure, ID: ns.ID, Epoch: ns.Epoch,
 		LastSeq: ns.LastSeq, Queued: ns.Queued, DigestIntervalSeconds: d.cfg.Sync.DigestInterval.Seconds()}
+	s.Sync.Links = []status.Link{}
+	if d.links != nil {
+		for _, l := range d.links.Status() {
+			s.Sync.Links = append(s.Sync.Links, status.Link{Name: l.Name, Up: l.Up, LastIn: l.LastIn, PacketsIn: l.PacketsIn,
+				BytesIn: l.BytesIn, PacketsOut: l.PacketsOut, BytesOut: l.BytesOut, SendErrors: l.SendErrors})
+			if !l.Up {
+				s.Warnings = append(s.Warnings, fmt.Sprintf("sync link %s is down", l.Name))
+			}
+		}
+	}
 	if !ns.Secure {
 		s.Warnings = append(s.Warnings, "sync runs insecure: datagrams are neither authenticated nor encrypted")
 	}

@@ -52,10 +52,20 @@ func (d *Daemon) watchdog(ctx context.Context) error {
 		d.log.Warn("systemd watchdog settings not understood; not feeding it", "err", err)
 		iv = 0
 	}
+	if iv > 0 {
+		d.log.Info("feeding the systemd watchdog", "watchdog", iv)
+	}
+	watchdogLoop(ctx, d.log, d.notify, iv, d.liveness, d.statusLine)
+	return nil
+}
+
+// watchdogLoop is watchdog's loop: alive returns the liveness problems
+// (none: healthy), status the STATUS= line.
+func watchdogLoop(ctx context.Context, log *slog.Logger, n *notifier, iv time.Duration,
+	alive func(timeout time.Duration) []string, status func() string) {
 	period := statusEvery
 	if iv > 0 {
 		period = min(period, iv/2)
-		d.log.Info("feeding the systemd watchdog", "every", period, "watchdog", iv)
 	}
 	t := time.NewTicker(period)
 	defer t.Stop()
@@ -63,21 +73,21 @@ func (d *Daemon) watchdog(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return
 		case <-t.C:
 		}
-		bad := d.liveness(max(period, time.Second))
-		if iv > 0 && len(bad) == 0 {
-			d.notify.send(sddaemon.SdNotifyWatchdog)
-		}
+		bad := alive(max(period, time.Second))
 		if len(bad) > 0 {
-			d.log.Error("unhealthy: not feeding the watchdog", "problems", bad)
-			d.notify.status("UNHEALTHY: " + strings.Join(bad, "; "))
+			log.Error("unhealthy: not feeding the watchdog", "problems", bad)
+			n.status("UNHEALTHY: " + strings.Join(bad, "; "))
 			lastStatus = time.Now()
 			continue
 		}
+		if iv > 0 {
+			n.send(sddaemon.SdNotifyWatchdog)
+		}
 		if time.Since(lastStatus) >= statusEvery {
-			d.notify.status(d.statusLine())
+			n.status(status())
 			lastStatus = time.Now()
 		}
 	}

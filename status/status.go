@@ -74,6 +74,22 @@ type Sync struct {
 	ExternalFlows int `json:"external_flows"`
 	// DigestIntervalSeconds is 0 when drift detection is off.
 	DigestIntervalSeconds float64 `json:"digest_interval_seconds"`
+	// Links are the sync links when there are several ([[sync.link]]);
+	// empty with one.
+	Links []Link `json:"links"`
+}
+
+// Link is the state of one sync link.
+type Link struct {
+	Name string `json:"name"`
+	// Up: a datagram arrived on it within the peer timeout.
+	Up         bool      `json:"up"`
+	LastIn     time.Time `json:"last_in"`
+	PacketsIn  uint64    `json:"packets_in"`
+	BytesIn    uint64    `json:"bytes_in"`
+	PacketsOut uint64    `json:"packets_out"`
+	BytesOut   uint64    `json:"bytes_out"`
+	SendErrors uint64    `json:"send_errors"`
 }
 
 // Peer is what this node knows of one peer.
@@ -106,6 +122,10 @@ type Caches struct {
 	ExternalFlows int `json:"external_flows"`
 	// ExternalByOrigin is the external cache by origin node name.
 	ExternalByOrigin map[string]int `json:"external_by_origin"`
+	// InternalExpectations and ExternalExpectations count the cached
+	// conntrack expectations; null when sync.expectations is off.
+	InternalExpectations *int `json:"internal_expectations"`
+	ExternalExpectations *int `json:"external_expectations"`
 }
 
 // Commit summarizes the last commit.
@@ -178,6 +198,18 @@ func (s *Status) WriteText(w io.Writer) error {
 		fmt.Fprintf(tw, " (%s)", strings.Join(parts, ", "))
 	}
 	fmt.Fprintf(tw, "\n")
+	if s.Caches.InternalExpectations != nil {
+		ext := 0
+		if s.Caches.ExternalExpectations != nil {
+			ext = *s.Caches.ExternalExpectations
+		}
+		fmt.Fprintf(tw, "expectations:\t%d internal, %d external\n", *s.Caches.InternalExpectations, ext)
+	}
+	if s.Sync != nil {
+		for _, l := range s.Sync.Links {
+			fmt.Fprintf(tw, "link %s:\t%s, %d datagrams in, %d out, %d send errors\n", l.Name, map[bool]string{true: "up", false: "DOWN"}[l.Up], l.PacketsIn, l.PacketsOut, l.SendErrors)
+		}
+	}
 	fmt.Fprintf(tw, "at risk:\t%d flows not yet held by every peer\n", s.FlowsAtRisk)
 	if r := s.LastResync; r != nil {
 		e := ""

@@ -45,6 +45,24 @@ func TestLoadKey(t *testing.T) {
 			t.Errorf("%s: err = %v, want ErrKeyFile mentioning %q", name, err, c.want)
 		}
 	}
+	// A symbolic link to a good key file is refused (O_NOFOLLOW).
+	link := filepath.Join(dir, "link.key")
+	if err := os.Symlink(p, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadKey(link); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("symlink: %v, want refused", err)
+	}
+	// A key file owned by another user is refused (needs root to chown).
+	if os.Geteuid() == 0 {
+		other := write("other-owner.key", good, 0o600)
+		if err := os.Chown(other, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadKey(other); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+			t.Errorf("other owner: %v, want refused", err)
+		}
+	}
 	if _, err := LoadKey(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
 	}
@@ -59,9 +77,9 @@ func TestSealOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := Header{Type: MsgAck, Node: 1, Epoch: 2, Counter: 3}
+	h := header{Type: MsgAck, Node: 1, Epoch: 2, Counter: 3, To: 4, ToEpoch: 5}
 	d := seal(nil, h, []byte("body"), a)
-	h2, err := ParseHeader(d)
+	h2, err := parseHeader(d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,10 +100,10 @@ func TestSealOpen(t *testing.T) {
 			t.Errorf("%s: %v, want ErrAuth", name, err)
 		}
 	}
-	for _, i := range []int{3, 20, 31, HeaderLen, len(d) - 1} {
+	for _, i := range []int{3, 20, 31, 39, 47, HeaderLen, len(d) - 1} {
 		c := append([]byte(nil), d...)
 		c[i] ^= 1
-		h3, err := ParseHeader(c)
+		h3, err := parseHeader(c)
 		if err != nil {
 			continue
 		}

@@ -2,12 +2,10 @@ package sync
 
 import (
 	"bytes"
-	"context"
 	"encoding/binary"
 	"fmt"
 	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/vmihailenco/msgpack/v5"
@@ -50,10 +48,10 @@ import (
 
 // Digest message types (appended after the stream's types).
 const (
-	MsgDigest        MsgType = 11 // bucketed sums of the sender's table
-	MsgDigestRequest MsgType = 12 // send me these buckets
-	MsgRepair        MsgType = 13 // flows of requested buckets
-	MsgRepairEnd     MsgType = 14 // these buckets are complete
+	MsgDigest        MsgType = 13 // bucketed sums of the sender's table
+	MsgDigestRequest MsgType = 14 // send me these buckets (addressed)
+	MsgRepair        MsgType = 15 // flows of requested buckets (addressed)
+	MsgRepairEnd     MsgType = 16 // these buckets are complete (addressed)
 )
 
 const (
@@ -65,6 +63,8 @@ const (
 	repairEndChunk = 32
 	// repairBurst is how many REPAIR datagrams go out per millisecond.
 	repairBurst = 16
+	// maxRepairJobs bounds the requests queued for answer.
+	maxRepairJobs = 16
 )
 
 // DigestPart is the body of the digest message types.
@@ -80,7 +80,11 @@ type DigestPart struct {
 
 func isDigestType(t MsgType) bool { return t >= MsgDigest && t <= MsgRepairEnd }
 
-func appendDigestBody(b []byte, m *Message) []byte {
+// knownType reports whether this version knows message type t (the
+// numbers below msgTypeEnd include ones reserved for other work).
+func knownType(t MsgType) bool { return t > 0 && t < msgTypeEnd && msgTypeNames[t] != "" }
+
+func appendDigestBody(b []byte, m *message) []byte {
 	d := m.Digest
 	if d == nil {
 		d = &DigestPart{}
@@ -112,7 +116,7 @@ func appendDigestBody(b []byte, m *Message) []byte {
 		var chs []byte
 		chs = binary.AppendUvarint(chs, uint64(len(m.Changes)))
 		for i := range m.Changes {
-			chs = AppendChange(chs, &m.Changes[i])
+			chs = appendChange(chs, &m.Changes[i])
 		}
 		_ = e.EncodeBytes(chs)
 	case MsgRepairEnd:
@@ -132,7 +136,7 @@ func encodeUints(e *msgpack.Encoder, l []uint32) {
 	}
 }
 
-func decodeDigestBody(b []byte, m *Message) error {
+func decodeDigestBody(b []byte, m *message) error {
 	r := bytes.NewReader(b)
 	d := msgpack.NewDecoder(r)
 	n, err := d.DecodeArrayLen()
@@ -201,7 +205,7 @@ func decodeDigestBody(b []byte, m *Message) error {
 		}
 		m.Changes = make([]cache.Change, cnt)
 		for i := range m.Changes {
-			k, err := DecodeChange(chs, &m.Changes[i])
+			k, err := decodeChange(chs, &m.Changes[i])
 			if err != nil {
 				return fmt.Errorf("flow %d: %w", i, err)
 			}
@@ -300,7 +304,7 @@ type digestState struct {
 	rounds   uint64        // last round id sent
 	rx       map[uint64]*digestRx
 	stats    DriftStats
-	requests chan repairJob // origin side: requests to serve (not guarded)
+	jobs     []*repairJob // origin side: requests being answered
 }
 
 // digestRx is the receive side of one origin's digests and repair.
@@ -322,12 +326,14 @@ type digestRx struct {
 	buckets     int
 }
 
+// repairJob is a peer's request for buckets being answered.
 type repairJob struct {
-	peer   uint64
-	addr   string
-	round  uint64
-	nb     int
-	bucket []uint32
+	peer, epoch uint64
+	round       uint64
+	nb          int
+	chunks      [][]uint32 // buckets not completed yet, by REPAIR_END chunk
+	byBucket    map[uint32][]cache.Change
+	cur         []cache.Change // flows of chunks[0] not sent yet
 }
 
 // SetDigestInterval turns drift detection on with digests every d (0
@@ -354,40 +360,24 @@ func (n *Node) DriftStats() DriftStats {
 	return s
 }
 
-// runDigests sends digests every interval and serves repair requests,
-// until ctx ends. Run starts it and waits for it.
-func (n *Node) runDigests(ctx context.Context, wg *sync.WaitGroup) {
+// digestTicker returns the channel of the digest interval's ticker and a
+// function that stops it; a nil channel (never ready) when digests are
+// off. Run selects on it.
+func (n *Node) digestTicker() (<-chan time.Time, func()) {
 	n.mu.Lock()
 	iv := n.dg.interval
-	n.dg.requests = make(chan repairJob, 8)
 	n.mu.Unlock()
 	if iv <= 0 {
-		return
+		return nil, func() {}
 	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(iv)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-				n.sendDigest()
-			case job := <-n.dg.requests:
-				n.serveRepair(ctx, job)
-			}
-		}
-	}()
+	t := time.NewTicker(iv)
+	return t.C, t.Stop
 }
 
 // sendDigest sends one digest round of the internal cache to every peer.
-// It holds the node's lock throughout, so that the digest matches the
-// stream's last sequence number exactly.
+// Node.mu is held throughout, so that the digest matches the stream's last
+// sequence number exactly.
 func (n *Node) sendDigest() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
 	if len(n.peers) == 0 {
 		return
 	}
@@ -409,7 +399,7 @@ func (n *Node) sendDigest() {
 	per := max(8, (n.bodyBudget()-64)/8)
 	for off := 0; off < nb; off += per {
 		end := min(nb, off+per)
-		m := &Message{Type: MsgDigest, Seq: n.nextSeq - 1, Digest: &DigestPart{
+		m := &message{Type: MsgDigest, Seq: n.nextSeq - 1, Digest: &DigestPart{
 			Round: round, Buckets: uint32(nb), Offset: uint32(off), Flows: uint64(flows), Sums: sums[off:end]}}
 		b := n.sendAllLen(m)
 		n.dg.stats.BytesSent += uint64(b)
@@ -418,12 +408,8 @@ func (n *Node) sendDigest() {
 }
 
 // sendAllLen sends m to every peer and returns the datagram's length.
-func (n *Node) sendAllLen(m *Message) int {
-	before := n.counter
+func (n *Node) sendAllLen(m *message) int {
 	n.sendAll(m)
-	if n.counter == before {
-		return 0
-	}
 	return len(n.out)
 }
 
@@ -438,7 +424,7 @@ func (n *Node) originDrift(name string) *OriginDrift {
 func (n *Node) putOriginDrift(name string, o *OriginDrift) { n.dg.stats.ByOrigin[name] = *o }
 
 // handleDigest takes a digest message of an accepted peer; Node.mu held.
-func (n *Node) handleDigest(pr *peer, m *Message, now time.Time) {
+func (n *Node) handleDigest(pr *peer, m *message, now time.Time) {
 	if n.dg.rx == nil {
 		n.dg.rx = make(map[uint64]*digestRx)
 	}
@@ -452,11 +438,7 @@ func (n *Node) handleDigest(pr *peer, m *Message, now time.Time) {
 	case MsgDigest:
 		n.compareDigest(pr, drx, m, now)
 	case MsgDigestRequest:
-		select {
-		case n.dg.requests <- repairJob{peer: pr.id, addr: pr.addr, round: d.Round, nb: int(d.Buckets), bucket: d.List}:
-		default:
-			n.log.Debug("repair request dropped: too many pending", "peer", pr.name)
-		}
+		n.queueRepair(pr, d)
 	case MsgRepair:
 		if drx.repairRound != d.Round || drx.asked == nil || drx.nb != int(d.Buckets) {
 			return
@@ -493,7 +475,7 @@ func (n *Node) handleDigest(pr *peer, m *Message, now time.Time) {
 }
 
 // compareDigest compares one DIGEST part with this node's copy.
-func (n *Node) compareDigest(pr *peer, drx *digestRx, m *Message, now time.Time) {
+func (n *Node) compareDigest(pr *peer, drx *digestRx, m *message, now time.Time) {
 	d := m.Digest
 	od := n.originDrift(pr.name)
 	defer n.putOriginDrift(pr.name, od)
@@ -556,7 +538,7 @@ func (n *Node) compareDigest(pr *peer, drx *digestRx, m *Message, now time.Time)
 	drx.keep = make(map[flow.Key]struct{})
 	drx.got = make(map[uint32]uint32)
 	drx.fixed, drx.pruned, drx.buckets = 0, 0, len(drx.diff)
-	n.sendTo(pr.addr, &Message{Type: MsgDigestRequest, Digest: &DigestPart{Round: d.Round, Buckets: d.Buckets, List: drx.diff}})
+	n.sendTo(pr, &message{Type: MsgDigestRequest, Digest: &DigestPart{Round: d.Round, Buckets: d.Buckets, List: drx.diff}})
 }
 
 func (n *Node) finishRepair(pr *peer, drx *digestRx, now time.Time) {
@@ -572,62 +554,93 @@ func (n *Node) finishRepair(pr *peer, drx *digestRx, now time.Time) {
 	drx.asked, drx.keep, drx.got = nil, nil, nil
 }
 
-// serveRepair answers a peer's request for buckets: the current state of
-// their flows, paced, then REPAIR_END per chunk of buckets.
-func (n *Node) serveRepair(ctx context.Context, job repairJob) {
-	if job.nb <= 0 || job.nb > maxDigestBuckets || job.nb&(job.nb-1) != 0 {
+// queueRepair takes a peer's request for buckets; repairStep answers it.
+func (n *Node) queueRepair(pr *peer, d *DigestPart) {
+	if len(n.dg.jobs) >= maxRepairJobs {
+		n.log.Debug("repair request dropped: too many pending", "peer", pr.name)
 		return
 	}
-	slices.Sort(job.bucket)
-	job.bucket = slices.Compact(job.bucket)
-	for len(job.bucket) > 0 {
-		chunk := job.bucket[:min(repairEndChunk, len(job.bucket))]
-		job.bucket = job.bucket[len(chunk):]
-		set := make(map[uint32]bool, len(chunk))
-		for _, b := range chunk {
-			set[b] = true
+	list := slices.Clone(d.List)
+	slices.Sort(list)
+	list = slices.Compact(list)
+	j := &repairJob{peer: pr.id, epoch: pr.epoch, round: d.Round, nb: int(d.Buckets)}
+	for len(list) > 0 {
+		c := list[:min(repairEndChunk, len(list))]
+		j.chunks = append(j.chunks, c)
+		list = list[len(c):]
+	}
+	n.dg.jobs = append(n.dg.jobs, j)
+}
+
+// repairing reports whether repair answers are pending (Run then paces
+// repairStep with the bulk ticker).
+func (n *Node) repairing() bool { return len(n.dg.jobs) > 0 }
+
+// repairStep sends the next datagrams of the pending repair answers: the
+// current state of the requested buckets' flows (REPAIR), and after each
+// chunk of buckets a REPAIR_END with how many flows each bucket had.
+// Node.mu held.
+func (n *Node) repairStep() {
+	budget := n.bodyBudget() - 32
+	for sent := 0; sent < repairBurst && len(n.dg.jobs) > 0; {
+		j := n.dg.jobs[0]
+		pr := n.peers[j.peer]
+		if pr == nil || pr.epoch != j.epoch || len(j.chunks) == 0 {
+			n.dg.jobs = n.dg.jobs[1:]
+			continue
 		}
-		chs := n.internal.BucketFlows(job.nb, set)
-		counts := make(map[uint32]uint32, len(chunk))
-		for i := range chs {
-			counts[cache.BucketOf(&chs[i].Flow.Key, job.nb)]++
+		if j.byBucket == nil {
+			set := make(map[uint32]bool)
+			for _, c := range j.chunks {
+				for _, b := range c {
+					set[b] = true
+				}
+			}
+			j.byBucket = make(map[uint32][]cache.Change, len(set))
+			for _, ch := range n.internal.BucketFlows(j.nb, set) {
+				b := cache.BucketOf(&ch.Flow.Key, j.nb)
+				j.byBucket[b] = append(j.byBucket[b], ch)
+			}
+			j.cur = j.chunkFlows()
 		}
-		budget := n.bodyBudget() - 32
-		for len(chs) > 0 {
-			n.mu.Lock()
-			for range repairBurst {
-				if len(chs) == 0 {
+		if len(j.cur) > 0 {
+			size, i := 0, 0
+			for i < len(j.cur) {
+				l := len(appendChange(n.scratch[:0], &j.cur[i]))
+				if i > 0 && size+l > budget {
 					break
 				}
-				size, i := 0, 0
-				for i < len(chs) {
-					l := len(AppendChange(n.scratch[:0], &chs[i]))
-					if i > 0 && size+l > budget {
-						break
-					}
-					size += l
-					i++
-				}
-				n.sendTo(job.addr, &Message{Type: MsgRepair, Changes: chs[:i],
-					Digest: &DigestPart{Round: job.round, Buckets: uint32(job.nb)}})
-				chs = chs[i:]
+				size += l
+				i++
 			}
-			n.mu.Unlock()
-			if len(chs) > 0 {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(time.Millisecond):
-				}
-			}
+			n.sendTo(pr, &message{Type: MsgRepair, Changes: j.cur[:i],
+				Digest: &DigestPart{Round: j.round, Buckets: uint32(j.nb)}})
+			j.cur = j.cur[i:]
+			sent++
+			continue
 		}
-		end := &DigestPart{Round: job.round, Buckets: uint32(job.nb), List: chunk, Counts: make([]uint32, len(chunk))}
-		for i, b := range chunk {
-			end.Counts[i] = counts[b]
+		c := j.chunks[0]
+		end := &DigestPart{Round: j.round, Buckets: uint32(j.nb), List: c, Counts: make([]uint32, len(c))}
+		for i, b := range c {
+			end.Counts[i] = uint32(len(j.byBucket[b]))
 		}
-		n.mu.Lock()
-		n.sendTo(job.addr, &Message{Type: MsgRepairEnd, Digest: end})
-		n.dg.stats.RepairsServed++
-		n.mu.Unlock()
+		n.sendTo(pr, &message{Type: MsgRepairEnd, Digest: end})
+		sent++
+		j.chunks = j.chunks[1:]
+		if len(j.chunks) == 0 {
+			n.dg.stats.RepairsServed++
+			n.dg.jobs = n.dg.jobs[1:]
+			continue
+		}
+		j.cur = j.chunkFlows()
 	}
+}
+
+// chunkFlows returns the flows of the job's current chunk of buckets.
+func (j *repairJob) chunkFlows() []cache.Change {
+	var out []cache.Change
+	for _, b := range j.chunks[0] {
+		out = append(out, j.byBucket[b]...)
+	}
+	return out
 }

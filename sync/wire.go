@@ -14,25 +14,33 @@ import (
 	"github.com/ctsyncd/ctsyncd/flow"
 )
 
-// Wire format, version 1.
+// Wire format, version 2.
 //
-// A datagram is a fixed 32-byte header followed by the body. The header is
+// A datagram is a fixed 48-byte header followed by the body. The header is
 // sent in the clear and authenticated as associated data; the body is
 // sealed with AES-256-GCM (16-byte tag appended) unless the node runs
 // insecure.
 //
-//	0      2   3    4     5          8        16        24         32
-//	+------+---+----+-----+----------+--------+---------+----------+
-//	|magic |ver|type|flags| reserved | node id|  epoch  | counter  |
-//	+------+---+----+-----+----------+--------+---------+----------+
+//	0      2   3    4     5          8        16      24        32        40         48
+//	+------+---+----+-----+----------+--------+-------+---------+---------+----------+
+//	|magic |ver|type|flags| reserved | node id| epoch | counter | to node | to epoch |
+//	+------+---+----+-----+----------+--------+-------+---------+---------+----------+
 //
 // node id is the first 8 bytes of SHA-256(node name); epoch is random per
 // start of the sender; counter counts the sender's datagrams in that epoch
-// from 1 (the AEAD nonce and the replay window use it). The sequence number
-// of the reliable stream travels in the body of DATA, BULK_BEGIN and
-// BULK_END.
+// from 1 (the AEAD nonce and the replay window use it). to node and to
+// epoch name the one receiver of a message sent to one peer (ACK, NACK,
+// RESYNC_REQUEST, CHALLENGE, RESPONSE, resends); both are 0 in a message
+// for every peer. A receiver drops a message addressed to another node or
+// to another epoch of its own, so a datagram captured on its way to one
+// peer cannot be replayed to another (the sender's counter is shared by
+// all its receivers). The sequence number of the reliable stream travels
+// in the body of DATA, BULK_BEGIN and BULK_END.
 //
-// The DATA body is a compact binary encoding (see AppendChange); every other
+// Version 1 (a 32-byte header without the receiver) is not spoken any
+// more: a version-1 datagram is refused as ErrVersion.
+//
+// The DATA body is a compact binary encoding (see appendChange); every other
 // body is a msgpack array of its fields, in the order listed on each type.
 // Receivers ignore array elements they do not know (later minor additions)
 // and refuse missing ones.
@@ -40,10 +48,10 @@ const (
 	magic0, magic1 = 0xC7, 0x5C
 
 	// Version is the protocol version this package speaks.
-	Version = 1
+	Version = 2
 
 	// HeaderLen is the length of the fixed header.
-	HeaderLen = 32
+	HeaderLen = 48
 
 	// MaxDatagram is the largest datagram accepted or sent (the IPv4 UDP
 	// payload limit).
@@ -65,8 +73,18 @@ const (
 	maxHelperLen = 32
 )
 
-// flagSealed marks a body sealed with the sender's epoch key.
-const flagSealed = 0x01
+// Header flags.
+const (
+	// flagSealed marks a body sealed with the sender's epoch key.
+	flagSealed = 0x01
+	// flagStreamExt marks a stream message of a type from EXPECT on: its
+	// body begins with its sequence number (a uvarint). A receiver that
+	// does not know the type takes the sequence number and skips the rest;
+	// a message of an unknown type without the flag is ignored. So a newer
+	// peer's additions, on the stream or beside it, neither break nor
+	// stall an older receiver.
+	flagStreamExt = 0x02
+)
 
 // MsgType is the type of a message.
 type MsgType uint8
@@ -83,18 +101,32 @@ const (
 	MsgHello         MsgType = 8                // a node announces itself (name)
 	MsgChallenge     MsgType = 9                // prove you hold the key and live in your epoch
 	MsgResponse      MsgType = 10               // the answer to a challenge
-	msgTypeEnd               = MsgRepairEnd + 1 // one past the last known type; move it when appending (digest.go)
+	MsgExpect        MsgType = 11               // a batch of expectation changes, sequenced (expect.go)
+	msgTypeEnd               = MsgRepairEnd + 1 // one past the last known type; move it when appending (digest.go: 13..16)
+
+	// Numbers taken by work landing next, so that branches do not collide:
+	// 12 DATA_NOW (first-packet defer), 13..16 DIGEST, DIGEST_REQUEST,
+	// REPAIR, REPAIR_END (drift detection), 17 NODE_INFO (version,
+	// capabilities, ruleset digest). A stream type from EXPECT on sets
+	// flagStreamExt (see streamExt); other new types must not.
+
+	// firstStreamExt is the first type that may carry flagStreamExt.
+	firstStreamExt = MsgExpect
 )
+
+// streamExt reports whether messages of type t are stream messages sent
+// with flagStreamExt.
+func streamExt(t MsgType) bool { return t == MsgExpect }
 
 var msgTypeNames = [...]string{
 	MsgData: "DATA", MsgAck: "ACK", MsgNack: "NACK", MsgHeartbeat: "HEARTBEAT",
 	MsgBulkBegin: "BULK_BEGIN", MsgBulkEnd: "BULK_END", MsgResyncRequest: "RESYNC_REQUEST",
-	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE",
+	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE", MsgExpect: "EXPECT",
 	MsgDigest: "DIGEST", MsgDigestRequest: "DIGEST_REQUEST", MsgRepair: "REPAIR", MsgRepairEnd: "REPAIR_END",
 }
 
 func (t MsgType) String() string {
-	if t > 0 && t < msgTypeEnd {
+	if t > 0 && t < msgTypeEnd && msgTypeNames[t] != "" {
 		return msgTypeNames[t]
 	}
 	return fmt.Sprintf("MsgType(%d)", uint8(t))
@@ -107,60 +139,86 @@ func NodeID(name string) uint64 {
 	return binary.BigEndian.Uint64(s[:8])
 }
 
-// Header is the fixed header of a datagram.
-type Header struct {
+// header is the fixed header of a datagram.
+type header struct {
 	Type    MsgType
 	Flags   uint8
 	Node    uint64 // sender's node id
 	Epoch   uint64 // sender's epoch
 	Counter uint64 // sender's datagram counter in the epoch, from 1
+	To      uint64 // the receiver's node id; 0: every peer
+	ToEpoch uint64 // the receiver's epoch; 0 when To is 0
 }
 
-// AppendHeader appends the encoded header to b.
-func AppendHeader(b []byte, h *Header) []byte {
+// addressed reports whether messages of type t go to one peer and must
+// name it in the header.
+func addressed(t MsgType) bool {
+	switch t {
+	case MsgAck, MsgNack, MsgResyncRequest, MsgChallenge, MsgResponse,
+		MsgDigestRequest, MsgRepair, MsgRepairEnd:
+		return true
+	}
+	return false
+}
+
+// appendHeader appends the encoded header to b.
+func appendHeader(b []byte, h *header) []byte {
 	b = append(b, magic0, magic1, Version, byte(h.Type), h.Flags, 0, 0, 0)
 	b = binary.BigEndian.AppendUint64(b, h.Node)
 	b = binary.BigEndian.AppendUint64(b, h.Epoch)
-	return binary.BigEndian.AppendUint64(b, h.Counter)
+	b = binary.BigEndian.AppendUint64(b, h.Counter)
+	b = binary.BigEndian.AppendUint64(b, h.To)
+	return binary.BigEndian.AppendUint64(b, h.ToEpoch)
 }
 
-// ParseHeader decodes the header at the start of b. It checks the magic,
+// parseHeader decodes the header at the start of b. It checks the magic,
 // the version and the reserved bytes, and that the type is known.
-func ParseHeader(b []byte) (Header, error) {
+func parseHeader(b []byte) (header, error) {
 	if len(b) < HeaderLen {
-		return Header{}, fmt.Errorf("%w: %d bytes, shorter than a header", ErrMalformed, len(b))
+		return header{}, fmt.Errorf("%w: %d bytes, shorter than a header", ErrMalformed, len(b))
 	}
 	if len(b) > MaxDatagram {
-		return Header{}, fmt.Errorf("%w: %d bytes, over %d", ErrMalformed, len(b), MaxDatagram)
+		return header{}, fmt.Errorf("%w: %d bytes, over %d", ErrMalformed, len(b), MaxDatagram)
 	}
 	if b[0] != magic0 || b[1] != magic1 {
-		return Header{}, fmt.Errorf("%w: bad magic %#x%02x", ErrMalformed, b[0], b[1])
+		return header{}, fmt.Errorf("%w: bad magic %#x%02x", ErrMalformed, b[0], b[1])
 	}
 	if b[2] != Version {
-		return Header{}, fmt.Errorf("%w: version %d, want %d", ErrVersion, b[2], Version)
+		return header{}, fmt.Errorf("%w: version %d, want %d", ErrVersion, b[2], Version)
 	}
-	h := Header{
+	h := header{
 		Type:    MsgType(b[3]),
 		Flags:   b[4],
 		Node:    binary.BigEndian.Uint64(b[8:]),
 		Epoch:   binary.BigEndian.Uint64(b[16:]),
 		Counter: binary.BigEndian.Uint64(b[24:]),
+		To:      binary.BigEndian.Uint64(b[32:]),
+		ToEpoch: binary.BigEndian.Uint64(b[40:]),
 	}
-	if h.Type == 0 || h.Type >= msgTypeEnd {
-		return Header{}, fmt.Errorf("%w: unknown message type %d", ErrMalformed, b[3])
+	if h.Type == 0 {
+		return header{}, fmt.Errorf("%w: message type 0", ErrMalformed)
 	}
-	if h.Flags&^flagSealed != 0 || b[5]|b[6]|b[7] != 0 {
-		return Header{}, fmt.Errorf("%w: reserved header bits set", ErrMalformed)
+	if h.Flags&^(flagSealed|flagStreamExt) != 0 || b[5]|b[6]|b[7] != 0 {
+		return header{}, fmt.Errorf("%w: reserved header bits set", ErrMalformed)
+	}
+	if h.Flags&flagStreamExt != 0 && (h.Type < firstStreamExt || (knownType(h.Type) && !streamExt(h.Type))) {
+		return header{}, fmt.Errorf("%w: %s is not an extension stream message", ErrMalformed, h.Type)
+	}
+	if h.To == 0 && h.ToEpoch != 0 {
+		return header{}, fmt.Errorf("%w: receiver epoch without a receiver", ErrMalformed)
+	}
+	if addressed(h.Type) && h.To == 0 {
+		return header{}, fmt.Errorf("%w: %s names no receiver", ErrMalformed, h.Type)
 	}
 	return h, nil
 }
 
-// SeqRange is an inclusive range of sequence numbers.
-type SeqRange struct {
+// seqRange is an inclusive range of sequence numbers.
+type seqRange struct {
 	First, Last uint64
 }
 
-// Message is a decoded message body. Which fields are used depends on the
+// message is a decoded message body. Which fields are used depends on the
 // type:
 //
 //	DATA            Seq, Changes
@@ -173,19 +231,22 @@ type SeqRange struct {
 //	CHALLENGE       Name (the challenger), Nonce
 //	RESPONSE        Name (the responder), Nonce (the challenge's), Seq (the
 //	                responder's next sequence number)
-type Message struct {
+//	EXPECT          Seq, Expects
+//	(unknown >= 11) Seq only: taken from the stream and ignored
+type message struct {
 	Type    MsgType
 	Seq     uint64
 	Bulk    uint64
 	Changes []cache.Change
-	Ranges  []SeqRange
+	Ranges  []seqRange
 	Name    string
 	Nonce   []byte
+	Expects []cache.ExpectChange
 	Digest  *DigestPart // the digest types (digest.go)
 }
 
-// AppendBody appends the encoded body of m to b.
-func AppendBody(b []byte, m *Message) []byte {
+// appendBody appends the encoded body of m to b.
+func appendBody(b []byte, m *message) []byte {
 	if isDigestType(m.Type) {
 		return appendDigestBody(b, m)
 	}
@@ -193,9 +254,12 @@ func AppendBody(b []byte, m *Message) []byte {
 		b = binary.AppendUvarint(b, m.Seq)
 		b = binary.AppendUvarint(b, uint64(len(m.Changes)))
 		for i := range m.Changes {
-			b = AppendChange(b, &m.Changes[i])
+			b = appendChange(b, &m.Changes[i])
 		}
 		return b
+	}
+	if m.Type == MsgExpect {
+		return appendExpectBody(b, m)
 	}
 	buf := bytes.NewBuffer(b)
 	e := msgpack.NewEncoder(buf)
@@ -233,13 +297,13 @@ func AppendBody(b []byte, m *Message) []byte {
 	return buf.Bytes()
 }
 
-// DecodeBody decodes a body of type t. It never panics, refuses trailing
+// decodeBody decodes a body of type t. It never panics, refuses trailing
 // bytes and checks every length before allocating.
-func DecodeBody(t MsgType, b []byte) (*Message, error) {
+func decodeBody(t MsgType, b []byte) (*message, error) {
 	if len(b) > MaxDatagram {
 		return nil, fmt.Errorf("%w: body of %d bytes", ErrMalformed, len(b))
 	}
-	m := &Message{Type: t}
+	m := &message{Type: t}
 	var err error
 	switch t {
 	case MsgData:
@@ -247,9 +311,15 @@ func DecodeBody(t MsgType, b []byte) (*Message, error) {
 	case MsgAck, MsgNack, MsgHeartbeat, MsgBulkBegin, MsgBulkEnd, MsgResyncRequest,
 		MsgHello, MsgChallenge, MsgResponse:
 		err = decodeControl(b, m)
+	case MsgExpect:
+		err = decodeExpectBody(b, m)
 	case MsgDigest, MsgDigestRequest, MsgRepair, MsgRepairEnd:
 		err = decodeDigestBody(b, m)
 	default:
+		if t >= firstStreamExt {
+			err = decodeUnknownStream(b, m)
+			break
+		}
 		err = fmt.Errorf("unknown message type %d", t)
 	}
 	if err != nil {
@@ -258,7 +328,7 @@ func DecodeBody(t MsgType, b []byte) (*Message, error) {
 	return m, nil
 }
 
-func decodeData(b []byte, m *Message) error {
+func decodeData(b []byte, m *message) error {
 	seq, n := binary.Uvarint(b)
 	if n <= 0 {
 		return errShort
@@ -281,7 +351,7 @@ func decodeData(b []byte, m *Message) error {
 	m.Seq = seq
 	m.Changes = make([]cache.Change, cnt)
 	for i := range m.Changes {
-		n, err := DecodeChange(b, &m.Changes[i])
+		n, err := decodeChange(b, &m.Changes[i])
 		if err != nil {
 			return fmt.Errorf("flow %d: %w", i, err)
 		}
@@ -306,7 +376,7 @@ func fields(t MsgType) int {
 	return 1
 }
 
-func decodeControl(b []byte, m *Message) error {
+func decodeControl(b []byte, m *message) error {
 	r := bytes.NewReader(b)
 	d := msgpack.NewDecoder(r)
 	n, err := d.DecodeArrayLen()
@@ -355,7 +425,7 @@ func decodeControl(b []byte, m *Message) error {
 		return err
 	}
 	for range n - want {
-		if err := d.Skip(); err != nil {
+		if err := skipValue(r, 0); err != nil {
 			return err
 		}
 	}
@@ -365,7 +435,103 @@ func decodeControl(b []byte, m *Message) error {
 	return nil
 }
 
-func decodeRanges(d *msgpack.Decoder) ([]SeqRange, error) {
+// maxSkipDepth bounds the nesting of an unknown element.
+const maxSkipDepth = 8
+
+// skipValue skips one msgpack element of r, checking every length against
+// what is left before skipping it: an unknown element costs no allocation
+// whatever it claims (msgpack's own Skip allocates what a string claims).
+func skipValue(r *bytes.Reader, depth int) error {
+	if depth > maxSkipDepth {
+		return fmt.Errorf("element nested over %d deep", maxSkipDepth)
+	}
+	c, err := r.ReadByte()
+	if err != nil {
+		return errShort
+	}
+	size := func(n int) (int, error) { // a big-endian length of n bytes
+		var v int
+		for range n {
+			b, err := r.ReadByte()
+			if err != nil {
+				return 0, errShort
+			}
+			v = v<<8 | int(b)
+		}
+		return v, nil
+	}
+	skip := func(n int) error {
+		if n < 0 || n > r.Len() {
+			return fmt.Errorf("element of %d bytes, %d left", n, r.Len())
+		}
+		_, err := r.Seek(int64(n), io.SeekCurrent)
+		return err
+	}
+	items := func(n int) error { // n elements follow
+		if n > r.Len() {
+			return fmt.Errorf("%d elements, %d bytes left", n, r.Len())
+		}
+		for range n {
+			if err := skipValue(r, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	switch {
+	case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3: // fixint, nil, bool
+		return nil
+	case c >= 0xa0 && c <= 0xbf: // fixstr
+		return skip(int(c & 0x1f))
+	case c >= 0x90 && c <= 0x9f: // fixarray
+		return items(int(c & 0x0f))
+	case c >= 0x80 && c <= 0x8f: // fixmap
+		return items(2 * int(c&0x0f))
+	}
+	switch c {
+	case 0xcc, 0xd0:
+		return skip(1)
+	case 0xcd, 0xd1:
+		return skip(2)
+	case 0xca, 0xce, 0xd2:
+		return skip(4)
+	case 0xcb, 0xcf, 0xd3:
+		return skip(8)
+	case 0xd4, 0xd5, 0xd6, 0xd7, 0xd8: // fixext 1, 2, 4, 8, 16 (+ type byte)
+		return skip(1 + 1<<(c-0xd4))
+	case 0xc4, 0xd9, 0xc5, 0xda, 0xc6, 0xdb: // bin, str 8/16/32
+		w := map[byte]int{0xc4: 1, 0xd9: 1, 0xc5: 2, 0xda: 2, 0xc6: 4, 0xdb: 4}[c]
+		n, err := size(w)
+		if err != nil {
+			return err
+		}
+		return skip(n)
+	case 0xc7, 0xc8, 0xc9: // ext 8/16/32 (+ type byte)
+		n, err := size(1 << (c - 0xc7))
+		if err != nil {
+			return err
+		}
+		return skip(n + 1)
+	case 0xdc, 0xdd: // array 16/32
+		n, err := size(2 << (c - 0xdc))
+		if err != nil {
+			return err
+		}
+		return items(n)
+	case 0xde, 0xdf: // map 16/32
+		n, err := size(2 << (c - 0xde))
+		if err != nil {
+			return err
+		}
+		if n > r.Len() {
+			return fmt.Errorf("map of %d entries, %d bytes left", n, r.Len())
+		}
+		return items(2 * n)
+	}
+	return fmt.Errorf("msgpack code %#x", c)
+}
+
+func decodeRanges(d *msgpack.Decoder) ([]seqRange, error) {
 	n, err := d.DecodeArrayLen()
 	if err != nil {
 		return nil, err
@@ -373,7 +539,7 @@ func decodeRanges(d *msgpack.Decoder) ([]SeqRange, error) {
 	if n < 0 || n%2 != 0 || n/2 > MaxNackRanges {
 		return nil, fmt.Errorf("%d range bounds", n)
 	}
-	out := make([]SeqRange, n/2)
+	out := make([]seqRange, n/2)
 	for i := range out {
 		if out[i].First, err = d.DecodeUint64(); err != nil {
 			return nil, err
@@ -475,9 +641,9 @@ func appendSeqAdj(b []byte, s *flow.SeqAdj) []byte {
 	return binary.BigEndian.AppendUint32(b, uint32(s.OffsetAfter))
 }
 
-// AppendChange appends the compact encoding of one change to b. An IPv4 TCP
+// appendChange appends the compact encoding of one change to b. An IPv4 TCP
 // flow that is not NATed costs about 26 bytes.
-func AppendChange(b []byte, ch *cache.Change) []byte {
+func appendChange(b []byte, ch *cache.Change) []byte {
 	f := &ch.Flow
 	var fl byte
 	v6 := f.Family == flow.FamilyIPv6
@@ -676,9 +842,9 @@ func (r *reader) seqAdj(s *flow.SeqAdj) {
 // maxIdleMs bounds a reported idleness (about 50 days).
 const maxIdleMs = 1 << 32
 
-// DecodeChange decodes one change from the start of b into ch and returns
+// decodeChange decodes one change from the start of b into ch and returns
 // the bytes used.
-func DecodeChange(b []byte, ch *cache.Change) (int, error) {
+func decodeChange(b []byte, ch *cache.Change) (int, error) {
 	r := reader{b: b}
 	fl := r.byte()
 	*ch = cache.Change{}
@@ -746,7 +912,13 @@ func decodeExtra(r *reader) (*flow.Extra, error) {
 		if n == 0 || n > maxHelperLen {
 			return nil, fmt.Errorf("helper name of %d bytes", n)
 		}
-		x.Helper = string(r.take(n))
+		h := r.take(n)
+		for _, c := range h {
+			if c <= ' ' || c >= 0x7f {
+				return nil, fmt.Errorf("helper name %q not printable ASCII", h)
+			}
+		}
+		x.Helper = string(h)
 	}
 	if xf&xSeqAdjOrig != 0 {
 		r.seqAdj(&x.SeqAdjOrig)
