@@ -3,7 +3,6 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -11,45 +10,54 @@ import (
 	"os"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ctsyncd/ctsyncd/api"
 	"github.com/ctsyncd/ctsyncd/api/console"
-	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/conntrack"
 	"github.com/ctsyncd/ctsyncd/httpd"
-	"github.com/ctsyncd/ctsyncd/kernel"
 )
 
 // The daemon is the API's flow source, status and actions (package api
 // declares what it needs; these methods answer it).
 
-// apiFlows adapts the daemon to api.Flows.
+// apiFlows adapts the daemon to api.Flows. The kernel's table is read and
+// written through the conntrack library (filters pushed into the kernel
+// where it can); its writes are not the daemon's own, so their events
+// update the internal cache, and the peers, as any other change.
 type apiFlows struct{ d *Daemon }
 
 func (a apiFlows) ParseFilter(q url.Values) (api.Filter, error) { return api.ParseFlowFilter(q) }
+
+// table opens the conntrack handle of the daemon's namespace once.
+func (d *Daemon) table() (*conntrack.Handle, error) {
+	d.ctOnce.Do(func() {
+		opts := conntrack.Options{}
+		if d.netns != 0 {
+			opts.NetNS = fmt.Sprintf("/proc/self/fd/%d", d.netns)
+		}
+		d.ct, d.ctErr = conntrack.Open(opts)
+	})
+	return d.ct, d.ctErr
+}
 
 func (a apiFlows) List(ctx context.Context, src api.Source, f api.Filter, fn func(*api.Item) error) error {
 	ff := f.(*api.FlowFilter)
 	d := a.d
 	switch src {
 	case api.SourceKernel:
-		var stop error
-		dctx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		err := kernel.Dump(dctx, kernel.DumpOptions{NetNS: d.netns}, func(fl *flow.Flow) {
-			if stop != nil || !ff.Match(fl, "") {
-				return
-			}
-			it := api.Item{Flow: fl}
-			if stop = fn(&it); stop != nil {
-				cancel()
-			}
-		})
-		if stop != nil {
-			return stop
+		if ff.Origin != "" {
+			return &api.ParamError{Param: "origin", Problem: "the kernel's flows have no origin; origin filters source=external"}
 		}
+		h, err := d.table()
 		if err != nil {
-			return fmt.Errorf("dump conntrack table: %w", err)
+			return err
+		}
+		for fl, err := range h.List(ctx, ff.CT) {
+			if err != nil {
+				return fmt.Errorf("list conntrack table: %w", err)
+			}
+			if err := fn(&api.Item{Flow: fl}); err != nil {
+				return err
+			}
 		}
 		return nil
 	case api.SourceInternal:
@@ -86,110 +94,70 @@ func (a apiFlows) List(ctx context.Context, src api.Source, f api.Filter, fn fun
 	return &api.ParamError{Param: "source", Problem: fmt.Sprintf("%q is not a source", src)}
 }
 
-// matching dumps the kernel's flows f selects.
-func (a apiFlows) matching(ctx context.Context, f api.Filter) ([]flow.Flow, error) {
+// kernelFilter is the conntrack filter of a DELETE or PATCH.
+func kernelFilter(f api.Filter) (conntrack.Filter, error) {
 	ff := f.(*api.FlowFilter)
 	if ff.Origin != "" {
-		return nil, &api.ParamError{Param: "origin", Problem: "the kernel's flows have no origin; origin filters source=external"}
+		return conntrack.Filter{}, &api.ParamError{Param: "origin", Problem: "the kernel's flows have no origin; origin filters source=external"}
 	}
-	var out []flow.Flow
-	err := kernel.Dump(ctx, kernel.DumpOptions{NetNS: a.d.netns}, func(fl *flow.Flow) {
-		if ff.Match(fl, "") {
-			c := *fl
-			if fl.Extra != nil {
-				x := *fl.Extra
-				c.Extra = &x
-			}
-			out = append(out, c)
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("dump conntrack table: %w", err)
-	}
-	return out, nil
+	return ff.CT, nil
 }
 
-// writeOutcome counts what a write did: flows gone meanwhile (ENOENT) are
-// neither done nor failed; other failures make an error.
-func writeOutcome(op string, res []kernel.Result, err error) (int, error) {
-	done, failed := 0, 0
-	var first error
-	for _, r := range res {
-		switch {
-		case r.Err == nil:
-			done++
-		case errors.Is(r.Err, unix.ENOENT):
-		default:
-			failed++
-			if first == nil {
-				first = r.Err
-			}
-		}
-	}
-	if err != nil {
-		return done, fmt.Errorf("%s: %w", op, err)
-	}
-	if failed > 0 {
-		return done, fmt.Errorf("%s: %d of %d flows failed, first: %w", op, failed, len(res), first)
-	}
-	return done, nil
-}
-
-// Delete deletes the kernel's flows f selects, and forgets them in the
-// internal cache (so that peers forget them too).
+// Delete deletes the kernel's flows f selects, batched. kernelMu keeps it
+// apart from commits and purges.
 func (a apiFlows) Delete(ctx context.Context, f api.Filter) (int, error) {
-	d := a.d
-	d.kernelMu.Lock()
-	defer d.kernelMu.Unlock()
-	flows, err := a.matching(ctx, f)
-	if err != nil || len(flows) == 0 {
+	ct, err := kernelFilter(f)
+	if err != nil {
 		return 0, err
 	}
-	keys := make([]flow.Key, len(flows))
-	for i := range flows {
-		keys[i] = flows[i].Key
+	h, err := a.d.table()
+	if err != nil {
+		return 0, err
 	}
-	res, err := d.writer.Delete(ctx, keys)
-	for _, r := range res {
-		if r.Err == nil || errors.Is(r.Err, unix.ENOENT) {
-			d.internal.Delete(r.Key)
-		}
-	}
-	return writeOutcome("delete", res, err)
+	a.d.kernelMu.Lock()
+	defer a.d.kernelMu.Unlock()
+	return h.DeleteMatching(ctx, ct)
 }
 
-// Update sets the mark and/or timeout of the kernel's flows f selects; the
-// internal cache takes the new state (and replicates it).
+// Update sets the mark and/or timeout of the kernel's flows f selects.
 func (a apiFlows) Update(ctx context.Context, f api.Filter, c api.Change) (int, error) {
-	d := a.d
-	d.kernelMu.Lock()
-	defer d.kernelMu.Unlock()
-	flows, err := a.matching(ctx, f)
-	if err != nil || len(flows) == 0 {
+	ct, err := kernelFilter(f)
+	if err != nil {
 		return 0, err
 	}
-	for i := range flows {
-		if c.Mark != nil {
-			flows[i].Mark = *c.Mark
+	h, err := a.d.table()
+	if err != nil {
+		return 0, err
+	}
+	var ch conntrack.Change
+	if c.Mark != nil {
+		ch.SetMark, ch.Mark = true, *c.Mark
+	}
+	if c.Timeout != nil {
+		ch.SetTimeout, ch.Timeout = true, *c.Timeout
+	}
+	a.d.kernelMu.Lock()
+	defer a.d.kernelMu.Unlock()
+	return h.UpdateMatching(ctx, ct, ch)
+}
+
+// apiExpect lists the kernel's expectations for the API.
+type apiExpect struct{ d *Daemon }
+
+func (a apiExpect) ListExpectations(ctx context.Context, fn func(any) error) error {
+	h, err := a.d.table()
+	if err != nil {
+		return err
+	}
+	for e, err := range h.ListExpect(ctx, conntrack.Filter{}) {
+		if err != nil {
+			return fmt.Errorf("list conntrack expectations: %w", err)
 		}
-		flows[i].Timeout = 0 // leave it
-		if c.Timeout != nil {
-			flows[i].Timeout = *c.Timeout
+		if err := fn(expectView(e, "")); err != nil {
+			return err
 		}
 	}
-	res, err := d.writer.Update(ctx, flows)
-	flt := d.filter.Load()
-	for i, r := range res {
-		if r.Err == nil && flt.Match(&flows[i]) {
-			if flows[i].Timeout == 0 {
-				if e, ok := d.internal.Get(r.Key); ok {
-					flows[i].Timeout = e.Flow.Timeout
-				}
-			}
-			d.internal.Upsert(&flows[i])
-		}
-	}
-	return writeOutcome("update", res, err)
+	return nil
 }
 
 // apiStatus adapts the daemon to api.Status.
@@ -276,6 +244,7 @@ func (d *Daemon) newAPI() (*api.Handler, func(), error) {
 		Flows:        apiFlows{d},
 		Status:       apiStatus{d},
 		Actions:      apiActions{d},
+		Expectations: apiExpect{d},
 		Log:          d.log.With("part", "api"),
 		Audit:        audit,
 		SecureCookie: c.CertFile != "",
@@ -327,5 +296,8 @@ func (d *Daemon) closeAPI() {
 	if d.apiClose != nil {
 		d.apiClose()
 		d.apiClose = nil
+	}
+	if d.ct != nil {
+		d.ct.Close()
 	}
 }

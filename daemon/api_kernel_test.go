@@ -17,6 +17,7 @@ import (
 	"math/big"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -26,6 +27,7 @@ import (
 	"time"
 
 	"github.com/ctsyncd/ctsyncd/config"
+	"github.com/ctsyncd/ctsyncd/conntrack"
 	"github.com/ctsyncd/ctsyncd/flow"
 	"github.com/ctsyncd/ctsyncd/internal/netnstest"
 )
@@ -301,4 +303,74 @@ func TestKernelAPI(t *testing.T) {
 		t.Errorf("audit record %v", rec)
 	}
 	t.Logf("audit:\n%s", data)
+}
+
+// TestKernelAPIExpectations: GET /api/v1/expectations lists the kernel's
+// expectations as conntrack -L expect does (here one, made through the
+// conntrack library on an FTP control flow with the ftp helper).
+func TestKernelAPIExpectations(t *testing.T) {
+	netnstest.RequireRoot(t)
+	netnstest.Need(t, "conntrack", "nft")
+	ns := netnstest.New(t)
+	ns.Nft(t, `table inet helpers {
+	ct helper ftp-standard {
+		type "ftp" protocol tcp;
+	}
+	chain prerouting {
+		type filter hook prerouting priority filter;
+		tcp dport 21 ct helper set "ftp-standard"
+	}
+}
+`)
+	h, err := conntrack.Open(conntrack.Options{NetNS: fmt.Sprintf("/proc/self/fd/%d", ns.FD(t))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	a4 := func(s string) [16]byte { return flow.AddrFrom(netip.MustParseAddr(s)) }
+	master := flow.Flow{
+		Key: flow.Key{Family: flow.FamilyIPv4, Proto: flow.ProtoTCP,
+			Orig: flow.Tuple{Src: a4("10.0.1.2"), Dst: a4("10.0.2.2"), SrcPort: 50000, DstPort: 21}},
+		Status: flow.StatusConfirmed | flow.StatusSeenReply | flow.StatusAssured, Timeout: 3600,
+		TCP: flow.TCPInfo{State: flow.TCPEstablished}, Extra: &flow.Extra{Helper: "ftp"},
+	}
+	master.Reply = master.Orig.Invert(master.Proto)
+	ctx := t.Context()
+	if err := h.Create(ctx, &master); err != nil {
+		t.Fatalf("create the FTP control flow: %v", err)
+	}
+	ones := a4("255.255.255.255")
+	exp := flow.Expect{
+		ExpectKey: flow.ExpectKey{Family: flow.FamilyIPv4, Proto: flow.ProtoTCP,
+			Tuple: flow.Tuple{Src: a4("10.0.1.2"), Dst: a4("10.0.2.2"), DstPort: 40123}},
+		Mask:   flow.Tuple{Src: ones, Dst: ones, DstPort: 0xffff},
+		Master: master.Orig, MasterProto: flow.ProtoTCP, Timeout: 300, Helper: "ftp",
+	}
+	if err := h.CreateExpect(ctx, &exp); err != nil {
+		t.Fatalf("create the expectation: %v", err)
+	}
+	raw, err := ns.Cmd("conntrack", "-L", "expect").Output() // stdout: one expectation a line
+	out := strings.TrimSpace(string(raw))
+	if err != nil || strings.Count(out, "\n") != 0 || !strings.Contains(out, "dport=40123") {
+		t.Fatalf("conntrack -L expect:\n%s", out)
+	}
+
+	tokens := filepath.Join(t.TempDir(), "tokens")
+	os.WriteFile(tokens, []byte("viewer read "+testReadToken+"\n"), 0o600)
+	d := startDaemon(t, ns, func(c *config.Config) {
+		c.API = config.API{Listen: "127.0.0.1:0", TokensFile: tokens}
+	})
+	a := &apiClient{t: t, base: d.APIURL(), c: &http.Client{Timeout: 30 * time.Second}}
+	code, body := a.do("GET", "/api/v1/expectations", testReadToken, "")
+	if code != 200 {
+		t.Fatalf("GET /api/v1/expectations: %d %s", code, body)
+	}
+	lines := strings.Split(strings.TrimSpace(string(body)), "\n")
+	var v ExpectView
+	if len(lines) != 1 || json.Unmarshal([]byte(lines[0]), &v) != nil {
+		t.Fatalf("expectations: %s", body)
+	}
+	if v.Proto != "tcp" || v.Src != "10.0.1.2" || v.Dst != "10.0.2.2" || v.Dport != 40123 || v.Helper != "ftp" || v.MasterDport != 21 {
+		t.Errorf("expectation %+v, conntrack -L expect: %s", v, out)
+	}
 }

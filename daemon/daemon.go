@@ -26,6 +26,7 @@ import (
 
 	"github.com/ctsyncd/ctsyncd/cache"
 	"github.com/ctsyncd/ctsyncd/config"
+	"github.com/ctsyncd/ctsyncd/conntrack"
 	"github.com/ctsyncd/ctsyncd/control"
 	"github.com/ctsyncd/ctsyncd/failover"
 	"github.com/ctsyncd/ctsyncd/filter"
@@ -85,6 +86,11 @@ type Daemon struct {
 	flowLog  *flowlog.Writer // nil unless [log] flows is set
 	api      *httpd.Server   // nil unless api.listen is set
 	apiClose func()
+	// ct is the conntrack handle the API reads and writes the table with,
+	// opened on first use.
+	ct     *conntrack.Handle
+	ctOnce sync.Once
+	ctErr  error
 
 	lastOverrunLog time.Time // listener goroutine only
 
