@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -205,6 +206,7 @@ type topK struct {
 	cmp   func(a, b *row) int
 	h     []row
 	total int
+	cand  row // the flow being considered, kept here so that it is not allocated per flow
 }
 
 func (t *topK) add(it *Item) {
@@ -217,8 +219,8 @@ func (t *topK) add(it *Item) {
 		t.up(len(t.h) - 1)
 		return
 	}
-	cand := row{f: *it.Flow, origin: it.Origin, idle: int64(it.Idle)}
-	if t.cmp(&cand, &t.h[0]) >= 0 {
+	t.cand = row{f: *it.Flow, origin: it.Origin, idle: int64(it.Idle)}
+	if t.cmp(&t.cand, &t.h[0]) >= 0 {
 		return
 	}
 	t.h[0] = copyItem(it)
@@ -256,6 +258,6 @@ func (t *topK) down(i int) {
 
 // sorted returns the kept rows in order.
 func (t *topK) sorted() []row {
-	slices.SortFunc(t.h, func(a, b row) int { return t.cmp(&a, &b) })
+	sort.Slice(t.h, func(i, j int) bool { return t.cmp(&t.h[i], &t.h[j]) < 0 })
 	return t.h
 }
