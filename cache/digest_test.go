@@ -248,3 +248,42 @@ func TestExternalDigestKeptSums(t *testing.T) {
 	ex.Apply("a", Change{Flow: digestFlow(1)}, now)
 	check("after flush")
 }
+
+// BenchmarkUpsertStateChange: an event that changes a cached flow's
+// state, the path that also keeps the digest sums (two hashes more).
+func BenchmarkUpsertStateChange(b *testing.B) {
+	in := NewInternal(nil)
+	flows := make([]flow.Flow, 100_000)
+	for i := range flows {
+		flows[i] = digestFlow(i)
+		in.Upsert(&flows[i])
+	}
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		f := &flows[i%len(flows)]
+		f.Mark++
+		in.Upsert(f)
+		i++
+	}
+}
+
+// BenchmarkExternalApply: a replicated change applied to the external
+// cache (it keeps the digest sums too).
+func BenchmarkExternalApply(b *testing.B) {
+	ex := NewExternal()
+	now := time.Now()
+	flows := make([]flow.Flow, 100_000)
+	for i := range flows {
+		flows[i] = digestFlow(i)
+		ex.Apply("a", Change{Flow: flows[i]}, now)
+	}
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		f := &flows[i%len(flows)]
+		f.Mark++
+		ex.Apply("a", Change{Flow: *f}, now)
+		i++
+	}
+}
