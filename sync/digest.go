@@ -556,6 +556,14 @@ func (n *Node) finishRepair(pr *peer, drx *digestRx, now time.Time) {
 
 // queueRepair takes a peer's request for buckets; repairStep answers it.
 func (n *Node) queueRepair(pr *peer, d *DigestPart) {
+	for _, j := range n.dg.jobs {
+		if j.peer == pr.id {
+			// One answer per peer at a time: a request while one is being
+			// answered is dropped (the next round asks again).
+			n.log.Debug("repair request dropped: one is being answered", "peer", pr.name)
+			return
+		}
+	}
 	if len(n.dg.jobs) >= maxRepairJobs {
 		n.log.Debug("repair request dropped: too many pending", "peer", pr.name)
 		return
