@@ -118,8 +118,9 @@ func mustAppend(v any) []byte {
 // b*(fineBuckets/nb) onwards).
 const fineBuckets = maxBuckets
 
-// dgIn adds e's state to the digest sums; dgOut takes it out. Called with
-// c.mu held, around every change of a flow's replicated state.
+// dgIn adds e's state to the digest sums; dgOut takes it out and returns
+// the key's hash (for dgInHash after the change). Called with c.mu held,
+// around every change of a flow's replicated state.
 func (c *Internal) dgIn(k *flow.Key, e *entry) {
 	if c.dsum == nil {
 		c.dsum = new([fineBuckets]uint64)
@@ -128,12 +129,18 @@ func (c *Internal) dgIn(k *flow.Key, e *entry) {
 	c.dsum[bucketOfHash(kh, fineBuckets)] += stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
 }
 
-func (c *Internal) dgOut(k *flow.Key, e *entry) {
+func (c *Internal) dgOut(k *flow.Key, e *entry) uint64 {
 	if c.dsum == nil {
 		c.dsum = new([fineBuckets]uint64)
 	}
 	kh := KeyHash(k)
 	c.dsum[bucketOfHash(kh, fineBuckets)] -= stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
+	return kh
+}
+
+// dgInHash is dgIn given the key's hash dgOut returned.
+func (c *Internal) dgInHash(kh uint64, e *entry) {
+	c.dsum[bucketOfHash(kh, fineBuckets)] += stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
 }
 
 // Digest returns the bucket digests of the internal cache among nb buckets
@@ -183,23 +190,34 @@ func (c *Internal) BucketFlows(nb int, buckets map[uint32]bool) []Change {
 
 // extHash is the digest hash of an external entry and its fine bucket.
 func extHash(k *flow.Key, e *extEntry) (uint32, uint64) {
-	f := e.flow(*k)
 	kh := KeyHash(k)
-	return bucketOfHash(kh, fineBuckets), stateHash(kh, &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
+	return bucketOfHash(kh, fineBuckets), extStateHash(kh, k, e)
+}
+
+func extStateHash(kh uint64, k *flow.Key, e *extEntry) uint64 {
+	f := e.flow(*k)
+	return stateHash(kh, &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
 }
 
 // put stores e for k, keeping the digest sums.
 func (o *origin) put(k flow.Key, e extEntry) {
+	old, had := o.flows[k]
+	o.replace(k, old, had, e)
+}
+
+// replace stores e for k whose entry was old (had: there was one), keeping
+// the digest sums; the caller looked old up.
+func (o *origin) replace(k flow.Key, old extEntry, had bool, e extEntry) {
 	if o.dsum == nil {
 		o.dsum = new([fineBuckets]uint64)
 	}
-	if old, ok := o.flows[k]; ok {
-		b, h := extHash(&k, &old)
-		o.dsum[b] -= h
+	kh := KeyHash(&k)
+	b := bucketOfHash(kh, fineBuckets)
+	if had {
+		o.dsum[b] -= extStateHash(kh, &k, &old)
 	}
 	o.flows[k] = e
-	b, h := extHash(&k, &e)
-	o.dsum[b] += h
+	o.dsum[b] += extStateHash(kh, &k, &e)
 }
 
 // del removes k's entry, if any, keeping the digest sums.
