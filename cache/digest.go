@@ -160,6 +160,46 @@ func (c *Internal) Digest(nb int) (sums []uint64, flows int) {
 	return sums, c.flows.len()
 }
 
+// DigestForSend is Digest for a node about to send it after its pending
+// changes: flows still young (not replicated yet, SetMinAge) are left out,
+// and the buckets of changes pending now (made since the caller took the
+// changes) are listed in skip, for the receiver not to compare. ok is false
+// when too many changes are pending for the digest to be of use.
+func (c *Internal) DigestForSend(nb int) (sums []uint64, flows int, skip []uint32, ok bool) {
+	sums = make([]uint64, nb)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.dirty) > maxSkip {
+		return nil, 0, nil, false
+	}
+	if c.dsum != nil {
+		shift := bits.TrailingZeros(uint(fineBuckets / nb))
+		for b, v := range c.dsum {
+			sums[b>>shift] += v
+		}
+	}
+	flows = c.flows.len()
+	for k := range c.young {
+		if e, ok := c.flows.get(k); ok {
+			kh := KeyHash(&k)
+			sums[bucketOfHash(kh, nb)] -= stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
+			flows--
+		}
+	}
+	seen := map[uint32]bool{}
+	for k := range c.dirty {
+		b := BucketOf(&k, nb)
+		if !seen[b] {
+			seen[b] = true
+			skip = append(skip, b)
+		}
+	}
+	return sums, flows, skip, true
+}
+
+// maxSkip bounds the changes pending when a digest is taken.
+const maxSkip = 256
+
 // digestByPass is Digest computed by a pass over the flows (tests: it must
 // equal the kept sums).
 func (c *Internal) digestByPass(nb int) []uint64 {
@@ -174,13 +214,17 @@ func (c *Internal) digestByPass(nb int) []uint64 {
 }
 
 // BucketFlows returns the current state of the internal cache's flows that
-// fall in the given buckets (among nb), as changes ready to replicate.
+// fall in the given buckets (among nb), as changes ready to replicate;
+// flows still young (SetMinAge) are left out.
 func (c *Internal) BucketFlows(nb int, buckets map[uint32]bool) []Change {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []Change
 	c.flows.each(func(k flow.Key, e *entry) {
+		if _, young := c.young[k]; young {
+			return // not replicated yet (SetMinAge)
+		}
 		if buckets[BucketOf(&k, nb)] {
 			out = append(out, c.change(k, e, now))
 		}
