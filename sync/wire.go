@@ -91,17 +91,17 @@ type MsgType uint8
 
 // Message types. ONLY APPEND: a number, once used, keeps its meaning.
 const (
-	MsgData          MsgType = 1             // a batch of flow changes, sequenced
-	MsgAck           MsgType = 2             // cumulative: every message up to Seq arrived
-	MsgNack          MsgType = 3             // these sequence ranges are missing
-	MsgHeartbeat     MsgType = 4             // alive; Seq is the last sequence number sent
-	MsgBulkBegin     MsgType = 5             // a full copy of the sender's table begins, sequenced
-	MsgBulkEnd       MsgType = 6             // the bulk ends: drop what it did not refresh, sequenced
-	MsgResyncRequest MsgType = 7             // please send a bulk
-	MsgHello         MsgType = 8             // a node announces itself (name)
-	MsgChallenge     MsgType = 9             // prove you hold the key and live in your epoch
-	MsgResponse      MsgType = 10            // the answer to a challenge
-	MsgExpect        MsgType = 11            // a batch of expectation changes, sequenced (expect.go)
+	MsgData          MsgType = 1  // a batch of flow changes, sequenced
+	MsgAck           MsgType = 2  // cumulative: every message up to Seq arrived
+	MsgNack          MsgType = 3  // these sequence ranges are missing
+	MsgHeartbeat     MsgType = 4  // alive; Seq is the last sequence number sent
+	MsgBulkBegin     MsgType = 5  // a full copy of the sender's table begins, sequenced
+	MsgBulkEnd       MsgType = 6  // the bulk ends: drop what it did not refresh, sequenced
+	MsgResyncRequest MsgType = 7  // please send a bulk
+	MsgHello         MsgType = 8  // a node announces itself (name)
+	MsgChallenge     MsgType = 9  // prove you hold the key and live in your epoch
+	MsgResponse      MsgType = 10 // the answer to a challenge
+	MsgExpect        MsgType = 11 // a batch of expectation changes, sequenced (expect.go)
 	// 12..16: see below. MsgNodeInfo (17) is in nodeinfo.go.
 	msgTypeEnd = MsgNodeInfo + 1 // one past the last known type; move it when appending
 
