@@ -81,6 +81,7 @@ type Daemon struct {
 	listener *kernel.Listener
 	ctl      *control.Server
 	flowLog  *flowlog.Writer // nil unless [log] flows is set
+	rs       rulesetGuard    // the ruleset guard's state (ruleset.go)
 	api      *apiServer      // nil unless api.listen is set
 	apiClose func()
 
@@ -349,6 +350,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error { return d.reconciler(ctx) })
 	if d.flowLog != nil {
 		g.Go(func() error { return d.flushFlowLog(ctx) })
+	}
+	if d.rulesetEnabled() {
+		g.Go(func() error { return d.guardRuleset(ctx) })
 	}
 	if d.cfg.Sync.MinAge.Duration > 0 && !d.cfg.Sync.Disabled {
 		g.Go(func() error { return d.promoteAged(ctx) })
