@@ -367,7 +367,11 @@ func TestKernelWatch(t *testing.T) {
 		}
 		keys = append(keys, fl.Key)
 		select {
-		case first = <-items:
+		case it, ok := <-items:
+			if !ok {
+				t.Fatal("the watch ended")
+			}
+			first = it
 		case <-time.After(100 * time.Millisecond):
 			continue
 		}
@@ -384,7 +388,10 @@ func TestKernelWatch(t *testing.T) {
 	}
 	destroyed := 0
 	for destroyed < len(keys) {
-		it := <-items
+		it, ok := <-items
+		if !ok {
+			t.Fatal("the watch ended")
+		}
 		if it.err != nil {
 			t.Fatal(it.err)
 		}
@@ -499,7 +506,10 @@ func TestKernelExpect(t *testing.T) {
 		}
 		ports = append(ports, port)
 		select {
-		case ev := <-events:
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatal("the expectation watch ended")
+			}
 			if ev.Type != kernel.EventNew || ev.Expect.Master != master.Orig {
 				t.Fatalf("first expectation event %v %s", ev.Type, ev.Expect.String())
 			}
@@ -531,7 +541,11 @@ func TestKernelExpect(t *testing.T) {
 		t.Fatalf("DeleteExpectMatching = %d, %v; want %d", d, err, len(ports))
 	}
 	for destroyed := 0; destroyed < len(ports); {
-		if ev := <-events; ev.Type == kernel.EventDestroy {
+		ev, ok := <-events
+		if !ok {
+			t.Fatal("the expectation watch ended")
+		}
+		if ev.Type == kernel.EventDestroy {
 			destroyed++
 		}
 	}
