@@ -107,9 +107,10 @@ func run(n, runs int, ctl, ct string) error {
 	fmt.Printf("# %d flows written in %.1fs; %d in zone 7; %s, %d runs\n", n, time.Since(start).Seconds(), len(zone7), kernelRelease(), runs)
 
 	type row struct {
-		what           string
-		theirs, ours   []float64
-		tcount, ocount string
+		what               string
+		theirs, ours       []float64 // wall seconds
+		theirsCPU, oursCPU []float64 // user+system seconds
+		tcount, ocount     string
 	}
 	rows := []*row{
 		{what: "list (`-L`)"}, {what: "list `-p tcp --dport 443`"}, {what: "count (`-C`)"},
@@ -126,43 +127,47 @@ func run(n, runs int, ctl, ct string) error {
 			{[]string{"-L", "-w", "7"}, []string{"ct", "count", "-w", "7"}},
 			{[]string{"-D", "-w", "7"}, []string{"ct", "delete", "-w", "7"}},
 		} {
-			d, out, errOut, err := bn.time(true, m.theirs...)
+			d, cpu, out, errOut, err := bn.time(true, m.theirs...)
 			if err != nil {
 				return err
 			}
 			rows[i].theirs = append(rows[i].theirs, d)
+			rows[i].theirsCPU = append(rows[i].theirsCPU, cpu)
 			rows[i].tcount = firstNumber(shown.FindStringSubmatch(errOut), out)
 			if i == 4 {
 				if err := bn.fill(zone7); err != nil {
 					return err
 				}
 			}
-			d2, out2, _, err := bn.time(false, m.ours...)
+			d2, cpu2, out2, _, err := bn.time(false, m.ours...)
 			if err != nil {
 				return err
 			}
 			rows[i].ours = append(rows[i].ours, d2)
+			rows[i].oursCPU = append(rows[i].oursCPU, cpu2)
 			rows[i].ocount = firstNumber(nil, out2)
 			if i == 4 {
 				if err := bn.fill(zone7); err != nil {
 					return err
 				}
 			}
-			fmt.Printf("run %d %-28s conntrack %7.3fs (%s)  ctsyncctl %7.3fs (%s)\n", r+1, rows[i].what, d, rows[i].tcount, d2, rows[i].ocount)
+			fmt.Printf("run %d %-28s conntrack %7.3fs cpu %6.3fs (%s)  ctsyncctl %7.3fs cpu %6.3fs (%s)\n", r+1, rows[i].what, d, cpu, rows[i].tcount, d2, cpu2, rows[i].ocount)
 		}
 	}
-	fmt.Printf("\n| %d flows | conntrack(8) | ctsyncctl ct | speed-up |\n|---|---:|---:|---:|\n", n)
+	fmt.Printf("\n| %d flows, median of %d | conntrack(8) wall | ctsyncctl ct wall | speed-up | conntrack(8) CPU | ctsyncctl ct CPU | CPU ratio |\n|---|---:|---:|---:|---:|---:|---:|\n", n, runs)
 	for _, r := range rows {
 		t, o := median(r.theirs), median(r.ours)
-		fmt.Printf("| %s | %.3f s | %.3f s | %.1f× |\n", r.what, t, o, t/o)
+		tc, oc := median(r.theirsCPU), median(r.oursCPU)
+		fmt.Printf("| %s | %.3f s | %.3f s | %.1f× | %.3f s | %.3f s | %.1f× |\n", r.what, t, o, t/o, tc, oc, tc/oc)
 	}
 	return nil
 }
 
-// time runs conntrack(8) (in the namespace) or ctsyncctl (--netns) with
-// stdout to /dev/null for listings, captured otherwise; it returns the
-// wall time in seconds.
-func (b *bench) time(theirs bool, args ...string) (float64, string, string, error) {
+// time runs conntrack(8) (in the namespace; `ip netns exec` execs it in
+// place, so the process's CPU time is conntrack's) or ctsyncctl (--netns)
+// with stdout to /dev/null for listings, captured otherwise; it returns the
+// wall time and the process's user+system CPU time in seconds.
+func (b *bench) time(theirs bool, args ...string) (wall, cpu float64, stdout, stderr string, err error) {
 	var cmd *exec.Cmd
 	if theirs {
 		cmd = exec.Command("ip", append([]string{"netns", "exec", b.ns, b.ct}, args...)...)
@@ -179,12 +184,12 @@ func (b *bench) time(theirs bool, args ...string) (float64, string, string, erro
 	}
 	cmd.Stderr = &errb
 	start := time.Now()
-	err := cmd.Run()
-	d := time.Since(start).Seconds()
-	if err != nil {
-		return 0, "", "", fmt.Errorf("%s: %v: %s", strings.Join(cmd.Args, " "), err, errb.String())
+	if err := cmd.Run(); err != nil {
+		return 0, 0, "", "", fmt.Errorf("%s: %v: %s", strings.Join(cmd.Args, " "), err, errb.String())
 	}
-	return d, out.String(), errb.String(), nil
+	wall = time.Since(start).Seconds()
+	cpu = (cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds()
+	return wall, cpu, out.String(), errb.String(), nil
 }
 
 func firstNumber(m []string, out string) string {
