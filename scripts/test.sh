@@ -15,7 +15,12 @@ trap 'rm -rf "$log"' EXIT
 scripts/deps.sh
 
 echo "== static checks"
-scripts/check-netlink-version.sh
+# go.mod and go.sum say exactly what the code imports.
+GOFLAGS= go mod tidy -diff || { echo "go.mod/go.sum not tidy: run go mod tidy" >&2; exit 1; }
+# ti-mo/conntrack (and what it pulls in) is for tests and tools only.
+if go list -deps ./cmd/ctsyncd | grep -q '^github.com/ti-mo/'; then
+  echo "the ctsyncd binary links ti-mo/conntrack; keep it to tests and tools (internal/timoconv)" >&2; exit 1
+fi
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
 go vet ./...
