@@ -46,6 +46,9 @@ type Options struct {
 	// whose conntrack table the daemon follows (in-process tests). Its
 	// sysctls are then the caller's job. 0: the daemon's own namespace.
 	NetNS int
+	// Kernel, when set, replaces the kernel (root-free tests); nil: the
+	// real one.
+	Kernel Kernel
 }
 
 // Daemon is one running ctsyncd.
@@ -62,7 +65,8 @@ type Daemon struct {
 	external *cache.External      // nil without sync
 	key      *[ctsync.KeyLen]byte // nil: insecure or no sync
 	node     *ctsync.Node         // nil without sync
-	writer   *kernel.Writer
+	writer   TableWriter
+	kern     Kernel
 
 	// ownPorts are the netlink port ids of this daemon's write sockets:
 	// events they caused are never replicated as local state.
@@ -77,7 +81,7 @@ type Daemon struct {
 	lastCommit atomic.Pointer[failover.Report]
 	lastRec    atomic.Pointer[reconcileReport]
 
-	listener *kernel.Listener
+	listener Events
 	ctl      *control.Server
 	flowLog  *flowlog.Writer // nil unless [log] flows is set
 	api      *apiServer      // nil unless api.listen is set
@@ -117,8 +121,12 @@ func New(opts Options) (*Daemon, error) {
 		logLevel: opts.LogLevel,
 		version:  opts.Version,
 		netns:    opts.NetNS,
+		kern:     opts.Kernel,
 		resyncCh: make(chan struct{}, 1),
 		ready:    make(chan struct{}),
+	}
+	if d.kern == nil {
+		d.kern = osKernel{}
 	}
 	d.filter.Store(flt)
 	if cfg.Sync.Inject {
@@ -267,7 +275,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.cfg.Sync.Expectations {
 		d.iexp = cache.NewInternalExpect()
 	}
-	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns,
+	l, err := d.kern.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns,
 		Expectations: d.cfg.Sync.Expectations})
 	if err != nil {
 		d.ctl.Close()
@@ -275,7 +283,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.listener = l
 	if d.netns == 0 {
-		if err := kernel.EnsureEvents(); err != nil {
+		if err := d.kern.EnsureEvents(); err != nil {
 			l.Close()
 			d.ctl.Close()
 			return err
@@ -292,7 +300,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	// The writer's sockets are known before any event is read, so that
 	// events caused by our own writes (commit) are never taken as local.
-	w, err := kernel.NewWriter(kernel.WriterOptions{
+	w, err := d.kern.NewWriter(kernel.WriterOptions{
 		Sockets: d.cfg.Kernel.WriteSockets, Batch: d.cfg.Kernel.WriteBatch, NetNS: d.netns,
 		MinTimeout: uint32(d.cfg.Failover.MinTimeout.Seconds()),
 	})
@@ -339,7 +347,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.cfg.Filter.IgnoreOwn() {
 		g.Go(func() error {
-			return kernel.WatchAddrs(ctx, d.netns, func(addrs []netip.Addr) {
+			return d.kern.WatchAddrs(ctx, d.netns, func(addrs []netip.Addr) {
 				d.filter.Load().SetOwn(addrs)
 				d.log.Debug("own addresses", "count", len(addrs))
 			})
@@ -464,7 +472,7 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 	r := d.internal.BeginReconcile()
 	n := 0
 	flt := d.filter.Load()
-	err := kernel.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, func(f *flow.Flow) {
+	err := d.kern.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, func(f *flow.Flow) {
 		if flt.Match(f) {
 			r.Add(f)
 			n++
