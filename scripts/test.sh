@@ -21,6 +21,9 @@ GOFLAGS= go mod tidy -diff || { echo "go.mod/go.sum not tidy: run go mod tidy" >
 if go list -deps ./cmd/ctsyncd | grep -q '^github.com/ti-mo/'; then
   echo "the ctsyncd binary links ti-mo/conntrack; keep it to tests and tools (internal/timoconv)" >&2; exit 1
 fi
+# Every repository file a comment or doc names exists (no stale or outside
+# citations).
+go test -count=1 -run '^TestCitedPathsExist$' ./internal/repocheck
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
 go vet ./...
