@@ -74,10 +74,15 @@ check_test_tags
 
 # list_tests TAGS: prints "package test" for every test, fuzz target and
 # example that go test builds with TAGS ("" for none).
+# Lists are kept per tags and GOARCH for the run.
 list_tests() {
-  go test -vet=off -list . ${1:+-tags "$1"} ./... >"$log/list.out" 2>&1 || { cat "$log/list.out" >&2; return 1; }
-  awk '/^(ok|\?|FAIL)[ \t]/ { n = split(names, a, " "); for (i = 1; i <= n; i++) print $2, a[i]; names = ""; next }
-       /^(Test|Fuzz|Example|Benchmark)/ { names = names " " $1 }' "$log/list.out" | sort
+  local cached="$log/list-${GOARCH:-native}-${1:-none}"
+  if [ ! -f "$cached" ]; then
+    go test -vet=off -list . ${1:+-tags "$1"} ./... >"$log/list.out" 2>&1 || { cat "$log/list.out" >&2; return 1; }
+    awk '/^(ok|\?|FAIL)[ \t]/ { n = split(names, a, " "); for (i = 1; i <= n; i++) print $2, a[i]; names = ""; next }
+         /^(Test|Fuzz|Example|Benchmark)/ { names = names " " $1 }' "$log/list.out" | sort >"$cached"
+  fi
+  cat "$cached"
 }
 
 # summarize NAME RC: prints the tier's results, fails on a failure, on zero
