@@ -65,6 +65,7 @@ type Daemon struct {
 	external *cache.External      // nil without sync
 	key      *[ctsync.KeyLen]byte // nil: insecure or no sync
 	node     *ctsync.Node         // nil without sync
+	links    *ctsync.Links        // nil unless there are redundant sync links
 	writer   TableWriter
 	kern     Kernel
 
