@@ -172,7 +172,8 @@ start_keepalived() {
     -r "$work/$ns.vrrp.pid" >"$work/$fw.keepalived.log" 2>&1 &
   pids+=($!)
 }
-master() { for n in $NS_A $NS_B; do ip -n "$n" -4 addr show lan0 | grep -q 10.0.1.1/ && echo "$n"; done; return 0; }
+# master: the firewalls holding the client-side VIP on a link that is up.
+master() { for n in $NS_A $NS_B; do ip -n "$n" -4 addr show dev lan0 up | grep -q 10.0.1.1/ && echo "$n"; done; return 0; }
 is_master() { [ "$(master)" = "$1" ]; }
 start_keepalived a
 wait_for 30 "fw-a to become VRRP master" is_master $NS_A   # fw-a wins the first election
