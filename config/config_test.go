@@ -133,8 +133,9 @@ key_file = "/etc/ctsyncd/sync.key"
 [sync]
 disabled = true
 `, func(c *Config) bool { return c.Sync.Disabled }},
-		// The configuration DESIGN.md §3 says must be accepted: group is
-		// set but unused with udp.
+		// The minimal configuration operators rely on (docs/ARCHITECTURE.md,
+		// "Operator contracts") must be accepted: group is set but unused
+		// with udp.
 		{"design-contract", `
 [node]
 name = "fw-a"
