@@ -82,10 +82,6 @@ type DigestPart struct {
 
 func isDigestType(t MsgType) bool { return t >= MsgDigest && t <= MsgRepairEnd }
 
-// knownType reports whether this version knows message type t (the
-// numbers below msgTypeEnd include ones reserved for other work).
-func knownType(t MsgType) bool { return t > 0 && t < msgTypeEnd && msgTypeNames[t] != "" }
-
 func appendDigestBody(b []byte, m *message) []byte {
 	d := m.Digest
 	if d == nil {

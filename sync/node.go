@@ -253,6 +253,8 @@ type Node struct {
 	scratch      []byte
 	out          []byte
 	lastTwinWarn time.Time   // a datagram from another node with our name was logged
+	info         *NodeInfo   // what this node announces (NODE_INFO); nil: nothing yet
+	lastInfo     time.Time   // when NODE_INFO was last sent
 	dg           digestState // drift detection (digest.go)
 
 	derive       bucket              // key derivations for epochs not accepted
@@ -401,6 +403,9 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-hb.C:
 			n.mu.Lock()
 			n.sendAll(&message{Type: MsgHeartbeat, Seq: n.nextSeq - 1})
+			if n.now().Sub(n.lastInfo) >= nodeInfoEvery {
+				n.sendInfo()
+			}
 			n.mu.Unlock()
 		case <-n.bulkReq:
 			n.mu.Lock()
