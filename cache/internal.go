@@ -107,9 +107,9 @@ type Internal struct {
 	mu        sync.Mutex
 	flows     *store
 	dsum      *[fineBuckets]uint64 // digest sums, kept as flows change (digest.go)
-	seq       uint32 // bumped by every event-driven change
-	recons    int    // reconciles in progress: keep tombstones while > 0
-	gen       uint32 // reconcile generation
+	seq       uint32               // bumped by every event-driven change
+	recons    int                  // reconciles in progress: keep tombstones while > 0
+	gen       uint32               // reconcile generation
 	tombs     map[flow.Key]uint32
 	dirty     map[flow.Key]struct{}
 	queue     []flow.Key // dirty keys in the order they became dirty, from head
