@@ -24,7 +24,11 @@ func FuzzCheck(f *testing.F) {
 		if p.Check(&fl) != nil {
 			return
 		}
-		if fl.Status&^(allowedStatus) != 0 {
+		allowed := allowedStatus
+		if fl.Extra != nil && fl.Extra.Helper != "" {
+			allowed |= flow.StatusHelper
+		}
+		if fl.Status&^allowed != 0 {
 			t.Fatalf("status %#x kept", fl.Status)
 		}
 		if uint64(fl.Timeout) > timeoutCap(&fl) {
