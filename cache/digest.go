@@ -118,8 +118,9 @@ func mustAppend(v any) []byte {
 // b*(fineBuckets/nb) onwards).
 const fineBuckets = maxBuckets
 
-// dgIn adds e's state to the digest sums; dgOut takes it out. Called with
-// c.mu held, around every change of a flow's replicated state.
+// dgIn adds e's state to the digest sums; dgOut takes it out and returns
+// the key's hash (for dgInHash after the change). Called with c.mu held,
+// around every change of a flow's replicated state.
 func (c *Internal) dgIn(k *flow.Key, e *entry) {
 	if c.dsum == nil {
 		c.dsum = new([fineBuckets]uint64)
@@ -128,12 +129,18 @@ func (c *Internal) dgIn(k *flow.Key, e *entry) {
 	c.dsum[bucketOfHash(kh, fineBuckets)] += stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
 }
 
-func (c *Internal) dgOut(k *flow.Key, e *entry) {
+func (c *Internal) dgOut(k *flow.Key, e *entry) uint64 {
 	if c.dsum == nil {
 		c.dsum = new([fineBuckets]uint64)
 	}
 	kh := KeyHash(k)
 	c.dsum[bucketOfHash(kh, fineBuckets)] -= stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
+	return kh
+}
+
+// dgInHash is dgIn given the key's hash dgOut returned.
+func (c *Internal) dgInHash(kh uint64, e *entry) {
+	c.dsum[bucketOfHash(kh, fineBuckets)] += stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
 }
 
 // Digest returns the bucket digests of the internal cache among nb buckets
@@ -153,6 +160,46 @@ func (c *Internal) Digest(nb int) (sums []uint64, flows int) {
 	return sums, c.flows.len()
 }
 
+// DigestForSend is Digest for a node about to send it after its pending
+// changes: flows still young (not replicated yet, SetMinAge) are left out,
+// and the buckets of changes pending now (made since the caller took the
+// changes) are listed in skip, for the receiver not to compare. ok is false
+// when too many changes are pending for the digest to be of use.
+func (c *Internal) DigestForSend(nb int) (sums []uint64, flows int, skip []uint32, ok bool) {
+	sums = make([]uint64, nb)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.dirty) > maxSkip {
+		return nil, 0, nil, false
+	}
+	if c.dsum != nil {
+		shift := bits.TrailingZeros(uint(fineBuckets / nb))
+		for b, v := range c.dsum {
+			sums[b>>shift] += v
+		}
+	}
+	flows = c.flows.len()
+	for k := range c.young {
+		if e, ok := c.flows.get(k); ok {
+			kh := KeyHash(&k)
+			sums[bucketOfHash(kh, nb)] -= stateHash(kh, &e.Reply, e.Status, e.Mark, &e.TCP, e.Extra)
+			flows--
+		}
+	}
+	seen := map[uint32]bool{}
+	for k := range c.dirty {
+		b := BucketOf(&k, nb)
+		if !seen[b] {
+			seen[b] = true
+			skip = append(skip, b)
+		}
+	}
+	return sums, flows, skip, true
+}
+
+// maxSkip bounds the changes pending when a digest is taken.
+const maxSkip = 256
+
 // digestByPass is Digest computed by a pass over the flows (tests: it must
 // equal the kept sums).
 func (c *Internal) digestByPass(nb int) []uint64 {
@@ -167,13 +214,17 @@ func (c *Internal) digestByPass(nb int) []uint64 {
 }
 
 // BucketFlows returns the current state of the internal cache's flows that
-// fall in the given buckets (among nb), as changes ready to replicate.
+// fall in the given buckets (among nb), as changes ready to replicate;
+// flows still young (SetMinAge) are left out.
 func (c *Internal) BucketFlows(nb int, buckets map[uint32]bool) []Change {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var out []Change
 	c.flows.each(func(k flow.Key, e *entry) {
+		if _, young := c.young[k]; young {
+			return // not replicated yet (SetMinAge)
+		}
 		if buckets[BucketOf(&k, nb)] {
 			out = append(out, c.change(k, e, now))
 		}
@@ -183,23 +234,34 @@ func (c *Internal) BucketFlows(nb int, buckets map[uint32]bool) []Change {
 
 // extHash is the digest hash of an external entry and its fine bucket.
 func extHash(k *flow.Key, e *extEntry) (uint32, uint64) {
-	f := e.flow(*k)
 	kh := KeyHash(k)
-	return bucketOfHash(kh, fineBuckets), stateHash(kh, &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
+	return bucketOfHash(kh, fineBuckets), extStateHash(kh, k, e)
+}
+
+func extStateHash(kh uint64, k *flow.Key, e *extEntry) uint64 {
+	f := e.flow(*k)
+	return stateHash(kh, &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
 }
 
 // put stores e for k, keeping the digest sums.
 func (o *origin) put(k flow.Key, e extEntry) {
+	old, had := o.flows[k]
+	o.replace(k, old, had, e)
+}
+
+// replace stores e for k whose entry was old (had: there was one), keeping
+// the digest sums; the caller looked old up.
+func (o *origin) replace(k flow.Key, old extEntry, had bool, e extEntry) {
 	if o.dsum == nil {
 		o.dsum = new([fineBuckets]uint64)
 	}
-	if old, ok := o.flows[k]; ok {
-		b, h := extHash(&k, &old)
-		o.dsum[b] -= h
+	kh := KeyHash(&k)
+	b := bucketOfHash(kh, fineBuckets)
+	if had {
+		o.dsum[b] -= extStateHash(kh, &k, &old)
 	}
 	o.flows[k] = e
-	b, h := extHash(&k, &e)
-	o.dsum[b] += h
+	o.dsum[b] += extStateHash(kh, &k, &e)
 }
 
 // del removes k's entry, if any, keeping the digest sums.

@@ -248,3 +248,91 @@ func TestExternalDigestKeptSums(t *testing.T) {
 	ex.Apply("a", Change{Flow: digestFlow(1)}, now)
 	check("after flush")
 }
+
+// BenchmarkUpsertStateChange: an event that changes a cached flow's
+// state, the path that also keeps the digest sums (two hashes more).
+func BenchmarkUpsertStateChange(b *testing.B) {
+	in := NewInternal(nil)
+	flows := make([]flow.Flow, 100_000)
+	for i := range flows {
+		flows[i] = digestFlow(i)
+		in.Upsert(&flows[i])
+	}
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		f := &flows[i%len(flows)]
+		f.Mark++
+		in.Upsert(f)
+		i++
+	}
+}
+
+// BenchmarkExternalApply: a replicated change applied to the external
+// cache (it keeps the digest sums too).
+func BenchmarkExternalApply(b *testing.B) {
+	ex := NewExternal()
+	now := time.Now()
+	flows := make([]flow.Flow, 100_000)
+	for i := range flows {
+		flows[i] = digestFlow(i)
+		ex.Apply("a", Change{Flow: flows[i]}, now)
+	}
+	b.ResetTimer()
+	i := 0
+	for b.Loop() {
+		f := &flows[i%len(flows)]
+		f.Mark++
+		ex.Apply("a", Change{Flow: *f}, now)
+		i++
+	}
+}
+
+// TestDigestForSend: young flows (not replicated yet) are not in the
+// digest nor in repairs; buckets of pending changes are listed to skip.
+func TestDigestForSend(t *testing.T) {
+	in := NewInternal(nil)
+	for i := range 100 {
+		f := digestFlow(i)
+		in.Upsert(&f)
+	}
+	in.TakeChanges(1000)
+	nb := 64
+	_, n, skip, ok := in.DigestForSend(nb)
+	if !ok || n != 100 || len(skip) != 0 {
+		t.Fatalf("clean cache: ok %v, %d flows, skip %v", ok, n, skip)
+	}
+	// A change made after the caller took the changes: its bucket is skipped.
+	f := digestFlow(5)
+	f.Mark = 77
+	in.Upsert(&f)
+	_, _, skip, _ = in.DigestForSend(nb)
+	if len(skip) != 1 || skip[0] != BucketOf(&f.Key, nb) {
+		t.Errorf("pending change: skip %v, want [%d]", skip, BucketOf(&f.Key, nb))
+	}
+	in.TakeChanges(1000)
+	// A young flow (min age) is neither in the digest nor in a repair.
+	in.SetMinAge(time.Hour)
+	young := digestFlow(500)
+	in.Upsert(&young)
+	in.TakeChanges(1000)
+	sums, n, _, _ := in.DigestForSend(nb)
+	b := BucketOf(&young.Key, nb)
+	ref := NewInternal(nil)
+	for i := range 100 {
+		g := digestFlow(i)
+		if i == 5 {
+			g.Mark = 77
+		}
+		ref.Upsert(&g)
+	}
+	want, _ := ref.Digest(nb)
+	if n != 100 || sums[b] != want[b] {
+		t.Errorf("young flow counted: %d flows, bucket %d %x, want %x", n, b, sums[b], want[b])
+	}
+	for _, ch := range in.BucketFlows(nb, map[uint32]bool{b: true}) {
+		if ch.Flow.Key == young.Key {
+			t.Error("a young flow offered for repair")
+		}
+	}
+}

@@ -146,7 +146,8 @@ func (c *External) Apply(origin string, ch Change, now time.Time) bool {
 		o.dropExpectsOfLocked(ch.Flow.Key)
 		return true
 	}
-	if _, ok := o.flows[ch.Flow.Key]; !ok && c.maxPerOrigin > 0 && len(o.flows) >= c.maxPerOrigin {
+	old, had := o.flows[ch.Flow.Key]
+	if !had && c.maxPerOrigin > 0 && len(o.flows) >= c.maxPerOrigin {
 		c.stats.Refused++
 		return false
 	}
@@ -164,7 +165,7 @@ func (c *External) Apply(origin string, ch Change, now time.Time) bool {
 	if x != nil || f.Reply != f.Orig.Invert(f.Proto) {
 		more = &extMore{reply: f.Reply, extra: x}
 	}
-	o.put(f.Key, extEntry{
+	o.replace(f.Key, old, had, extEntry{
 		status:   f.Status,
 		timeout:  f.Timeout,
 		mark:     f.Mark,

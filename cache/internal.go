@@ -298,12 +298,13 @@ func (c *Internal) Upsert(f *flow.Flow) {
 	if e.TCP.State != f.TCP.State {
 		prev = 0 // a new state has its own timeout
 	}
+	var kh uint64
 	if changed {
-		c.dgOut(&f.Key, e)
+		kh = c.dgOut(&f.Key, e)
 	}
 	e.set(f)
 	if changed {
-		c.dgIn(&f.Key, e)
+		c.dgInHash(kh, e)
 	}
 	e.ref = now
 	e.peak = c.peak(f, prev)
@@ -517,9 +518,9 @@ func (r *Reconcile) Add(f *flow.Flow) {
 		if e.TCP.State != f.TCP.State {
 			prev = 0
 		}
-		c.dgOut(&f.Key, e)
+		kh := c.dgOut(&f.Key, e)
 		e.set(f)
-		c.dgIn(&f.Key, e)
+		c.dgInHash(kh, e)
 		e.ref = r.now
 		e.peak = c.peak(f, prev)
 		c.stats.ReconFixed++

@@ -85,7 +85,7 @@ func (d *Daemon) purge(ctx context.Context) (failover.PurgeReport, error) {
 	d.kernelMu.Lock()
 	defer d.kernelMu.Unlock()
 	dump := func(ctx context.Context, fn func(*flow.Flow)) error {
-		return kernel.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, fn)
+		return d.kern.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, fn)
 	}
 	rep, err := failover.Purge(ctx, dump, d.writer, d.filter.Load().Match, d.cfg.Failover.PurgeTimeout.Duration)
 	d.log.Info("purge done", "seen", rep.Seen, "matched", rep.Matched, "capped", rep.Capped, "failed", rep.Failed)

@@ -71,26 +71,64 @@ func (d *Daemon) readyCondition(start time.Time) (bool, string) {
 	return false, "waiting for the table of " + strings.Join(waiting, ", ")
 }
 
-// Ready reports whether the readiness condition held (it latches).
+// IsReady reports whether the node is ready now (/readyz).
 func (d *Daemon) IsReady() bool { return d.ops.ready.Load() }
 
-// readiness waits for the readiness condition, then latches it: it writes
-// failover.ready_file (keepalived's track_file) and tells systemd
-// READY=1. The file only lowers priority; it never forces FAULT, so a
-// lone survivor still takes over.
+// readiness waits for the initial sync, then keeps the readiness state:
+// ready once synced (it latches), and, with failover.require_same_ruleset,
+// only while every live peer has the same ruleset. It writes
+// failover.ready_file (keepalived's track_file) on every change and tells
+// systemd READY=1 the first time. The file only lowers priority; it never
+// forces FAULT, so a lone survivor still takes over.
 func (d *Daemon) readiness(ctx context.Context) error {
 	path := d.cfg.Failover.ReadyFile
-	if path != "" {
-		if err := failover.WriteReady(path, false); err != nil {
+	requireSame := d.cfg.Failover.RequireSameRuleset && d.rulesetEnabled()
+	write := func(ready bool) error {
+		if path == "" {
+			return nil
+		}
+		if err := failover.WriteReady(path, ready); err != nil {
 			return fmt.Errorf("failover.ready_file: %w", err)
 		}
+		return nil
+	}
+	if err := write(false); err != nil {
+		return err
 	}
 	start := time.Now()
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
+	synced, ready, told := false, false, false
 	for {
-		if ok, _ := d.readyCondition(start); ok {
-			break
+		if !synced {
+			if ok, _ := d.readyCondition(start); ok {
+				synced = true
+				d.log.Info("initial sync complete")
+			}
+		}
+		same, why := true, ""
+		if requireSame {
+			same, why = d.rulesetSame()
+		}
+		if want := synced && same; want != ready {
+			ready = want
+			d.ops.ready.Store(ready)
+			if err := write(ready); err != nil {
+				return err
+			}
+			switch {
+			case ready && !told:
+				told = true
+				d.notify.ready()
+				d.log.Info("ready", "file", path)
+			case ready:
+				d.log.Info("ready again", "file", path)
+			default:
+				d.log.Warn("not ready (failover.require_same_ruleset)", "why", why, "file", path)
+			}
+		}
+		if ready && !requireSame {
+			return nil
 		}
 		select {
 		case <-ctx.Done():
@@ -98,15 +136,6 @@ func (d *Daemon) readiness(ctx context.Context) error {
 		case <-t.C:
 		}
 	}
-	d.ops.ready.Store(true)
-	if path != "" {
-		if err := failover.WriteReady(path, true); err != nil {
-			return fmt.Errorf("failover.ready_file: %w", err)
-		}
-	}
-	d.notify.ready()
-	d.log.Info("initial sync complete: ready", "file", path)
-	return nil
 }
 
 // liveness reports whether the daemon's loops are alive: the reconciler
@@ -168,8 +197,16 @@ func (d *Daemon) Status() *status.Status {
 		s.Role = string(st)
 	}
 	if !s.Ready {
-		_, s.ReadyReason = d.readyCondition(d.started)
+		var ok bool
+		ok, s.ReadyReason = d.readyCondition(d.started)
+		if ok {
+			s.ReadyReason = "the peers' rulesets differ (failover.require_same_ruleset)"
+		}
 		s.Warnings = append(s.Warnings, "not ready: "+s.ReadyReason)
+	}
+	if r := d.rulesetStatus(); r != nil {
+		s.Ruleset = &status.Ruleset{Digest: r.Digest, Checked: r.Checked, Error: r.Error, Same: r.Same, Differ: r.Differ}
+		s.Warnings = append(s.Warnings, d.rulesetWarnings()...)
 	}
 	s.Caches.InternalFlows = d.internal.Len()
 	s.Caches.ExternalByOrigin = map[string]int{}
@@ -226,6 +263,7 @@ func (d *Daemon) Status() *status.Status {
 	risk := d.node.AtRisk()
 	s.FlowsAtRisk = risk.Total
 	drift := d.node.DriftStats()
+	info := d.node.PeerInfo()
 	for name, p := range d.node.Stats() {
 		if p.Name == "" {
 			continue // a sender not identified yet
@@ -235,6 +273,11 @@ func (d *Daemon) Status() *status.Status {
 			BulkReceived: p.BulksReceived > 0, ExternalFlows: byOrigin[name], DriftRepairs: drift.ByOrigin[name].Repairs}
 		if !p.LastSeen.IsZero() {
 			ps.LastSeenSeconds = now.Sub(p.LastSeen).Seconds()
+		}
+		ps.Caps = []string{}
+		if pi, ok := info[name]; ok {
+			ps.Version = pi.Version
+			ps.Caps = append(ps.Caps, pi.Caps...)
 		}
 		if !p.Up {
 			s.Warnings = append(s.Warnings, fmt.Sprintf("peer %s is down (last seen %s ago)", p.Name, now.Sub(p.LastSeen).Round(time.Second)))
@@ -274,7 +317,10 @@ func (d *Daemon) serveMetrics(ctx context.Context, srv *httpd.Server) error {
 	})
 	srv.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		if !d.ops.ready.Load() {
-			_, why := d.readyCondition(d.started)
+			ok, why := d.readyCondition(d.started)
+			if ok {
+				why = "the peers' rulesets differ (failover.require_same_ruleset)"
+			}
 			http.Error(w, "not ready: "+why, http.StatusServiceUnavailable)
 			return
 		}

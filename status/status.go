@@ -57,9 +57,24 @@ type Status struct {
 	// LastDriftRepair is the last repair of an external cache after a
 	// digest showed it diverged from its origin; nil when none happened.
 	LastDriftRepair *DriftRepair `json:"last_drift_repair"`
+	// Ruleset is the ruleset guard's state (failover.ruleset_interval);
+	// null when the guard is off.
+	Ruleset *Ruleset `json:"ruleset"`
 	// Warnings are short sentences for an operator, empty when all is
-	// well: peers down, flows at risk, not ready, event overruns, ...
+	// well: peers down, flows at risk, not ready, event overruns, rulesets
+	// that differ, ...
 	Warnings []string `json:"warnings"`
+}
+
+// Ruleset is the ruleset guard's view: this node's ruleset digest and
+// whether every live peer that sent one has the same.
+type Ruleset struct {
+	Digest  string    `json:"digest,omitempty"`
+	Checked time.Time `json:"checked"`
+	Error   string    `json:"error,omitempty"`
+	Same    bool      `json:"same"`
+	// Differ names, by peer, the tables and chains that differ.
+	Differ map[string][]string `json:"differ,omitempty"`
 }
 
 // Sync is this node's side of the replication protocol.
@@ -114,6 +129,11 @@ type Peer struct {
 	ExternalFlows int `json:"external_flows"`
 	// DriftRepairs counts repairs of the peer's flows held here.
 	DriftRepairs uint64 `json:"drift_repairs"`
+	// Version and Caps are what the peer announced (NODE_INFO): its
+	// ctsyncd version and protocol capabilities; empty from a version
+	// older than NODE_INFO or before it was heard.
+	Version string   `json:"version"`
+	Caps    []string `json:"caps"`
 }
 
 // Caches are the cache sizes.

@@ -40,7 +40,8 @@ import (
 // Wire bodies (msgpack arrays, like the other control messages):
 //
 //	DIGEST          Seq, Round, Buckets, Offset, Flows, Sums (bin, 8 bytes
-//	                big-endian per bucket from Offset)
+//	                big-endian per bucket from Offset), Skip (buckets not to
+//	                compare: changes made while the digest was taken)
 //	DIGEST_REQUEST  Round, Buckets, List (bucket numbers)
 //	REPAIR          Round, Buckets, Changes (bin, DATA's change encoding)
 //	REPAIR_END      Round, Buckets, List (bucket numbers), Counts (flows
@@ -74,15 +75,12 @@ type DigestPart struct {
 	Offset  uint32   // DIGEST: the first bucket of Sums
 	Flows   uint64   // DIGEST: the sender's flow count
 	Sums    []uint64 // DIGEST
+	Skip    []uint32 // DIGEST: buckets of Sums not to compare (changes in flight)
 	List    []uint32 // DIGEST_REQUEST, REPAIR_END: bucket numbers
 	Counts  []uint32 // REPAIR_END: flows sent per bucket of List
 }
 
 func isDigestType(t MsgType) bool { return t >= MsgDigest && t <= MsgRepairEnd }
-
-// knownType reports whether this version knows message type t (the
-// numbers below msgTypeEnd include ones reserved for other work).
-func knownType(t MsgType) bool { return t > 0 && t < msgTypeEnd && msgTypeNames[t] != "" }
 
 func appendDigestBody(b []byte, m *message) []byte {
 	d := m.Digest
@@ -93,7 +91,7 @@ func appendDigestBody(b []byte, m *message) []byte {
 	e := msgpack.NewEncoder(buf)
 	switch m.Type {
 	case MsgDigest:
-		_ = e.EncodeArrayLen(6)
+		_ = e.EncodeArrayLen(7)
 		_ = e.EncodeUint(m.Seq)
 		_ = e.EncodeUint(d.Round)
 		_ = e.EncodeUint(uint64(d.Buckets))
@@ -104,6 +102,7 @@ func appendDigestBody(b []byte, m *message) []byte {
 			sums = binary.BigEndian.AppendUint64(sums, s)
 		}
 		_ = e.EncodeBytes(sums)
+		encodeUints(e, d.Skip)
 	case MsgDigestRequest:
 		_ = e.EncodeArrayLen(3)
 		_ = e.EncodeUint(d.Round)
@@ -186,6 +185,12 @@ func decodeDigestBody(b []byte, m *message) error {
 		for i := range p.Sums {
 			p.Sums[i] = binary.BigEndian.Uint64(sums[8*i:])
 		}
+		if n > want {
+			if p.Skip, err = decodeUints(d, nb, maxDigestBuckets); err != nil {
+				return err
+			}
+			want++ // consumed
+		}
 	case MsgDigestRequest:
 		if p.List, err = decodeUints(d, nb, maxRepairBuckets); err != nil {
 			return err
@@ -247,6 +252,9 @@ func decodeUints(d *msgpack.Decoder, limit uint64, maxLen int) ([]uint32, error)
 	}
 	if n < 0 || n > maxLen {
 		return nil, fmt.Errorf("list of %d, at most %d", n, maxLen)
+	}
+	if n == 0 {
+		return nil, nil
 	}
 	out := make([]uint32, n)
 	for i := range out {
@@ -392,15 +400,25 @@ func (n *Node) sendDigest() {
 	}
 	start := time.Now()
 	nb := cache.DigestBuckets(n.internal.Len())
-	sums, flows := n.internal.Digest(nb)
+	sums, flows, skip, ok := n.internal.DigestForSend(nb)
 	n.dg.stats.LastDigestSeconds = time.Since(start).Seconds()
+	if !ok {
+		n.log.Debug("digest round skipped: too many changes pending")
+		return
+	}
 	n.dg.rounds++
 	round := n.dg.rounds
 	per := max(8, (n.bodyBudget()-64)/8)
 	for off := 0; off < nb; off += per {
 		end := min(nb, off+per)
+		var partSkip []uint32
+		for _, b := range skip {
+			if int(b) >= off && int(b) < end {
+				partSkip = append(partSkip, b)
+			}
+		}
 		m := &message{Type: MsgDigest, Seq: n.nextSeq - 1, Digest: &DigestPart{
-			Round: round, Buckets: uint32(nb), Offset: uint32(off), Flows: uint64(flows), Sums: sums[off:end]}}
+			Round: round, Buckets: uint32(nb), Offset: uint32(off), Flows: uint64(flows), Sums: sums[off:end], Skip: partSkip}}
 		b := n.sendAllLen(m)
 		n.dg.stats.BytesSent += uint64(b)
 	}
@@ -506,7 +524,7 @@ func (n *Node) compareDigest(pr *peer, drx *digestRx, m *message, now time.Time)
 	}
 	for i, s := range d.Sums {
 		b := int(d.Offset) + i
-		if drx.sums[b] != s {
+		if drx.sums[b] != s && !slices.Contains(d.Skip, uint32(b)) {
 			drx.diff = append(drx.diff, uint32(b))
 		}
 	}
@@ -556,6 +574,14 @@ func (n *Node) finishRepair(pr *peer, drx *digestRx, now time.Time) {
 
 // queueRepair takes a peer's request for buckets; repairStep answers it.
 func (n *Node) queueRepair(pr *peer, d *DigestPart) {
+	for _, j := range n.dg.jobs {
+		if j.peer == pr.id {
+			// One answer per peer at a time: a request while one is being
+			// answered is dropped (the next round asks again).
+			n.log.Debug("repair request dropped: one is being answered", "peer", pr.name)
+			return
+		}
+	}
 	if len(n.dg.jobs) >= maxRepairJobs {
 		n.log.Debug("repair request dropped: too many pending", "peer", pr.name)
 		return

@@ -180,6 +180,14 @@ func (n *Node) verifyResponse(h *header, m *message, src string, now time.Time) 
 	delete(n.challenges, k)
 	aead := n.keys[k]
 	delete(n.keys, k)
+	if aead == nil && n.opt.Key != nil {
+		a, err := epochAEAD(n.opt.Key, h.Node, h.Epoch)
+		if err != nil {
+			n.statsFor(h.Node, src).Drops.Auth++
+			return
+		}
+		aead = a
+	}
 	if !ok {
 		pr = &peer{id: h.Node}
 		if s, ok := n.anon[src]; ok {
@@ -204,6 +212,7 @@ func (n *Node) verifyResponse(h *header, m *message, src string, now time.Time) 
 		ackedOut: next - 1, lastProgress: now}
 	pr.acked, pr.ackKnown = 0, false
 	n.log.Info("peer epoch accepted", "peer", pr.name, "addr", src, "epoch", fmt.Sprintf("%016x", h.Epoch))
+	n.sendInfo() // the new epoch learns our version and ruleset at once
 	pr.rx.resyncWanted = true
 	n.requestResync(pr, now)
 	n.sendAck(pr)

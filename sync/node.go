@@ -154,7 +154,10 @@ type DropStats struct {
 	Duplicate  uint64 `json:"duplicate"`  // stream message applied already
 	Window     uint64 `json:"window"`     // stream message too far ahead to buffer
 	// NotForUs counts datagrams addressed to another node or to an earlier
-	// epoch of this one (a capture replayed across receivers).
+	// epoch of this one: a capture replayed across receivers, or (normal)
+	// replies between two other nodes that went to every peer (multicast
+	// with three nodes or more, or a sender whose address the transport
+	// does not know as a peer).
 	NotForUs uint64 `json:"not_for_us"`
 	// RateLimited counts datagrams dropped by a rate limit before they were
 	// answered or cost a key derivation.
@@ -253,6 +256,8 @@ type Node struct {
 	scratch      []byte
 	out          []byte
 	lastTwinWarn time.Time   // a datagram from another node with our name was logged
+	info         *NodeInfo   // what this node announces (NODE_INFO); nil: nothing yet
+	lastInfo     time.Time   // when NODE_INFO was last sent
 	dg           digestState // drift detection (digest.go)
 
 	derive       bucket              // key derivations for epochs not accepted
@@ -401,6 +406,9 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-hb.C:
 			n.mu.Lock()
 			n.sendAll(&message{Type: MsgHeartbeat, Seq: n.nextSeq - 1})
+			if n.now().Sub(n.lastInfo) >= nodeInfoEvery {
+				n.sendInfo()
+			}
 			n.mu.Unlock()
 		case <-n.bulkReq:
 			n.mu.Lock()

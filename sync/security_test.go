@@ -396,7 +396,7 @@ func TestSkipBounded(t *testing.T) {
 // TestSkipValue: skipValue skips exactly one element of every kind msgpack
 // encodes, so unknown trailing fields of a later version still decode.
 func TestSkipValue(t *testing.T) {
-	vals := []any{nil, true, 1, -1, 200, -200, 70000, -70000, 1 << 40, -(1 << 40), 1.5, float32(2.5),
+	vals := []any{nil, true, 1, -1, 200, -200, 70000, -70000, int64(1 << 40), int64(-(1 << 40)), 1.5, float32(2.5),
 		"", "short", string(make([]byte, 300)), string(make([]byte, 70000)), []byte{1, 2}, make([]byte, 300),
 		[]any{1, "x", []any{2}}, make([]int, 20), make([]int, 70000), map[string]any{"a": 1, "b": []any{1}},
 		time.Unix(1, 2)}

@@ -166,10 +166,14 @@ func sampleMessages() []*message {
 		{Type: MsgHello, Name: "fw-a"},
 		{Type: MsgChallenge, Name: "fw-a", Nonce: nonce},
 		{Type: MsgResponse, Name: "fw-b", Nonce: nonce, Seq: 17},
-		{Type: MsgDigest, Seq: 17, Digest: &DigestPart{Round: 2, Buckets: 64, Offset: 3, Flows: 9, Sums: []uint64{1, 2, 1 << 63}}},
+		{Type: MsgDigest, Seq: 17, Digest: &DigestPart{Round: 2, Buckets: 64, Offset: 3, Flows: 9, Sums: []uint64{1, 2, 1 << 63}, Skip: []uint32{4}}},
 		{Type: MsgDigestRequest, Digest: &DigestPart{Round: 2, Buckets: 64, List: []uint32{1, 63}}},
 		{Type: MsgRepair, Changes: chs[:2], Digest: &DigestPart{Round: 2, Buckets: 64}},
 		{Type: MsgRepairEnd, Digest: &DigestPart{Round: 2, Buckets: 64, List: []uint32{1}, Counts: []uint32{2}}},
+		{Type: MsgNodeInfo, Info: &NodeInfo{Version: "ctsyncd test", Caps: []string{"expect", "node-info"},
+			Ruleset: bytes.Repeat([]byte{9}, rulesetSumLen),
+			Parts:   map[string][partHashLen]byte{"table inet filter": {1}, "chain inet filter forward": {2, 3}}}},
+		{Type: MsgNodeInfo, Info: &NodeInfo{Version: "v", Truncated: true}},
 	}
 }
 

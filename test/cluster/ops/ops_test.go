@@ -329,6 +329,12 @@ func TestClusterOps(t *testing.T) {
 			t.Errorf("status last_drift_repair %+v", s.LastDriftRepair)
 		}
 		t.Logf("fw-b after the drift repair:\n%s", b.proc.Ctl("status"))
+		_, body := get(t, a, "/metrics")
+		t.Logf("fw-a scrape excerpt after the repair:\n%s", excerpt(body, "ctsyncd_sync_digest", "ctsyncd_flows_at_risk",
+			"ctsyncd_internal_flows", "ctsyncd_sync_peer_up", "ctsyncd_sync_resends_total", "ctsyncd_sync_nacks_total"))
+		_, body = get(t, b, "/metrics")
+		t.Logf("fw-b scrape excerpt after the repair:\n%s", excerpt(body, "ctsyncd_drift", "ctsyncd_sync_digests_checked_total",
+			"ctsyncd_external_flows", "ctsyncd_ready"))
 	})
 
 	t.Run("peer-death", func(t *testing.T) {
