@@ -29,9 +29,6 @@ func (d *Daemon) acceptHelper(helper string) bool {
 	return len(h) == 0 || slices.Contains(h, helper)
 }
 
-// expectationsOn reports whether the daemon follows expectations.
-func (d *Daemon) expectationsOn() bool { return d.iexp != nil }
-
 // ExpectEvent implements kernel.ExpectHandler; it runs on the listener
 // goroutine.
 func (d *Daemon) ExpectEvent(ev *kernel.ExpectEvent) {
