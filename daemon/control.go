@@ -220,13 +220,17 @@ func (d *Daemon) status() Status {
 // Stats is the answer to `ctsyncctl stats`.
 type Stats struct {
 	Events struct {
-		New       uint64 `json:"new"`
-		Update    uint64 `json:"update"`
-		Destroy   uint64 `json:"destroy"`
-		Own       uint64 `json:"own_writes_ignored"`
-		Filtered  uint64 `json:"filtered"`
-		Overruns  uint64 `json:"overruns"`
-		Malformed uint64 `json:"malformed"`
+		New     uint64 `json:"new"`
+		Update  uint64 `json:"update"`
+		Destroy uint64 `json:"destroy"`
+		Own     uint64 `json:"own_writes_ignored"`
+		// OwnInKernel: the kernel drops the events of our own writes (a
+		// BPF filter on the event socket) and own_writes_ignored counts
+		// only those that got past it.
+		OwnInKernel bool   `json:"own_writes_dropped_by_kernel"`
+		Filtered    uint64 `json:"filtered"`
+		Overruns    uint64 `json:"overruns"`
+		Malformed   uint64 `json:"malformed"`
 	} `json:"events"`
 	Internal struct {
 		Flows      int    `json:"flows"`
@@ -238,6 +242,8 @@ type Stats struct {
 		ReconAdded uint64 `json:"reconcile_added"`
 		ReconFixed uint64 `json:"reconcile_fixed"`
 		ReconGone  uint64 `json:"reconcile_removed"`
+		Young      int    `json:"waiting_min_age"`        // [sync] min_age: not yet replicated
+		NeverSent  uint64 `json:"removed_before_min_age"` // flows that died young, never sent
 	} `json:"internal"`
 	LastReconcile *reconcileReport            `json:"last_reconcile,omitempty"`
 	External      *cache.ExternalStats        `json:"external,omitempty"`
@@ -264,11 +270,13 @@ func (d *Daemon) stats() Stats {
 	ls := d.listener.Stats()
 	s.Events.New, s.Events.Update, s.Events.Destroy = d.evNew.Load(), d.evUpdate.Load(), d.evDestroy.Load()
 	s.Events.Own, s.Events.Filtered = d.evOwn.Load()+ls.Own, d.evFiltered.Load()
+	s.Events.OwnInKernel = d.listener.KernelFiltered()
 	s.Events.Overruns, s.Events.Malformed = ls.Overruns, ls.Malformed
 	is := d.internal.Stats()
 	s.Internal.Flows, s.Internal.Created, s.Internal.Updated, s.Internal.Deleted = is.Flows, is.Created, is.Updated, is.Deleted
 	s.Internal.Pending, s.Internal.Reconciles = is.Dirty, is.Reconciles
 	s.Internal.ReconAdded, s.Internal.ReconFixed, s.Internal.ReconGone = is.ReconAdded, is.ReconFixed, is.ReconGone
+	s.Internal.Young, s.Internal.NeverSent = is.Young, is.NeverSent
 	s.LastReconcile = d.lastRec.Load()
 	s.Expectations = d.expectStats()
 	var ms runtime.MemStats

@@ -30,6 +30,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/failover"
 	"github.com/ctsyncd/ctsyncd/filter"
 	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/flowlog"
 	"github.com/ctsyncd/ctsyncd/kernel"
 	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
@@ -78,6 +79,9 @@ type Daemon struct {
 
 	listener *kernel.Listener
 	ctl      *control.Server
+	flowLog  *flowlog.Writer // nil unless [log] flows is set
+	api      *apiServer // nil unless api.listen is set
+	apiClose func()
 
 	lastOverrunLog time.Time // listener goroutine only
 
@@ -131,10 +135,25 @@ func New(opts Options) (*Daemon, error) {
 			return nil, fmt.Errorf("control.group: %w", err)
 		}
 	}
+	if err := d.openFlowLog(); err != nil {
+		return nil, fmt.Errorf("log.flows: %w", err)
+	}
+	h, closeAPI, err := d.newAPI()
+	if err != nil {
+		return nil, err
+	}
+	if h != nil {
+		if d.api, err = d.listenAPI(h); err != nil {
+			closeAPI()
+			return nil, err
+		}
+	}
+	d.apiClose = closeAPI
 	d.ctl, err = control.Listen(control.ServerOptions{
 		Path: cfg.Control.Socket, Mode: cfg.Control.FileMode(), GID: gid, Log: opts.Log,
 	})
 	if err != nil {
+		d.closeAPI()
 		return nil, err
 	}
 	return d, nil
@@ -153,13 +172,40 @@ func newFilter(c config.Filter) (*filter.Filter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return filter.New(protos, states, prefixes), nil
+	ex, err := exclusions(c)
+	if err != nil {
+		return nil, err
+	}
+	return filter.New(protos, states, prefixes, ex), nil
+}
+
+// exclusions converts the [filter] ignore_ports, ignore_marks, ignore_zones
+// and ignore_helpers lists (already validated) into the filter's form.
+func exclusions(c config.Filter) (filter.Exclude, error) {
+	var ex filter.Exclude
+	for _, p := range c.IgnorePorts {
+		ex.Ports = append(ex.Ports, filter.PortRange{Lo: p.Lo, Hi: p.Hi})
+	}
+	for _, m := range c.IgnoreMarks {
+		v, mask, err := config.ParseMarkMask(m)
+		if err != nil {
+			return ex, fmt.Errorf("filter.ignore_marks: %w", err)
+		}
+		ex.Marks = append(ex.Marks, filter.MarkMask{Value: v, Mask: mask})
+	}
+	for _, z := range c.IgnoreZones {
+		ex.Zones = append(ex.Zones, uint16(z))
+	}
+	ex.Helpers = append(ex.Helpers, c.IgnoreHelpers...)
+	return ex, nil
 }
 
 // Reload re-reads the config file (SIGHUP) and applies what can change
-// without losing state: the log level and the filters. A broken file
-// changes nothing. What changed but needs a restart is logged.
+// without losing state: the log level and the filters; it also reopens the
+// flow log (logrotate). A broken file changes nothing else. What changed but
+// needs a restart is logged.
 func (d *Daemon) Reload(path string) {
+	d.reopenFlowLog() // first: logrotate's SIGHUP must work even with a broken config
 	cfg, err := config.Load(path)
 	if err != nil {
 		d.log.Error("reload: config not applied", "err", err)
@@ -187,6 +233,8 @@ func (d *Daemon) Reload(path string) {
 		"node": {cfg.Node, d.cfg.Node}, "control": {cfg.Control, d.cfg.Control},
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
 		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
+		"log.flows": {[2]string{cfg.Log.Flows, cfg.Log.FlowsFormat}, [2]string{d.cfg.Log.Flows, d.cfg.Log.FlowsFormat}},
+		"api": {cfg.API, d.cfg.API},
 	} {
 		if !reflect.DeepEqual(pair[0], pair[1]) {
 			needRestart = append(needRestart, name)
@@ -214,6 +262,7 @@ func lookupGroup(g string) (int, error) {
 // removes the control socket before it returns.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
+	defer d.closeAPI()
 	// Subscribe before the first dump, so that no change falls between.
 	if d.cfg.Sync.Expectations {
 		d.iexp = cache.NewInternalExpect()
@@ -238,6 +287,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if d.iexp != nil {
 			d.iexp.DisableChanges()
 		}
+	} else {
+		d.internal.SetMinAge(d.cfg.Sync.MinAge.Duration)
 	}
 	// The writer's sockets are known before any event is read, so that
 	// events caused by our own writes (commit) are never taken as local.
@@ -282,6 +333,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.listener.Run(ctx, d) })
 	g.Go(func() error { return d.ctl.Serve(ctx, d.handle) })
+	if d.api != nil {
+		g.Go(func() error { return d.api.serve(ctx) })
+		d.log.Info("API and web console listening", "url", d.api.url)
+	}
 	if d.cfg.Filter.IgnoreOwn() {
 		g.Go(func() error {
 			return kernel.WatchAddrs(ctx, d.netns, func(addrs []netip.Addr) {
@@ -291,6 +346,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.reconciler(ctx) })
+	if d.flowLog != nil {
+		g.Go(func() error { return d.flushFlowLog(ctx) })
+	}
+	if d.cfg.Sync.MinAge.Duration > 0 && !d.cfg.Sync.Disabled {
+		g.Go(func() error { return d.promoteAged(ctx) })
+	}
 	if d.cfg.Failover.ReadyFile != "" {
 		g.Go(func() error { return d.readiness(ctx) })
 	}
@@ -322,6 +383,7 @@ func (d *Daemon) Event(ev *kernel.Event) {
 	case kernel.EventDestroy:
 		d.evDestroy.Add(1)
 		d.internal.Delete(ev.Flow.Key)
+		d.logDestroyed(ev)
 		return
 	case kernel.EventNew:
 		d.evNew.Add(1)

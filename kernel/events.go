@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/mdlayher/netlink"
+	"golang.org/x/net/bpf"
 
 	"github.com/ctsyncd/ctsyncd/flow"
 )
@@ -42,6 +44,9 @@ type Event struct {
 	Type   EventType
 	PortID uint32
 	Flow   flow.Flow
+	// Counters holds a DESTROY event's packets, bytes and times (what
+	// the kernel reports: see flow.Counters); zero for other events.
+	Counters flow.Counters
 }
 
 // Multicast groups of ctnetlink as a legacy bitmask: group g is bit g-1
@@ -82,6 +87,9 @@ type Listener struct {
 	bad      atomic.Uint64
 	own      atomic.Uint64
 
+	// kernelFilter is whether the BPF filter of IgnorePorts is attached.
+	kernelFilter atomic.Bool
+
 	// ignore holds the port ids whose events are dropped undecoded.
 	ignore atomic.Pointer[[]uint32]
 }
@@ -90,9 +98,41 @@ type Listener struct {
 // caused by the sockets with these netlink port ids: the daemon's own
 // writes (a commit's million NEW events cost nothing to skip). Safe to call
 // while Run runs.
+//
+// The kernel drops them too, before queueing them on the socket, through a
+// classic BPF filter on the event socket (SO_ATTACH_FILTER): a commit's
+// events then cost neither a copy to user space nor room in the receive
+// buffer. The check here stays as the fallback where attaching fails.
 func (l *Listener) IgnorePorts(ports []uint32) {
 	p := slices.Clone(ports)
 	l.ignore.Store(&p)
+	l.kernelFilter.Store(l.sock.conn.SetBPF(ownPortsFilter(p)) == nil)
+}
+
+// KernelFiltered reports whether the kernel drops the ignored ports' events
+// (the BPF filter is attached): they are then not counted in Stats.Own.
+func (l *Listener) KernelFiltered() bool { return l.kernelFilter.Load() }
+
+// ownPortsFilter is a classic BPF program for a netlink socket that drops
+// every message whose header's port id (nlmsg_pid, at offset 12) is one of
+// ports and accepts the rest. Conntrack events come one to a datagram, so
+// the first header is the event's. BPF loads words big-endian; the header
+// is in host order, so the constants are the ports' host-order bytes read
+// big-endian. At most 255 ports.
+func ownPortsFilter(ports []uint32) []bpf.RawInstruction {
+	ports = ports[:min(len(ports), 255)]
+	prog := []bpf.Instruction{bpf.LoadAbsolute{Off: 12, Size: 4}}
+	for i, p := range ports {
+		var b [4]byte
+		binary.NativeEndian.PutUint32(b[:], p)
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: binary.BigEndian.Uint32(b[:]), SkipTrue: uint8(len(ports) - i)})
+	}
+	prog = append(prog, bpf.RetConstant{Val: 0xffffffff}, bpf.RetConstant{Val: 0})
+	raw, err := bpf.Assemble(prog)
+	if err != nil {
+		panic("kernel: own-ports filter: " + err.Error()) // the program is fixed; only a bug gets here
+	}
+	return raw
 }
 
 // Listen subscribes to conntrack NEW, UPDATE and DESTROY events. Subscribe
@@ -200,6 +240,11 @@ func (l *Listener) Run(ctx context.Context, h Handler) error {
 		}
 		ev.Type = t
 		ev.PortID = m.Header.PID
+		if t == EventDestroy {
+			decodeCounters(m, &ev.Counters)
+		} else {
+			ev.Counters = flow.Counters{}
+		}
 		l.events.Add(1)
 		h.Event(&ev)
 		return nil

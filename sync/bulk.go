@@ -4,6 +4,8 @@ package sync
 // BULK_END.
 
 import (
+	"time"
+
 	"github.com/ctsyncd/ctsyncd/cache"
 	"github.com/ctsyncd/ctsyncd/flow"
 )
@@ -26,6 +28,7 @@ func (n *Node) startBulk(restart bool) {
 	id := randUint64()
 	begin := n.sendMarker(MsgBulkBegin, id)
 	n.lastBegin = begin
+	n.lastBulk = n.now()
 	n.bulk = &bulkState{id: id, begin: begin, keys: keys}
 	for _, pr := range n.peers {
 		pr.stats.BulksSent++
@@ -70,4 +73,21 @@ func (n *Node) bulkStep() {
 			return
 		}
 	}
+}
+
+// requestedBulk starts a bulk a peer asked for (a RESYNC_REQUEST, or a
+// NACK of messages no longer queued), at most once per
+// Options.MinBulkInterval: a request within it is held until the interval
+// passed (ackTick starts it), so that requests, replayed or not, cannot
+// keep a node sending its table. A bulk in progress serves the request.
+func (n *Node) requestedBulk(now time.Time) {
+	if n.bulk != nil {
+		return
+	}
+	if !n.lastBulk.IsZero() && now.Sub(n.lastBulk) < n.opt.MinBulkInterval {
+		n.bulkPending = true
+		return
+	}
+	n.bulkPending = false
+	n.startBulk(false)
 }

@@ -14,27 +14,33 @@ import (
 	"time"
 )
 
-// handle processes one received datagram. Order: header, authentication,
-// epoch and replay checks, then body decoding, then effects (dispatch).
+// handle processes one received datagram. Order: size and header; the
+// receiver named in the header; the key (rate limited for epochs not
+// accepted); authentication; epoch and replay checks; body decoding; then
+// effects (the handshake here, everything else in dispatch).
 func (n *Node) handle(p Packet) {
 	now := n.now()
+	if len(p.Data) > n.opt.MaxDatagramIn {
+		n.statsFor(0, p.From).Drops.TooLarge++
+		return
+	}
 	h, err := parseHeader(p.Data)
 	if err != nil {
 		n.statsFor(0, p.From).Drops.Malformed++
 		n.log.Debug("dropped malformed datagram", "from", p.From, "err", err)
 		return
 	}
-	if h.Node == n.id {
-		if h.Epoch != n.epoch && !n.warnedTwin {
-			n.warnedTwin = true
-			n.log.Error("another node uses this node's name; its datagrams are ignored", "from", p.From)
-		}
+	if h.Node == n.id && h.Epoch == n.epoch {
 		return // our own, looped back by multicast
 	}
+	if h.To != 0 && (h.To != n.id || h.ToEpoch != n.epoch) {
+		n.statsFor(h.Node, p.From).Drops.NotForUs++
+		return
+	}
 	st := n.statsFor(h.Node, p.From)
-	aead, err := n.peerAEAD(h.Node, h.Epoch)
-	if err != nil {
-		st.Drops.Auth++
+	aead, cached, ok := n.peerAEAD(h.Node, h.Epoch, now)
+	if !ok {
+		st.Drops.RateLimited++
 		return
 	}
 	body, err := open(p.Data, &h, aead)
@@ -42,6 +48,18 @@ func (n *Node) handle(p Packet) {
 		st.Drops.Auth++
 		n.log.Debug("dropped datagram failing authentication", "from", p.From, "err", err)
 		return
+	}
+	if h.Node == n.id {
+		// Authentic, from another epoch of our own id: another node uses
+		// this node's name (or a capture of our previous start).
+		if now.Sub(n.lastTwinWarn) > time.Minute {
+			n.lastTwinWarn = now
+			n.log.Error("another node uses this node's name, or an earlier start of it is replayed; its datagrams are ignored", "from", p.From)
+		}
+		return
+	}
+	if !cached {
+		n.keep(h.Node, h.Epoch, aead)
 	}
 	pr := n.peers[h.Node]
 	accepted := pr != nil && pr.epoch == h.Epoch
@@ -63,16 +81,19 @@ func (n *Node) handle(p Packet) {
 	st.BytesIn += uint64(len(p.Data))
 	if accepted {
 		pr.window.mark(h.Counter)
-		pr.addr = p.From
 		pr.seen = now
+		if p.From != pr.lastFrom {
+			pr.lastFrom = p.From
+			if a := n.replyAddr(p.From); a != "" {
+				pr.addr = a
+			}
+		}
 	}
 	switch m.Type {
 	case MsgChallenge:
-		// Answer whoever asks: the answer proves only that we hold the key
-		// and live in our epoch, and is sealed under that epoch.
-		n.sendTo(p.From, &message{Type: MsgResponse, Name: n.opt.NodeName, Nonce: m.Nonce, Seq: n.nextSeq})
+		n.respond(&h, m, p.From, now)
 		if !accepted {
-			n.challenge(h.Node, p.From, now)
+			n.challenge(&h, p.From, now)
 		}
 		return
 	case MsgResponse:
@@ -83,18 +104,18 @@ func (n *Node) handle(p Packet) {
 	}
 	if !accepted {
 		st.Drops.Unverified++
-		n.challenge(h.Node, p.From, now)
+		n.challenge(&h, p.From, now)
 		return
 	}
-	n.dispatch(pr, m, now)
+	n.dispatch(pr, m, int64(len(p.Data)), now)
 }
 
 // dispatch acts on a message of pr's accepted epoch, authenticated and
 // checked against the replay window.
-func (n *Node) dispatch(pr *peer, m *message, now time.Time) {
+func (n *Node) dispatch(pr *peer, m *message, size int64, now time.Time) {
 	switch m.Type {
 	case MsgData, MsgBulkBegin, MsgBulkEnd, MsgExpect:
-		n.receiveSeq(pr, m, now)
+		n.receiveSeq(pr, m, size, now)
 	case MsgHeartbeat:
 		if m.Seq > pr.rx.maxSeen {
 			pr.rx.maxSeen = m.Seq
@@ -110,13 +131,13 @@ func (n *Node) dispatch(pr *peer, m *message, now time.Time) {
 		n.repair(pr, m.Ranges)
 	case MsgResyncRequest:
 		n.log.Info("peer requests a resync", "peer", pr.name)
-		n.startBulk(false)
+		n.requestedBulk(now)
 	case MsgHello:
 		// Known already; nothing to do.
 	default:
 		if m.Type >= firstStreamExt {
 			// A newer peer's stream message: take its sequence number.
-			n.receiveSeq(pr, m, now)
+			n.receiveSeq(pr, m, size, now)
 		}
 	}
 }

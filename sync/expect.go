@@ -302,7 +302,7 @@ func (n *Node) sendExpectMsg(chs []cache.ExpectChange) {
 
 // resendExpect sends a queued EXPECT again with the current state of its
 // expectations.
-func (n *Node) resendExpect(pr *peer, e *queued) {
+func (n *Node) resendExpect(pr *peer, e *queued) int {
 	chs := make([]cache.ExpectChange, 0, len(e.ekeys))
 	for _, k := range e.ekeys {
 		if n.iexp != nil {
@@ -311,7 +311,7 @@ func (n *Node) resendExpect(pr *peer, e *queued) {
 			chs = append(chs, cache.ExpectChange{Expect: flow.Expect{ExpectKey: k}, Deleted: true})
 		}
 	}
-	n.sendTo(pr.addr, &message{Type: MsgExpect, Seq: e.seq, Expects: n.filterExpects(chs)})
+	return n.sendTo(pr, &message{Type: MsgExpect, Seq: e.seq, Expects: n.filterExpects(chs)})
 }
 
 // bulkExpects sends every cached expectation as part of a bulk, before its

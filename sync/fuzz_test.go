@@ -2,6 +2,7 @@ package sync
 
 import (
 	"bytes"
+	"encoding/binary"
 	"math/rand/v2"
 	"testing"
 
@@ -80,20 +81,31 @@ func fuzzNode(t testing.TB) *Node {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.handle(Packet{From: "x", Data: datagram("x", 1, 1, &message{Type: MsgHello, Name: "x"})})
-	c := n.challenges[NodeID("x")]
+	c := n.challenges[[2]uint64{NodeID("x"), 1}]
 	if c == nil {
 		t.Fatal("no challenge sent")
 	}
-	n.handle(Packet{From: "x", Data: datagram("x", 1, 2, &message{Type: MsgResponse, Name: "x", Nonce: c.nonce[:], Seq: 1})})
+	n.handle(Packet{From: "x", Data: datagramTo("x", 1, 2, n.id, n.epoch, &message{Type: MsgResponse, Name: "x", Nonce: c.nonce[:], Seq: 1})})
 	if n.peers[NodeID("x")] == nil {
 		t.Fatal("epoch not accepted")
 	}
 	return n
 }
 
-// datagram encodes an insecure datagram from node name.
+// datagram encodes an insecure datagram from node name, addressed to
+// every peer (or to the node "fuzz", epoch 0, when its type must name a
+// receiver; such a datagram tests the drop of what is not for us).
 func datagram(name string, epoch, counter uint64, m *message) []byte {
-	return seal(nil, header{Type: m.Type, Node: NodeID(name), Epoch: epoch, Counter: counter}, appendBody(nil, m), nil)
+	if addressed(m.Type) {
+		return datagramTo(name, epoch, counter, NodeID("fuzz"), 1, m)
+	}
+	return datagramTo(name, epoch, counter, 0, 0, m)
+}
+
+// datagramTo encodes an insecure datagram from node name to node to in its
+// epoch toEpoch.
+func datagramTo(name string, epoch, counter, to, toEpoch uint64, m *message) []byte {
+	return seal(nil, header{Type: m.Type, Node: NodeID(name), Epoch: epoch, Counter: counter, To: to, ToEpoch: toEpoch}, appendBody(nil, m), nil)
 }
 
 // FuzzNodeHandle feeds datagrams to a node's receive path: whatever
@@ -109,6 +121,19 @@ func FuzzNodeHandle(f *testing.F) {
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		n.handle(Packet{From: "x", Data: b})
+		n.handle(Packet{From: "x", Data: readdress(b, n)})
 		n.ackTick()
 	})
+}
+
+// readdress returns b with its receiver set to n, when b is long enough to
+// have a header: so that fuzzed addressed messages reach dispatch.
+func readdress(b []byte, n *Node) []byte {
+	if len(b) < HeaderLen {
+		return b
+	}
+	c := append([]byte(nil), b...)
+	binary.BigEndian.PutUint64(c[32:], n.id)
+	binary.BigEndian.PutUint64(c[40:], n.epoch)
+	return c
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ctsyncd/ctsyncd/cache"
+	"github.com/ctsyncd/ctsyncd/flow"
 )
 
 // Options configure a Node. Zero values take the defaults given per field.
@@ -43,11 +44,46 @@ type Options struct {
 	BulkBurst int
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
+
+	// Bounds on what peers (and strangers) can make a node hold or send.
+	// Messages beyond them are refused and counted (PeerStats.Drops).
+
+	// MaxDatagramIn is the largest datagram accepted; default 4 × MTU
+	// (a resend of a message whose flows grew may exceed the sender's
+	// MTU). Peers must use an MTU of at most a quarter of it.
+	MaxDatagramIn int
+	// MaxBufferBytes bounds the memory (estimated) held per peer for its
+	// messages received ahead of a gap; default 16 MiB.
+	MaxBufferBytes int64
+	// MaxPeers bounds the peers whose epochs are accepted (and the origins
+	// of the external cache); default 64.
+	MaxPeers int
+	// MaxFlowsPerOrigin bounds the flows the external cache keeps per
+	// peer; default 2097152 (2 Mi). New flows beyond it are refused.
+	MaxFlowsPerOrigin int
+	// ResendRate bounds the bytes per second resent to one peer on its
+	// NACKs (a burst of a quarter second's worth is allowed); default
+	// 8 MiB/s.
+	ResendRate int
+	// MinBulkInterval is the least time between two bulks started on a
+	// peer's request; a request within it waits. Default HeartbeatInterval.
+	MinBulkInterval time.Duration
+	// Policy, when set, decides which of a peer's flows enter the external
+	// cache (and may sanitize them); nil admits every flow.
+	Policy Policy
+}
+
+// Policy decides what a peer may put into the external cache (and from
+// there into this node's kernel). Admit may modify f to sanitize it; false
+// refuses it (and removes what the origin had of it). It is called from
+// Run's goroutine.
+type Policy interface {
+	Admit(origin string, f *flow.Flow) bool
 }
 
 func (o *Options) setDefaults() error {
-	if o.NodeName == "" || len(o.NodeName) > MaxNameLen {
-		return fmt.Errorf("sync: node name must have 1 to %d bytes", MaxNameLen)
+	if err := ValidateName(o.NodeName); err != nil {
+		return fmt.Errorf("sync: node name: %w", err)
 	}
 	if o.MTU == 0 {
 		o.MTU = 1400
@@ -73,6 +109,27 @@ func (o *Options) setDefaults() error {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
+	if o.MaxDatagramIn <= 0 {
+		o.MaxDatagramIn = min(4*o.MTU, MaxDatagram)
+	}
+	if o.MaxDatagramIn < o.MTU || o.MaxDatagramIn > MaxDatagram {
+		return fmt.Errorf("sync: largest datagram accepted %d out of range %d..%d", o.MaxDatagramIn, o.MTU, MaxDatagram)
+	}
+	if o.MaxBufferBytes <= 0 {
+		o.MaxBufferBytes = 16 << 20
+	}
+	if o.MaxPeers <= 0 {
+		o.MaxPeers = 64
+	}
+	if o.MaxFlowsPerOrigin <= 0 {
+		o.MaxFlowsPerOrigin = 2 << 20
+	}
+	if o.ResendRate <= 0 {
+		o.ResendRate = 8 << 20
+	}
+	if o.MinBulkInterval <= 0 {
+		o.MinBulkInterval = o.HeartbeatInterval
+	}
 	return nil
 }
 
@@ -96,6 +153,17 @@ type DropStats struct {
 	Unverified uint64 `json:"unverified"` // from an epoch not (yet) proven by a challenge
 	Duplicate  uint64 `json:"duplicate"`  // stream message applied already
 	Window     uint64 `json:"window"`     // stream message too far ahead to buffer
+	// NotForUs counts datagrams addressed to another node or to an earlier
+	// epoch of this one (a capture replayed across receivers).
+	NotForUs uint64 `json:"not_for_us"`
+	// RateLimited counts datagrams dropped by a rate limit before they were
+	// answered or cost a key derivation.
+	RateLimited uint64 `json:"rate_limited"`
+	// Overflow counts messages refused because a bound on buffered bytes,
+	// peers or flows was reached.
+	Overflow uint64 `json:"overflow"`
+	// TooLarge counts datagrams over Options.MaxDatagramIn.
+	TooLarge uint64 `json:"too_large"`
 }
 
 // PeerStats describe the exchange with one peer. Counters count from the
@@ -121,6 +189,11 @@ type PeerStats struct {
 	NacksIn  uint64 `json:"nacks_in"`
 	NacksOut uint64 `json:"nacks_out"`
 	Resends  uint64 `json:"resends"` // messages resent to the peer on its NACKs
+	// ResendsRefused counts NACKs (or their tails) not answered because
+	// the peer's resend budget (Options.ResendRate) was spent.
+	ResendsRefused uint64 `json:"resends_refused"`
+	// PolicyRefused counts the peer's flows refused by the receive policy.
+	PolicyRefused uint64 `json:"policy_refused"`
 
 	BulksSent     uint64 `json:"bulks_sent"`
 	BulksReceived uint64 `json:"bulks_received"`
@@ -166,20 +239,27 @@ type Node struct {
 
 	// mu guards every field below. Run's goroutine holds it while it
 	// handles one event; Stats takes it to copy.
-	mu         sync.Mutex
-	running    bool
-	counter    uint64 // last datagram counter used
-	nextSeq    uint64 // next stream sequence number
-	queue      resendQueue
-	peers      map[uint64]*peer
-	anon       map[string]*PeerStats // senders not identified, by address
-	keys       map[[2]uint64]cipher.AEAD
-	challenges map[uint64]*challenge
-	bulk       *bulkState
-	lastBegin  uint64 // sequence number of the last BULK_BEGIN sent
-	scratch    []byte
-	out        []byte
-	warnedTwin bool // a datagram from another node with our name was logged
+	mu           sync.Mutex
+	running      bool
+	counter      uint64 // last datagram counter used
+	nextSeq      uint64 // next stream sequence number
+	queue        resendQueue
+	peers        map[uint64]*peer
+	anon         map[string]*PeerStats     // senders not identified, by address
+	keys         map[[2]uint64]cipher.AEAD // keys of epochs not accepted yet
+	challenges   map[[2]uint64]*challenge  // by (node id, epoch)
+	bulk         *bulkState
+	lastBegin    uint64 // sequence number of the last BULK_BEGIN sent
+	scratch      []byte
+	out          []byte
+	lastTwinWarn time.Time // a datagram from another node with our name was logged
+
+	derive       bucket              // key derivations for epochs not accepted
+	hsGlobal     bucket              // CHALLENGEs and RESPONSEs sent
+	hsSource     *limiter[string]    // ... per source address
+	hsChallenger *limiter[[2]uint64] // RESPONSEs per challenger epoch
+	lastBulk     time.Time           // when the last bulk began
+	bulkPending  bool                // a requested bulk waits for MinBulkInterval
 }
 
 // New returns a Node replicating internal to the peers of tr and applying
@@ -193,22 +273,25 @@ func New(opt Options, internal *cache.Internal, external *cache.External, tr Tra
 		return nil, errors.New("sync: New needs both caches and a transport")
 	}
 	n := &Node{
-		opt:        opt,
-		log:        opt.Logger.With("node", opt.NodeName),
-		id:         NodeID(opt.NodeName),
-		internal:   internal,
-		external:   external,
-		tr:         tr,
-		now:        time.Now,
-		bulkReq:    make(chan struct{}, 1),
-		resyncReq:  make(chan struct{}, 1),
-		nextSeq:    1,
-		queue:      resendQueue{max: opt.ResendQueue},
-		peers:      make(map[uint64]*peer),
-		anon:       make(map[string]*PeerStats),
-		keys:       make(map[[2]uint64]cipher.AEAD),
-		challenges: make(map[uint64]*challenge),
+		opt:          opt,
+		log:          opt.Logger.With("node", opt.NodeName),
+		id:           NodeID(opt.NodeName),
+		internal:     internal,
+		external:     external,
+		tr:           tr,
+		now:          time.Now,
+		bulkReq:      make(chan struct{}, 1),
+		resyncReq:    make(chan struct{}, 1),
+		nextSeq:      1,
+		queue:        resendQueue{max: opt.ResendQueue},
+		peers:        make(map[uint64]*peer),
+		anon:         make(map[string]*PeerStats),
+		keys:         make(map[[2]uint64]cipher.AEAD),
+		challenges:   make(map[[2]uint64]*challenge),
+		hsSource:     newLimiter[string](handshakeRate, handshakeBurst, maxLimited),
+		hsChallenger: newLimiter[[2]uint64](handshakeRate, handshakeBurst, maxLimited),
 	}
+	external.SetLimits(opt.MaxFlowsPerOrigin, opt.MaxPeers)
 	for n.epoch == 0 {
 		n.epoch = randUint64()
 	}
@@ -357,7 +440,7 @@ func (n *Node) Stats() map[string]PeerStats {
 	}
 	for _, pr := range n.peers {
 		s := pr.stats
-		s.Name, s.Addr, s.Epoch = pr.name, pr.addr, pr.epoch
+		s.Name, s.Addr, s.Epoch = pr.name, pr.lastFrom, pr.epoch
 		s.Up = now.Sub(pr.seen) < n.opt.PeerTimeout
 		s.LastSeen = pr.seen
 		if last := n.nextSeq - 1; pr.ackKnown && pr.acked < last {

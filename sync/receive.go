@@ -3,33 +3,42 @@ package sync
 // The receive side of a stream: in-order delivery, buffering, ACK and NACK.
 
 import (
+	"crypto/cipher"
 	"slices"
 	"time"
+	"unsafe"
+
+	"github.com/ctsyncd/ctsyncd/cache"
+	"github.com/ctsyncd/ctsyncd/flow"
 )
 
 // peer is what a node knows of one other node, in both roles: the origin
 // of a stream this node receives, and a receiver of this node's stream.
 type peer struct {
-	id      uint64
-	name    string
-	addr    string
-	epoch   uint64 // accepted epoch
-	retired []uint64
-	window  replayWindow
-	seen    time.Time
+	id       uint64
+	name     string
+	addr     string      // where replies go: a transport peer, or "" (to every peer)
+	lastFrom string      // source address of the last accepted datagram (not authenticated)
+	epoch    uint64      // accepted epoch
+	aead     cipher.AEAD // the accepted epoch's key; nil when insecure
+	retired  []uint64
+	window   replayWindow
+	seen     time.Time
 
 	rx rxState
 
 	// Send side: what the peer acknowledged of this node's stream.
-	acked    uint64
-	ackKnown bool
-	stats    PeerStats
+	acked        uint64
+	ackKnown     bool
+	resendBudget bucket // bytes of resends (Options.ResendRate)
+	stats        PeerStats
 }
 
 // rxState is the receive state of one origin's stream.
 type rxState struct {
 	next         uint64 // next sequence number to apply
-	buf          map[uint64]*message
+	buf          map[uint64]buffered
+	bufBytes     int64  // memory held by buf, estimated (see memCost)
 	maxSeen      uint64 // highest sequence number known to exist
 	skipBelow    uint64 // a bulk began there: gaps below it need no repair
 	ackedOut     uint64 // last cumulative ACK sent
@@ -44,12 +53,12 @@ type rxState struct {
 
 func (n *Node) requestResync(pr *peer, now time.Time) {
 	pr.rx.lastResync = now
-	n.sendTo(pr.addr, &message{Type: MsgResyncRequest})
+	n.sendTo(pr, &message{Type: MsgResyncRequest})
 }
 
 // receiveSeq takes a message of pr's stream: applies it when it is the
 // next, buffers it when it is ahead, drops it when it was applied already.
-func (n *Node) receiveSeq(pr *peer, m *message, now time.Time) {
+func (n *Node) receiveSeq(pr *peer, m *message, size int64, now time.Time) {
 	rx := &pr.rx
 	if m.Type == MsgBulkBegin {
 		rx.resyncWanted = false
@@ -74,7 +83,15 @@ func (n *Node) receiveSeq(pr *peer, m *message, now time.Time) {
 		pr.stats.Drops.Duplicate++
 		return
 	}
-	rx.buf[m.Seq] = m
+	cost := memCost(m, size)
+	if m.Seq != rx.next && rx.bufBytes+cost > n.opt.MaxBufferBytes {
+		// Over the bound on what one peer may make us hold: refused, and
+		// NACKed again once the gap before it heals.
+		pr.stats.Drops.Overflow++
+		return
+	}
+	rx.buf[m.Seq] = buffered{m, cost}
+	rx.bufBytes += cost
 	n.deliver(pr, now)
 	if rx.maxSeen >= rx.next && rx.maxSeen > rx.nackedTo {
 		n.sendNewNack(pr, now) // a new gap: ask at once
@@ -89,9 +106,10 @@ func (n *Node) deliver(pr *peer, now time.Time) {
 	rx := &pr.rx
 	start := rx.next
 	for {
-		if m, ok := rx.buf[rx.next]; ok {
+		if b, ok := rx.buf[rx.next]; ok {
 			delete(rx.buf, rx.next)
-			n.apply(pr, m, now)
+			rx.bufBytes -= b.cost
+			n.apply(pr, b.m, now)
 			rx.next++
 			rx.sinceAck++
 			continue
@@ -119,9 +137,20 @@ func (n *Node) apply(pr *peer, m *message, now time.Time) {
 	switch m.Type {
 	case MsgData:
 		for i := range m.Changes {
-			n.external.Apply(pr.name, m.Changes[i], now)
+			ch := &m.Changes[i]
+			if !ch.Deleted && n.opt.Policy != nil && !n.opt.Policy.Admit(pr.name, &ch.Flow) {
+				// Refused by the receive policy: whatever this node held
+				// of the flow goes too, so nothing refused stays.
+				pr.stats.PolicyRefused++
+				n.external.Delete(pr.name, ch.Flow.Key)
+				continue
+			}
+			if !n.external.Apply(pr.name, *ch, now) {
+				pr.stats.Drops.Overflow++
+				continue
+			}
+			pr.stats.FlowsIn++
 		}
-		pr.stats.FlowsIn += uint64(len(m.Changes))
 	case MsgBulkBegin:
 		pr.stats.BulksReceived++
 		n.external.BeginBulk(pr.name, m.Bulk)
@@ -139,7 +168,7 @@ func (n *Node) sendAck(pr *peer) {
 	rx.sinceAck, rx.ackDue = 0, false
 	rx.ackedOut = rx.next - 1
 	pr.stats.AcksOut++
-	n.sendTo(pr.addr, &message{Type: MsgAck, Seq: rx.next - 1})
+	n.sendTo(pr, &message{Type: MsgAck, Seq: rx.next - 1})
 }
 
 // missing returns the ranges of pr's stream not received, up to maxSeen.
@@ -185,7 +214,7 @@ func (n *Node) sendNewNack(pr *peer, now time.Time) {
 		return
 	}
 	pr.stats.NacksOut++
-	n.sendTo(pr.addr, &message{Type: MsgNack, Ranges: r})
+	n.sendTo(pr, &message{Type: MsgNack, Ranges: r})
 }
 
 func (n *Node) sendNack(pr *peer, now time.Time) {
@@ -197,7 +226,7 @@ func (n *Node) sendNack(pr *peer, now time.Time) {
 	rx.lastNack = now
 	rx.nackedTo = rx.maxSeen
 	pr.stats.NacksOut++
-	n.sendTo(pr.addr, &message{Type: MsgNack, Ranges: r})
+	n.sendTo(pr, &message{Type: MsgNack, Ranges: r})
 }
 
 // ackTick runs every ack interval: acknowledgements, repeated NACKs,
@@ -229,4 +258,25 @@ func (n *Node) ackTick() {
 			n.requestResync(pr, now)
 		}
 	}
+	if n.bulkPending {
+		n.requestedBulk(now)
+	}
+}
+
+// buffered is a stream message received ahead of its turn.
+type buffered struct {
+	m    *message
+	cost int64
+}
+
+// memCost estimates the memory a decoded message holds: the datagram, the
+// decoded changes and their extra parts.
+func memCost(m *message, size int64) int64 {
+	c := size + int64(unsafe.Sizeof(message{})) + int64(len(m.Changes))*int64(unsafe.Sizeof(cache.Change{}))
+	for i := range m.Changes {
+		if m.Changes[i].Flow.Extra != nil {
+			c += int64(unsafe.Sizeof(flow.Extra{})) + int64(len(m.Changes[i].Flow.Extra.Helper))
+		}
+	}
+	return c
 }

@@ -93,33 +93,42 @@ func (n *Node) repair(pr *peer, ranges []seqRange) {
 			if e.resentTo == pr.id && now.Sub(e.resentAt) < n.opt.AckInterval {
 				continue // a duplicate NACK: the resend is on its way
 			}
+			pr.resendBudget.refill(now, float64(n.opt.ResendRate), n.resendBurst())
+			if pr.resendBudget.tokens <= 0 {
+				// Over the byte budget: the peer NACKs again later.
+				pr.stats.ResendsRefused++
+				budget = 0
+				break
+			}
 			e.resentTo, e.resentAt = pr.id, now
 			budget--
 			pr.stats.Resends++
-			n.resend(pr, e)
+			pr.resendBudget.tokens -= float64(n.resend(pr, e))
 		}
 	}
 	if lost {
 		pr.stats.FullResyncs++
 		n.log.Info("peer lost messages no longer queued: bulk follows", "peer", pr.name)
-		n.startBulk(true)
+		n.requestedBulk(now)
 	}
 }
 
-func (n *Node) resend(pr *peer, e *queued) {
+// resendBurst is the byte budget a peer's resends may use at once.
+func (n *Node) resendBurst() float64 { return max(float64(n.opt.ResendRate)/4, 4*float64(n.opt.MTU)) }
+
+// resend sends a queued message again to pr and returns its size.
+func (n *Node) resend(pr *peer, e *queued) int {
 	if e.typ == MsgExpect {
-		n.resendExpect(pr, e)
-		return
+		return n.resendExpect(pr, e)
 	}
 	if e.typ != MsgData {
-		n.sendTo(pr.addr, &message{Type: e.typ, Seq: e.seq, Bulk: e.bulk})
-		return
+		return n.sendTo(pr, &message{Type: e.typ, Seq: e.seq, Bulk: e.bulk})
 	}
 	chs := make([]cache.Change, len(e.keys))
 	for i, k := range e.keys {
 		chs[i] = n.internal.Current(k)
 	}
-	n.sendTo(pr.addr, &message{Type: MsgData, Seq: e.seq, Changes: chs})
+	return n.sendTo(pr, &message{Type: MsgData, Seq: e.seq, Changes: chs})
 }
 
 // trimQueue forgets the messages every live peer acknowledged.
@@ -140,18 +149,19 @@ func (n *Node) trimQueue(now time.Time) {
 	}
 }
 
-// seal encodes and seals m as this node's next datagram into n.out.
-func (n *Node) seal(m *message) []byte {
+// seal encodes and seals m as this node's next datagram into n.out,
+// addressed to the node to in its epoch toEpoch (0, 0: every peer).
+func (n *Node) seal(m *message, to, toEpoch uint64) []byte {
 	n.scratch = appendBody(n.scratch[:0], m)
 	n.counter++
-	h := header{Type: m.Type, Node: n.id, Epoch: n.epoch, Counter: n.counter}
+	h := header{Type: m.Type, Node: n.id, Epoch: n.epoch, Counter: n.counter, To: to, ToEpoch: toEpoch}
 	n.out = seal(n.out[:0], h, n.scratch, n.aead)
 	return n.out
 }
 
 // sendAll sends m to every peer.
 func (n *Node) sendAll(m *message) {
-	b := n.seal(m)
+	b := n.seal(m, 0, 0)
 	if len(b) > MaxDatagram {
 		n.log.Error("message too large, not sent", "type", m.Type, "bytes", len(b))
 		return
@@ -165,21 +175,38 @@ func (n *Node) sendAll(m *message) {
 	}
 }
 
-// sendTo sends m to one transport address.
-func (n *Node) sendTo(addr string, m *message) {
-	b := n.seal(m)
+// sendTo sends m to the accepted peer pr, addressed to it in the header,
+// and returns the datagram's size.
+func (n *Node) sendTo(pr *peer, m *message) int {
+	b := n.transmit(pr.addr, pr.id, pr.epoch, m)
+	pr.stats.MsgsOut++
+	pr.stats.BytesOut += uint64(len(b))
+	return len(b)
+}
+
+// sendHandshake sends a CHALLENGE or RESPONSE to the node to in its epoch
+// toEpoch, at addr (a transport peer) or, addr "", to every peer.
+func (n *Node) sendHandshake(addr string, to, toEpoch uint64, m *message) {
+	n.transmit(addr, to, toEpoch, m)
+}
+
+// transmit seals m addressed to (to, toEpoch) and sends it to addr, or to
+// every peer when addr is "" (the receiver named in the header is the only
+// one to accept it).
+func (n *Node) transmit(addr string, to, toEpoch uint64, m *message) []byte {
+	b := n.seal(m, to, toEpoch)
 	if len(b) > MaxDatagram {
 		n.log.Error("message too large, not sent", "type", m.Type, "bytes", len(b))
-		return
+		return nil
 	}
-	if err := n.tr.SendTo(addr, b); err != nil {
+	var err error
+	if addr == "" {
+		err = n.tr.Send(b)
+	} else {
+		err = n.tr.SendTo(addr, b)
+	}
+	if err != nil {
 		n.log.Debug("send failed", "type", m.Type, "to", addr, "err", err)
 	}
-	for _, pr := range n.peers {
-		if pr.addr == addr {
-			pr.stats.MsgsOut++
-			pr.stats.BytesOut += uint64(len(b))
-			return
-		}
-	}
+	return b
 }

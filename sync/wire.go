@@ -14,23 +14,31 @@ import (
 	"github.com/ctsyncd/ctsyncd/flow"
 )
 
-// Wire format, version 1.
+// Wire format, version 2.
 //
-// A datagram is a fixed 32-byte header followed by the body. The header is
+// A datagram is a fixed 48-byte header followed by the body. The header is
 // sent in the clear and authenticated as associated data; the body is
 // sealed with AES-256-GCM (16-byte tag appended) unless the node runs
 // insecure.
 //
-//	0      2   3    4     5          8        16        24         32
-//	+------+---+----+-----+----------+--------+---------+----------+
-//	|magic |ver|type|flags| reserved | node id|  epoch  | counter  |
-//	+------+---+----+-----+----------+--------+---------+----------+
+//	0      2   3    4     5          8        16      24        32        40         48
+//	+------+---+----+-----+----------+--------+-------+---------+---------+----------+
+//	|magic |ver|type|flags| reserved | node id| epoch | counter | to node | to epoch |
+//	+------+---+----+-----+----------+--------+-------+---------+---------+----------+
 //
 // node id is the first 8 bytes of SHA-256(node name); epoch is random per
 // start of the sender; counter counts the sender's datagrams in that epoch
-// from 1 (the AEAD nonce and the replay window use it). The sequence number
-// of the reliable stream travels in the body of DATA, BULK_BEGIN and
-// BULK_END.
+// from 1 (the AEAD nonce and the replay window use it). to node and to
+// epoch name the one receiver of a message sent to one peer (ACK, NACK,
+// RESYNC_REQUEST, CHALLENGE, RESPONSE, resends); both are 0 in a message
+// for every peer. A receiver drops a message addressed to another node or
+// to another epoch of its own, so a datagram captured on its way to one
+// peer cannot be replayed to another (the sender's counter is shared by
+// all its receivers). The sequence number of the reliable stream travels
+// in the body of DATA, BULK_BEGIN and BULK_END.
+//
+// Version 1 (a 32-byte header without the receiver) is not spoken any
+// more: a version-1 datagram is refused as ErrVersion.
 //
 // The DATA body is a compact binary encoding (see appendChange); every other
 // body is a msgpack array of its fields, in the order listed on each type.
@@ -40,10 +48,10 @@ const (
 	magic0, magic1 = 0xC7, 0x5C
 
 	// Version is the protocol version this package speaks.
-	Version = 1
+	Version = 2
 
 	// HeaderLen is the length of the fixed header.
-	HeaderLen = 32
+	HeaderLen = 48
 
 	// MaxDatagram is the largest datagram accepted or sent (the IPv4 UDP
 	// payload limit).
@@ -120,6 +128,18 @@ type header struct {
 	Node    uint64 // sender's node id
 	Epoch   uint64 // sender's epoch
 	Counter uint64 // sender's datagram counter in the epoch, from 1
+	To      uint64 // the receiver's node id; 0: every peer
+	ToEpoch uint64 // the receiver's epoch; 0 when To is 0
+}
+
+// addressed reports whether messages of type t go to one peer and must
+// name it in the header.
+func addressed(t MsgType) bool {
+	switch t {
+	case MsgAck, MsgNack, MsgResyncRequest, MsgChallenge, MsgResponse:
+		return true
+	}
+	return false
 }
 
 // appendHeader appends the encoded header to b.
@@ -127,7 +147,9 @@ func appendHeader(b []byte, h *header) []byte {
 	b = append(b, magic0, magic1, Version, byte(h.Type), h.Flags, 0, 0, 0)
 	b = binary.BigEndian.AppendUint64(b, h.Node)
 	b = binary.BigEndian.AppendUint64(b, h.Epoch)
-	return binary.BigEndian.AppendUint64(b, h.Counter)
+	b = binary.BigEndian.AppendUint64(b, h.Counter)
+	b = binary.BigEndian.AppendUint64(b, h.To)
+	return binary.BigEndian.AppendUint64(b, h.ToEpoch)
 }
 
 // parseHeader decodes the header at the start of b. It checks the magic,
@@ -151,12 +173,20 @@ func parseHeader(b []byte) (header, error) {
 		Node:    binary.BigEndian.Uint64(b[8:]),
 		Epoch:   binary.BigEndian.Uint64(b[16:]),
 		Counter: binary.BigEndian.Uint64(b[24:]),
+		To:      binary.BigEndian.Uint64(b[32:]),
+		ToEpoch: binary.BigEndian.Uint64(b[40:]),
 	}
 	if h.Type == 0 || (h.Type >= msgTypeEnd && h.Type < firstStreamExt) {
 		return header{}, fmt.Errorf("%w: unknown message type %d", ErrMalformed, b[3])
 	}
 	if h.Flags&^flagSealed != 0 || b[5]|b[6]|b[7] != 0 {
 		return header{}, fmt.Errorf("%w: reserved header bits set", ErrMalformed)
+	}
+	if h.To == 0 && h.ToEpoch != 0 {
+		return header{}, fmt.Errorf("%w: receiver epoch without a receiver", ErrMalformed)
+	}
+	if addressed(h.Type) && h.To == 0 {
+		return header{}, fmt.Errorf("%w: %s names no receiver", ErrMalformed, h.Type)
 	}
 	return h, nil
 }

@@ -107,7 +107,7 @@ func TestChangeRoundTrip(t *testing.T) {
 }
 
 func TestHeaderRoundTrip(t *testing.T) {
-	h := header{Type: MsgNack, Flags: flagSealed, Node: 1 << 60, Epoch: 42, Counter: 7}
+	h := header{Type: MsgNack, Flags: flagSealed, Node: 1 << 60, Epoch: 42, Counter: 7, To: 1 << 61, ToEpoch: 43}
 	b := appendHeader(nil, &h)
 	if len(b) != HeaderLen {
 		t.Fatalf("header of %d bytes", len(b))
@@ -121,6 +121,9 @@ func TestHeaderRoundTrip(t *testing.T) {
 		func(b []byte) { b[3] = 0 },
 		func(b []byte) { b[4] = 2 },
 		func(b []byte) { b[6] = 1 },
+		func(b []byte) { b[2] = 1 },                              // version 1
+		func(b []byte) { clear(b[32:40]) },                       // a NACK to nobody
+		func(b []byte) { clear(b[32:40]); b[3] = byte(MsgData) }, // to nobody, in an epoch
 	} {
 		c := bytes.Clone(b)
 		mod(c)
@@ -130,6 +133,9 @@ func TestHeaderRoundTrip(t *testing.T) {
 	}
 	for typ := MsgData; typ < msgTypeEnd; typ++ {
 		h := header{Type: typ}
+		if addressed(typ) {
+			h.To, h.ToEpoch = 1, 2
+		}
 		if _, err := parseHeader(appendHeader(nil, &h)); err != nil {
 			t.Errorf("type %s refused: %v", typ, err)
 		}

@@ -87,6 +87,10 @@ func run(argv []string) int {
 		return 2
 	}
 	args := fs.Args()
+	if len(args) > 0 && args[0] == "ct" {
+		// The conntrack(8)-like verbs work on the kernel directly.
+		return runCT(args[1:], *asJSON, os.Stdout, os.Stderr)
+	}
 	// Accept --json after the command too: "ctsyncctl dump internal --json".
 	var rest []string
 	expect := false
