@@ -2,10 +2,13 @@ package daemon
 
 import (
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/ctsyncd/ctsyncd/cache"
 	"github.com/ctsyncd/ctsyncd/config"
+	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/peerpolicy"
 	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
 
@@ -27,12 +30,12 @@ func (d *Daemon) newTransport() (ctsync.Transport, error) {
 	c := d.cfg.Sync
 	switch c.Transport {
 	case "udp":
-		return ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers})
+		return ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers, Interface: c.Interface})
 	case "multicast":
 		return ctsync.NewMulticast(ctsync.MulticastOptions{Group: c.Group, Interface: c.Interface})
 	case "gossip":
 		return ctsync.NewGossip(ctsync.GossipOptions{
-			NodeName: d.cfg.Node.Name, Listen: c.Listen, Seeds: c.Peers, Key: d.key,
+			NodeName: d.cfg.Node.Name, Listen: c.Listen, Seeds: c.Peers, Key: d.key, Interface: c.Interface,
 			Logger: d.log.With("part", "memberlist"),
 		})
 	}
@@ -50,8 +53,47 @@ func (d *Daemon) newNode(tr ctsync.Transport) (*ctsync.Node, error) {
 		AckInterval:       c.AckInterval.Duration,
 		HeartbeatInterval: c.HeartbeatInterval.Duration,
 		PeerTimeout:       c.PeerTimeout.Duration,
+		MaxBufferBytes:    int64(c.MaxBufferBytes),
+		MaxPeers:          c.MaxPeers,
+		MaxFlowsPerOrigin: c.MaxFlowsPerOrigin,
+		ResendRate:        int(c.ResendRate),
+		Policy:            d.policy,
 		Logger:            d.log.With("part", "sync"),
 	}, d.internal, d.external, tr)
+}
+
+// currentFilter is the daemon's filter as it is now (replaced on reload),
+// for the receive policy.
+type currentFilter struct{ d *Daemon }
+
+func (c currentFilter) Match(f *flow.Flow) bool { return c.d.filter.Load().Match(f) }
+
+// newPolicy builds the receive policy of the config's [peer_policy]; the
+// daemon's own filter applies to peers' flows too.
+func (d *Daemon) newPolicy(c config.PeerPolicy) (*peerpolicy.Policy, error) {
+	var opt peerpolicy.Options
+	opt.Filter = currentFilter{d}
+	opt.Helpers = c.Helpers
+	for _, m := range []struct {
+		key        string
+		val        string
+		strippable bool
+		dst        *peerpolicy.Mode
+	}{
+		{"peer_policy.mark", c.Mark, true, &opt.Mark},
+		{"peer_policy.labels", c.Labels, true, &opt.Labels},
+		{"peer_policy.zone", c.Zone, false, &opt.Zone},
+		{"peer_policy.nat", c.NAT, false, &opt.NAT},
+	} {
+		mode, err := peerpolicy.ParseMode(m.val, m.strippable)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", m.key, err)
+		}
+		*m.dst = mode
+	}
+	opt.TimeoutFactor = uint32(c.TimeoutFactor)
+	opt.KeepFixedTimeout = c.KeepFixedTimeout
+	return peerpolicy.New(opt)
 }
 
 // SyncStatus is the replication part of `ctsyncctl status`.
@@ -80,5 +122,13 @@ func (d *Daemon) syncStatus() *SyncStatus {
 // externalView is one line of `dump external`.
 func externalLine(e *cache.ExternalEntry, now time.Time) (string, uint32) {
 	elapsed := uint32(max(0, now.Sub(e.Received)/time.Second))
-	return e.Origin, e.Flow.Timeout - min(e.Flow.Timeout, elapsed)
+	return ctsync.Escape(e.Origin), e.Flow.Timeout - min(e.Flow.Timeout, elapsed)
 }
+
+// policyRef is the current receive policy, replaced whole on reload.
+type policyRef struct {
+	p atomic.Pointer[peerpolicy.Policy]
+}
+
+// Admit applies the current policy (see peerpolicy.Policy.Admit).
+func (r *policyRef) Admit(origin string, f *flow.Flow) bool { return r.p.Load().Admit(origin, f) }

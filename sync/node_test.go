@@ -620,6 +620,12 @@ func TestOnDemand(t *testing.T) {
 	a.n.Bulk()
 	converged(t, a, b, 10*time.Second)
 
+	// The explicit bulk must be over: a request while it runs is served
+	// by it, and its BULK_BEGIN may have arrived before the flush.
+	eventually(t, 10*time.Second, "a's bulk to end", func() bool {
+		st := b.ex.Stats()
+		return a.n.Status().BulkTotal == 0 && st.BulksBegun == st.BulksEnded
+	})
 	b.ex.Flush("a")
 	b.n.RequestResync()
 	converged(t, a, b, 10*time.Second)
