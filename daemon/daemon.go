@@ -81,7 +81,7 @@ type Daemon struct {
 	listener *kernel.Listener
 	ctl      *control.Server
 	flowLog  *flowlog.Writer // nil unless [log] flows is set
-	api      *apiServer // nil unless api.listen is set
+	api      *apiServer      // nil unless api.listen is set
 	apiClose func()
 
 	lastOverrunLog time.Time // listener goroutine only
@@ -249,7 +249,7 @@ func (d *Daemon) Reload(path string) {
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
 		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
 		"log.flows": {[2]string{cfg.Log.Flows, cfg.Log.FlowsFormat}, [2]string{d.cfg.Log.Flows, d.cfg.Log.FlowsFormat}},
-		"api": {cfg.API, d.cfg.API},
+		"api":       {cfg.API, d.cfg.API},
 	} {
 		if !reflect.DeepEqual(pair[0], pair[1]) {
 			needRestart = append(needRestart, name)
@@ -328,7 +328,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.node, err = d.newNode(tr)
 		}
 		if err == nil && d.iexp != nil {
-			d.node.SetExpectations(d.iexp, d.acceptHelper)
+			d.node.SetExpectations(d.iexp, d.acceptHelper, d.acceptPeerHelper)
 		}
 		if err != nil {
 			if tr != nil {

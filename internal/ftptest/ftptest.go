@@ -278,6 +278,14 @@ func NewClient(c net.Conn) (*Client, error) {
 	return cl, nil
 }
 
+// LocalPort is the control connection's local port.
+func (cl *Client) LocalPort() uint16 {
+	if a, ok := cl.c.LocalAddr().(*net.TCPAddr); ok {
+		return uint16(a.Port)
+	}
+	return 0
+}
+
 // SetDeadline bounds the control connection's reads and writes.
 func (cl *Client) SetDeadline(t time.Time) error { return cl.c.SetDeadline(t) }
 

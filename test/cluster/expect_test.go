@@ -57,16 +57,24 @@ func newHelperPair(t *testing.T, mode syncMode, snat bool) *pair {
 			if mode == noStandbySync && fw.Name == "fw-b" {
 				return
 			}
-			cfg := fw.CtsyncdConfig(t, "udp", "[kernel]\nresync_interval = \"2s\"\n")
+			// The helpers go into sync.expectation_helpers, which also lets
+			// peers' flows carry them ([peer_policy] allows none by
+			// default); without expectation sync, into [peer_policy], so
+			// that the control connection is replicated with its helper
+			// and only the expectation is missing.
+			extra, syncKeys := "[kernel]\nresync_interval = \"2s\"\n", "expectation_helpers = [\"ftp\", \"tftp\"]\n"
 			if mode == noExpectations {
-				b, err := os.ReadFile(cfg)
-				if err != nil {
-					t.Fatal(err)
-				}
-				b = []byte(strings.Replace(string(b), "[sync]\n", "[sync]\nexpectations = false\n", 1))
-				if err := os.WriteFile(cfg, b, 0o600); err != nil {
-					t.Fatal(err)
-				}
+				extra += "[peer_policy]\nhelpers = [\"ftp\", \"tftp\"]\n"
+				syncKeys = "expectations = false\n"
+			}
+			cfg := fw.CtsyncdConfig(t, "udp", extra)
+			b, err := os.ReadFile(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b = []byte(strings.Replace(string(b), "[sync]\n", "[sync]\n"+syncKeys, 1))
+			if err := os.WriteFile(cfg, b, 0o600); err != nil {
+				t.Fatal(err)
 			}
 			p.procs[fw.Name] = fw.Start(t, "ctsyncd", daemonBin, "--config", cfg)
 			daemontest.WaitFor(t, WaitTimeout, fw.Name+"'s ctsyncd to answer", func() (bool, string) {
@@ -116,14 +124,30 @@ func counter(t testing.TB, fw *Firewall, comment string) int {
 	return 0
 }
 
-// failOver waits until fw-b holds the expectation for dport (replicated),
-// or for fw-a's kernel to hold it when fw-b runs no ctsyncd, kills fw-a and
-// waits for fw-b to be master. With sync it then waits for the commit to
-// have put the expectation into fw-b's kernel.
-func (p *pair) failOver(t *testing.T, mode syncMode, dport uint16) {
+// failOver waits until fw-a's helper made the expectation for dport and
+// the master flow (the control connection, original source port
+// masterSport) reached fw-b (or, without ctsyncd there, fw-a's internal
+// cache), and with sync until fw-b holds the expectation too; then it kills
+// fw-a and waits for fw-b to be master. With sync it then waits for the
+// commit to have put the expectation into fw-b's kernel.
+//
+// Waiting for the master also lets the control connection settle: a reply
+// the client has not acknowledged when fw-a dies is retransmitted through
+// fw-b, whose helper, on the committed master, then announces the data
+// connection itself, and a control run would not break.
+func (p *pair) failOver(t *testing.T, mode syncMode, dport, masterSport uint16) {
 	t.Helper()
 	daemontest.WaitFor(t, WaitTimeout, "fw-a's helper to make the expectation", func() (bool, string) {
 		return hasExpect(kernelExpects(t, p.A), dport), fmt.Sprint(kernelExpects(t, p.A))
+	})
+	master := fmt.Sprintf("src=%s dst=%s sport=%d ", ClientV4, ServerV4, masterSport)
+	fw, cache := p.B, "external"
+	if mode == noStandbySync {
+		fw, cache = p.A, "internal"
+	}
+	daemontest.WaitFor(t, WaitTimeout, "the master flow in "+fw.Name+"'s "+cache+" cache", func() (bool, string) {
+		out := p.ctl(t, fw, "dump", cache)
+		return strings.Contains(out, master), out
 	})
 	if mode == withSync {
 		daemontest.WaitFor(t, WaitTimeout, "fw-b to receive the expectation", func() (bool, string) {
@@ -231,7 +255,7 @@ func testPassiveFTP(t *testing.T, mode syncMode, snat bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.failOver(t, mode, portOf(t, addr))
+	p.failOver(t, mode, portOf(t, addr), cl.LocalPort())
 
 	if mode != withSync {
 		if hasExpect(kernelExpects(t, p.B), portOf(t, addr)) {
@@ -307,7 +331,7 @@ func TestClusterExpectActiveFTP(t *testing.T) {
 				t.Fatal(err)
 			}
 			port := uint16(ln.Addr().(*net.TCPAddr).Port)
-			p.failOver(t, mode, port)
+			p.failOver(t, mode, port, cl.LocalPort())
 			timeout := 30 * time.Second
 			if mode != withSync {
 				timeout = controlTimeout
@@ -418,7 +442,8 @@ func TestClusterExpectTFTP(t *testing.T) {
 			case <-time.After(WaitTimeout):
 				t.Fatal("the server got no read request")
 			}
-			p.failOver(t, mode, uint16(c.LocalAddr().(*net.UDPAddr).Port))
+			cport := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+			p.failOver(t, mode, cport, cport)
 			close(srv.goOn)
 			timeout := 30 * time.Second
 			if mode != withSync {
