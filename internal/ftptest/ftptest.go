@@ -157,6 +157,8 @@ func (s *Server) session(c net.Conn) {
 			reply("230 logged in")
 		case "TYPE":
 			reply("200 type set")
+		case "NOOP":
+			reply("200 ok")
 		case "PASV":
 			if pasv != nil {
 				pasv.Close()
@@ -320,6 +322,13 @@ func (cl *Client) expect(want int) (string, error) {
 		return line, fmt.Errorf("ftp reply %q, want %d", line, want)
 	}
 	return line, nil
+}
+
+// Noop sends NOOP and reads its reply: when it returns, everything sent on
+// the control connection before it has been acknowledged both ways.
+func (cl *Client) Noop() error {
+	_, err := cl.Cmd(200, "NOOP")
+	return err
 }
 
 // Pasv sends PASV and returns the data address the server announced.

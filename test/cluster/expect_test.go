@@ -131,10 +131,11 @@ func counter(t testing.TB, fw *Firewall, comment string) int {
 // fw-a and waits for fw-b to be master. With sync it then waits for the
 // commit to have put the expectation into fw-b's kernel.
 //
-// Waiting for the master also lets the control connection settle: a reply
-// the client has not acknowledged when fw-a dies is retransmitted through
-// fw-b, whose helper, on the committed master, then announces the data
-// connection itself, and a control run would not break.
+// The caller settles the control connection first (a NOOP after PASV or
+// PORT): a 227 reply (or PORT command) not yet acknowledged when fw-a dies
+// is retransmitted through fw-b, whose ftp helper, on the committed
+// master, then announces the data connection itself, and a control run
+// with the master replicated would not break.
 func (p *pair) failOver(t *testing.T, mode syncMode, dport, masterSport uint16) {
 	t.Helper()
 	daemontest.WaitFor(t, WaitTimeout, "fw-a's helper to make the expectation", func() (bool, string) {
@@ -255,6 +256,9 @@ func testPassiveFTP(t *testing.T, mode syncMode, snat bool) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := cl.Noop(); err != nil {
+		t.Fatal(err)
+	}
 	p.failOver(t, mode, portOf(t, addr), cl.LocalPort())
 
 	if mode != withSync {
@@ -263,6 +267,7 @@ func testPassiveFTP(t *testing.T, mode syncMode, snat bool) {
 		}
 		got, err := passiveTransfer(t, p.Topology, cl, addr, controlTimeout)
 		if err == nil && ftptest.Same(got, content) {
+			t.Logf("fw-b: related %d, dropped %d", counter(t, p.B, "related"), counter(t, p.B, "dropped"))
 			t.Fatalf("the transfer survived the failover without the expectation on fw-b: the test cannot fail")
 		}
 		t.Logf("control run broke as it must: %v (fw-b dropped %d packets)", err, counter(t, p.B, "dropped"))
@@ -328,6 +333,9 @@ func TestClusterExpectActiveFTP(t *testing.T) {
 			})
 			defer ln.Close()
 			if err := cl.Port(ln); err != nil {
+				t.Fatal(err)
+			}
+			if err := cl.Noop(); err != nil {
 				t.Fatal(err)
 			}
 			port := uint16(ln.Addr().(*net.TCPAddr).Port)
