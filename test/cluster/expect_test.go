@@ -98,9 +98,12 @@ func kernelExpects(t testing.TB, fw *Firewall) []flow.Expect {
 	return out
 }
 
+// hasExpect reports whether an expectation is for dport, or translates to
+// it (active FTP through SNAT: the helper announced the VIP and a port of
+// its choice, and keeps the client's port as its NAT).
 func hasExpect(exps []flow.Expect, dport uint16) bool {
 	for _, e := range exps {
-		if e.Tuple.DstPort == dport {
+		if e.Tuple.DstPort == dport || (e.HasNAT && e.NAT.Tuple.SrcPort == dport) {
 			return true
 		}
 	}
@@ -153,7 +156,7 @@ func (p *pair) failOver(t *testing.T, mode syncMode, dport, masterSport uint16) 
 	if mode == withSync {
 		daemontest.WaitFor(t, WaitTimeout, "fw-b to receive the expectation", func() (bool, string) {
 			out := p.ctl(t, p.B, "dump", "external", "--expect")
-			return strings.Contains(out, fmt.Sprintf(" dport=%d ", dport)), out
+			return strings.Contains(out, fmt.Sprintf(" dport=%d ", dport)) || strings.Contains(out, fmt.Sprintf(" nat-sport=%d ", dport)), out
 		})
 	}
 	p.KillFirewall(t, p.A)
@@ -315,11 +318,21 @@ func TestClusterExpectPassiveFTPSNAT(t *testing.T) {
 
 // TestClusterExpectActiveFTP: PORT through fw-a, fw-a dies, the server
 // opens the data connection through fw-b (from the server side, where
-// forward accepts nothing new) after the takeover.
+// forward accepts nothing new) after the takeover. Through SNAT too: fw-a's
+// helper rewrote the PORT command to the VIP, and the expectation's NAT
+// sends the server's connection on to the client.
 func TestClusterExpectActiveFTP(t *testing.T) {
-	for _, mode := range []syncMode{withSync, noStandbySync} {
-		t.Run(mode.String(), func(t *testing.T) {
-			p := newHelperPair(t, mode, false)
+	for _, c := range []struct {
+		mode syncMode
+		snat bool
+	}{{withSync, false}, {noStandbySync, false}, {withSync, true}} {
+		mode := c.mode
+		name := mode.String()
+		if c.snat {
+			name += "-snat"
+		}
+		t.Run(name, func(t *testing.T) {
+			p := newHelperPair(t, mode, c.snat)
 			p.WaitMaster(t, p.A)
 			content := ftptest.Content(128 << 10)
 			ftpServer(t, p.Topology, content)
