@@ -138,6 +138,12 @@ type Sync struct {
 	// nor their destroys. Bulk transfers and commit are unaffected. Default
 	// "0s" (off), at most 1h.
 	MinAge Duration `toml:"min_age"`
+	// Link lists more dedicated sync links, for redundancy (transport udp
+	// only), each a [[sync.link]] table with its interface, listen
+	// address and the same peers in the same order as interface, listen
+	// and peers above, which are the first link. Every datagram is sent on
+	// every link, so that losing a link loses nothing. Default: none.
+	Link []Link `toml:"link"`
 	// Expectations replicates conntrack expectations (what the ftp, sip
 	// and tftp helpers announce) and commits them on failover, after
 	// their master flows. Default true.
@@ -184,6 +190,17 @@ type PeerPolicy struct {
 	// KeepFixedTimeout keeps the FIXED_TIMEOUT status bit of peers'
 	// flows. Default false: cleared.
 	KeepFixedTimeout bool `toml:"keep_fixed_timeout"`
+}
+
+// Link is one more dedicated sync link (see Sync.Link).
+type Link struct {
+	// Interface is the link's network interface.
+	Interface string `toml:"interface"`
+	// Listen is this node's address on the link, "IP:port".
+	Listen string `toml:"listen"`
+	// Peers are the peers' addresses on the link, in the order of
+	// sync.peers.
+	Peers []string `toml:"peers"`
 }
 
 // Filter selects the flows that are replicated.
@@ -236,6 +253,19 @@ type Failover struct {
 	// ReadyFile, if set, is an absolute path written when this node is
 	// in sync and removed when it is not, for keepalived's track_file.
 	ReadyFile string `toml:"ready_file"`
+	// RulesetInterval is how often this node digests its netfilter
+	// ruleset (`nft -j list ruleset`, counters and handles left out) to
+	// compare it with its peers'; it also does at start and on every
+	// ruleset change. "0s" turns the comparison off. Default 30s.
+	RulesetInterval Duration `toml:"ruleset_interval"`
+	// RequireSameRuleset keeps this node unready (ready_file, /readyz)
+	// while its ruleset differs from a live peer's. Default false: a
+	// difference is a warning in status and the log.
+	RequireSameRuleset bool `toml:"require_same_ruleset"`
+	// RulesetIgnoreTables are tables ("FAMILY NAME", e.g. "inet local")
+	// left out of the comparison: rules that are meant to differ per
+	// node. Default [].
+	RulesetIgnoreTables []string `toml:"ruleset_ignore_tables"`
 }
 
 // Log configures the log/slog handler on stderr.
@@ -348,6 +378,9 @@ func Default() *Config {
 			PurgeTimeout:  mustDuration(defaultPurgeTimeout),
 			CommitTimeout: mustDuration(defaultCommitTimeout),
 			MinTimeout:    mustDuration(defaultMinTimeout),
+
+			RulesetInterval:     mustDuration("30s"),
+			RulesetIgnoreTables: []string{},
 		},
 		Log: Log{Level: defaultLogLevel, Format: defaultLogFormat, FlowsFormat: "extended"},
 	}

@@ -68,7 +68,8 @@ func TestExampleConfig(t *testing.T) {
 			t.Errorf("example lacks [%s]", sec)
 		}
 		for _, k := range keys {
-			if !strings.Contains(string(data), "\n"+k+" = ") && !strings.Contains(string(data), "# "+k+" = ") {
+			if !strings.Contains(string(data), "\n"+k+" = ") && !strings.Contains(string(data), "# "+k+" = ") &&
+				!strings.Contains(string(data), "# [["+sec+"."+k+"]]") {
 				t.Errorf("example lacks %s.%s", sec, k)
 			}
 		}
@@ -132,8 +133,9 @@ key_file = "/etc/ctsyncd/sync.key"
 [sync]
 disabled = true
 `, func(c *Config) bool { return c.Sync.Disabled }},
-		// The configuration DESIGN.md §3 says must be accepted: group is
-		// set but unused with udp.
+		// The minimal configuration operators rely on (docs/ARCHITECTURE.md,
+		// "Operator contracts") must be accepted: group is set but unused
+		// with udp.
 		{"design-contract", `
 [node]
 name = "fw-a"
@@ -395,6 +397,12 @@ func TestErrors(t *testing.T) {
 		{"ack-negative", base + "ack_interval = \"-50ms\"\n", 5, "sync.ack_interval", "negative duration -50ms"},
 		{"ack-zero", base + "ack_interval = \"0s\"\n", 5, "sync.ack_interval", "too short"},
 		{"heartbeat-long", base + "heartbeat_interval = \"2m\"\n", 5, "sync.heartbeat_interval", "too long"},
+		{"link-no-interface", base + "[[sync.link]]\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.201.0.2:3780\"]\n", 1, "sync.interface", "required with [[sync.link]]"},
+		{"link-peer-count", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync1\"\nlisten = \"10.201.0.1:3780\"\npeers = []\n", 9, "sync.link.0.peers", "0 peers, but sync.peers has 1"},
+		{"link-second-bad-listen", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync1\"\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.201.0.2:3780\"]\n[[sync.link]]\ninterface = \"sync2\"\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.202.0.2:3780\"]\n", 12, "sync.link.1.listen", "is also sync.link.0.listen"},
+		{"link-same-interface", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync0\"\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.201.0.2:3780\"]\n", 7, "sync.link.0.interface", "needs its own interface"},
+		{"link-multicast", "[sync]\ntransport = \"multicast\"\ninterface = \"sync0\"\nlisten = \"10.200.0.1:3780\"\ngroup = \"225.0.0.50:3780\"\ninsecure = true\n[[sync.link]]\ninterface = \"sync1\"\nlisten = \"10.201.0.1:3780\"\n", 7, "sync.link", "need transport = \"udp\""},
+		{"link-unknown-key", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync1\"\nlisten_addr = \"10.201.0.1:3780\"\n", 8, "sync.link.listen_addr", "[[sync.link]] has interface, listen, peers"},
 		{"min-age-long", base + "min_age = \"2h\"\n", 5, "sync.min_age", "too long: at most 1h0m0s"},
 		{"peer-timeout-short", base + "heartbeat_interval = \"1s\"\npeer_timeout = \"1s\"\n", 6, "sync.peer_timeout", "must be longer than heartbeat_interval"},
 		{"peer-timeout-default-short", base + "heartbeat_interval = \"10s\"\n", 5, "sync.heartbeat_interval", "must be longer than heartbeat_interval"},
@@ -422,6 +430,9 @@ func TestErrors(t *testing.T) {
 		{"commit-negative", base + "[failover]\ncommit_timeout = \"-1s\"\n", 6, "failover.commit_timeout", "negative"},
 		{"min-negative", base + "[failover]\nmin_timeout = \"-1s\"\n", 6, "failover.min_timeout", "negative"},
 		{"ready-relative", base + "[failover]\nready_file = \"ready\"\n", 6, "failover.ready_file", "not an absolute file path"},
+		{"ruleset-interval-short", base + "[failover]\nruleset_interval = \"100ms\"\n", 6, "failover.ruleset_interval", "too short"},
+		{"require-ruleset-off", base + "[failover]\nruleset_interval = \"0s\"\nrequire_same_ruleset = true\n", 7, "failover.require_same_ruleset", "needs the ruleset comparison"},
+		{"ruleset-ignore-bad", base + "[failover]\nruleset_ignore_tables = [\"local\"]\n", 6, "failover.ruleset_ignore_tables", "is not \"FAMILY NAME\""},
 		{"log-level", base + "[log]\nlevel = \"trace\"\n", 6, "log.level", `"trace" is not one of debug, info, warn, error`},
 		{"log-format", base + "[log]\nformat = \"logfmt\"\n", 6, "log.format", `"logfmt" is not one of text, json`},
 		{"flows-relative", base + "[log]\nflows = \"flows.log\"\n", 6, "log.flows", "not an absolute file path"},
@@ -503,7 +514,7 @@ f.toml:9: log.level: "verbose" is not one of debug, info, warn, error`
 	// Unknown keys are reported before values are checked, all of them,
 	// but not the keys below an unknown table.
 	_, err = Parse("f.toml", []byte("[sync]\nbogus = 1\n[extra]\na = 1\nb = 2\n[log]\nlevl = \"x\"\n"))
-	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, expectations, expectation_helpers, max_buffer_bytes, max_peers, max_flows_per_origin, resend_rate\n" +
+	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, link, expectations, expectation_helpers, max_buffer_bytes, max_peers, max_flows_per_origin, resend_rate\n" +
 		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [peer_policy], [failover], [log], [api]\n" +
 		"f.toml:7: log.levl: unknown key; did you mean level?"
 	if err == nil || err.Error() != want {

@@ -148,6 +148,20 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 	v.durRange("failover.purge_timeout", f.PurgeTimeout, time.Second, maxKernelTimeout)
 	v.durRange("failover.commit_timeout", f.CommitTimeout, time.Second, 0)
 	v.durRange("failover.min_timeout", f.MinTimeout, 0, maxKernelTimeout)
+	switch d := f.RulesetInterval.Duration; {
+	case d < 0:
+		v.add("failover.ruleset_interval", "negative duration %s", d)
+	case d > 0 && d < time.Second:
+		v.add("failover.ruleset_interval", "%s is too short: at least 1s (\"0s\" turns the comparison off)", d)
+	}
+	if f.RequireSameRuleset && f.RulesetInterval.Duration == 0 {
+		v.add("failover.require_same_ruleset", "needs the ruleset comparison: ruleset_interval is \"0s\"")
+	}
+	for i, t := range f.RulesetIgnoreTables {
+		if fs := strings.Fields(t); len(fs) != 2 || !slices.Contains([]string{"ip", "ip6", "inet", "arp", "bridge", "netdev"}, fs[0]) {
+			v.addElem("failover.ruleset_ignore_tables", i, "%q is not \"FAMILY NAME\" (family ip, ip6, inet, arp, bridge or netdev)", t)
+		}
+	}
 	if r := f.ReadyFile; r != "" {
 		if !filepath.IsAbs(r) || strings.HasSuffix(r, "/") {
 			v.add("failover.ready_file", "%q is not an absolute file path", r)
@@ -261,6 +275,7 @@ func (s Sync) validate(v *validator) {
 	v.durRange("sync.heartbeat_interval", s.HeartbeatInterval, 10*time.Millisecond, time.Minute)
 	v.durRange("sync.peer_timeout", s.PeerTimeout, 0, 0)
 	v.durRange("sync.min_age", s.MinAge, 0, time.Hour)
+	s.validateLinks(v)
 	for i, h := range s.ExpectationHelpers {
 		if !validHelperName(h) {
 			v.addElem("sync.expectation_helpers", i, "%q is not a conntrack helper name (1 to 15 of a-z, 0-9, -, _; e.g. \"ftp\", \"sip\", \"tftp\")", h)
@@ -422,6 +437,9 @@ func unknownKeys(file string, md toml.MetaData, loc *locator) []*Error {
 			return ok
 		case 2:
 			return ok && slices.Contains(keys, k[1])
+		case 3:
+			sub, ok := nestedTables[k[0]+"."+k[1]]
+			return ok && slices.Contains(sub, k[2])
 		}
 		return false
 	}
@@ -451,6 +469,19 @@ func unknownKeys(file string, md toml.MetaData, loc *locator) []*Error {
 	return errs
 }
 
+// nestedTables are the arrays of tables below a section, with their keys.
+var nestedTables = map[string][]string{"sync.link": tomlKeys(reflect.TypeOf(Link{}))}
+
+func tomlKeys(t reflect.Type) []string {
+	var out []string
+	for i := range t.NumField() {
+		if tag := strings.Split(t.Field(i).Tag.Get("toml"), ",")[0]; tag != "" && tag != "-" {
+			out = append(out, tag)
+		}
+	}
+	return out
+}
+
 func unknownMsg(md toml.MetaData, k toml.Key) string {
 	secs := sections()
 	if len(k) == 1 {
@@ -472,6 +503,9 @@ func unknownMsg(md toml.MetaData, k toml.Key) string {
 	keys, ok := secs[k[0]]
 	if !ok {
 		return "unknown key" // below a known key that is not a table; the decoder reports those
+	}
+	if sub, ok := nestedTables[k[0]+"."+k[1]]; ok && len(k) == 3 {
+		return fmt.Sprintf("unknown key; [[%s.%s]] has %s", k[0], k[1], strings.Join(sub, ", "))
 	}
 	if len(k) > 2 {
 		return fmt.Sprintf("unknown key: %s.%s is not a table", k[0], k[1])

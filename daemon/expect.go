@@ -98,7 +98,7 @@ func (d *Daemon) reconcileExpects(ctx context.Context, reason string) error {
 	}
 	r := d.iexp.BeginReconcile()
 	n := 0
-	err := kernel.DumpExpect(ctx, kernel.DumpOptions{NetNS: d.netns}, func(e *flow.Expect) {
+	err := d.kern.DumpExpect(ctx, kernel.DumpOptions{NetNS: d.netns}, func(e *flow.Expect) {
 		if !d.acceptHelper(e.Helper) {
 			return
 		}
@@ -147,7 +147,7 @@ func (d *Daemon) purgeExpects(ctx context.Context) error {
 		return nil
 	}
 	dump := func(ctx context.Context, fn func(*flow.Expect)) error {
-		return kernel.DumpExpect(ctx, kernel.DumpOptions{NetNS: d.netns}, fn)
+		return d.kern.DumpExpect(ctx, kernel.DumpOptions{NetNS: d.netns}, fn)
 	}
 	n, err := failover.PurgeExpects(ctx, dump, d.writer, func(e *flow.Expect) bool { return d.acceptHelper(e.Helper) },
 		d.cfg.Failover.PurgeTimeout.Duration)

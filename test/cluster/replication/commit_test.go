@@ -14,7 +14,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/kernel"
 )
 
-func kernelKeys(t *testing.T, n *node) map[flow.Key]flow.Flow {
+func kernelKeys(t testing.TB, n *node) map[flow.Key]flow.Flow {
 	t.Helper()
 	m := map[flow.Key]flow.Flow{}
 	if err := kernel.Dump(context.Background(), kernel.DumpOptions{NetNS: n.ns.FD(t)}, func(f *flow.Flow) { m[f.Key] = *f }); err != nil {
