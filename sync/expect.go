@@ -5,11 +5,11 @@ package sync
 //
 // EXPECT is a stream message like DATA: sequenced, acknowledged, repaired
 // by NACK (a resend carries the expectations' current state) and part of
-// bulk transfers, between BULK_BEGIN and BULK_END. From EXPECT on, every
-// message type is a stream message whose body begins with its sequence
-// number as a uvarint: a receiver that does not know a type from there on
-// takes its sequence number and ignores the rest, so that a newer peer's
-// additions neither break the stream nor stall it (see decodeBody).
+// bulk transfers, between BULK_BEGIN and BULK_END. It is sent with
+// flagStreamExt (wire.go): its body begins with its sequence number as a
+// uvarint, so that a receiver that does not know the type takes the
+// sequence number and ignores the rest, and the stream neither breaks nor
+// stalls.
 
 import (
 	"encoding/binary"
