@@ -144,6 +144,10 @@ type SyncStatus struct {
 	PeersUp       int    `json:"peers_up"`
 	// Links is the state of each sync link when there are several.
 	Links []ctsync.LinkStatus `json:"links,omitempty"`
+	// PeerInfo is each peer's version and capabilities (NODE_INFO); a peer
+	// missing here runs a version older than NODE_INFO, or was not heard
+	// from yet.
+	PeerInfo map[string]ctsync.NodeInfo `json:"peer_info,omitempty"`
 }
 
 func (d *Daemon) syncStatus() *SyncStatus {
@@ -153,6 +157,9 @@ func (d *Daemon) syncStatus() *SyncStatus {
 	s := &SyncStatus{NodeStatus: d.node.Status(), Transport: d.cfg.Sync.Transport, ExternalFlows: d.external.Len()}
 	if d.links != nil {
 		s.Links = d.links.Status()
+	}
+	if pi := d.node.PeerInfo(); len(pi) > 0 {
+		s.PeerInfo = pi
 	}
 	for _, p := range d.node.Stats() {
 		s.Peers++
