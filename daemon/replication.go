@@ -51,13 +51,13 @@ func (d *Daemon) newTransport() (ctsync.Transport, error) {
 func (d *Daemon) newLinks() (ctsync.Transport, error) {
 	c := d.cfg.Sync
 	names := []string{c.Interface}
-	first, err := ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers})
+	first, err := ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers, Interface: c.Interface})
 	if err != nil {
 		return nil, fmt.Errorf("link %s: %w", c.Interface, err)
 	}
 	trs := []ctsync.Transport{first}
 	for _, l := range c.Link {
-		tr, err := ctsync.NewUDP(ctsync.UDPOptions{Listen: l.Listen, Peers: l.Peers})
+		tr, err := ctsync.NewUDP(ctsync.UDPOptions{Listen: l.Listen, Peers: l.Peers, Interface: l.Interface})
 		if err != nil {
 			for _, t := range trs {
 				t.Close()

@@ -11,7 +11,8 @@
 // helpers this node itself uses, e.g. "ftp", "sip"), or when a mode below
 // refuses it. An admitted flow is sanitized: status bits a replicated flow
 // has no business carrying (FIXED_TIMEOUT, DYING, TEMPLATE, UNTRACKED,
-// HELPER, OFFLOAD, HW_OFFLOAD and unknown ones) are cleared, and its
+// OFFLOAD, HW_OFFLOAD, unknown ones, and HELPER on a flow without an
+// allowed helper) are cleared, and its
 // timeout is capped per protocol and state at Linux's default timeout for
 // that state times TimeoutFactor.
 //
@@ -152,6 +153,9 @@ func (p *Policy) Check(f *flow.Flow) error {
 	keep := allowedStatus
 	if o.KeepFixedTimeout {
 		keep |= flow.StatusFixedTimeout
+	}
+	if f.Extra != nil && f.Extra.Helper != "" {
+		keep |= flow.StatusHelper // the helper passed the allow-list above
 	}
 	f.Status &= keep
 	if c := timeoutCap(f) * uint64(o.TimeoutFactor); uint64(f.Timeout) > c {
