@@ -57,14 +57,14 @@ func newHelperPair(t *testing.T, mode syncMode, snat bool) *pair {
 			if mode == noStandbySync && fw.Name == "fw-b" {
 				return
 			}
-			// The helpers go into sync.expectation_helpers, which also lets
-			// peers' flows carry them ([peer_policy] allows none by
-			// default); without expectation sync, into [peer_policy], so
-			// that the control connection is replicated with its helper
-			// and only the expectation is missing.
+			// CtsyncdConfig lets peers' flows carry the ftp and tftp
+			// helpers ([peer_policy] helpers), so without expectation
+			// sync the control connection is still replicated with its
+			// helper and only the expectation is missing. With it,
+			// sync.expectation_helpers names the helpers whose
+			// expectations are sent and accepted.
 			extra, syncKeys := "[kernel]\nresync_interval = \"2s\"\n", "expectation_helpers = [\"ftp\", \"tftp\"]\n"
 			if mode == noExpectations {
-				extra += "[peer_policy]\nhelpers = [\"ftp\", \"tftp\"]\n"
 				syncKeys = "expectations = false\n"
 			}
 			cfg := fw.CtsyncdConfig(t, "udp", extra)
