@@ -63,9 +63,10 @@ func (e *extEntry) flow(k flow.Key) flow.Flow {
 type origin struct {
 	name  string
 	flows map[flow.Key]extEntry
-	gen   uint32 // bumped by BeginBulk; entries applied since carry it
-	bulk  uint64 // id of the bulk in progress
-	inBlk bool   // a bulk is in progress
+	exps  map[flow.ExpectKey]extExpect // expectations (expect_external.go)
+	gen   uint32                       // bumped by BeginBulk; entries applied since carry it
+	bulk  uint64                       // id of the bulk in progress
+	inBlk bool                         // a bulk is in progress
 }
 
 // ExternalStats are counters of the external cache.
@@ -77,6 +78,11 @@ type ExternalStats struct {
 	BulkRemoved  uint64 // entries removed at the end of a bulk
 	Taken        uint64 // entries removed by Take (commit)
 	RemovedByKey uint64 // entries removed by Remove or Delete
+	Refused      uint64 // changes refused by the limits (SetLimits)
+
+	Expectations  int    // expectations held
+	ExpectApplied uint64 // expectation changes applied
+	ExpectRemoved uint64 // expectations removed by RemoveExpects (commit) or a bulk
 }
 
 // External is the cache of the flows peers replicated, kept per origin node.
@@ -91,6 +97,18 @@ type External struct {
 	origins []*origin // index is the interned origin; never shrinks
 	byName  map[string]int
 	stats   ExternalStats
+
+	maxPerOrigin int // 0: unbounded (see SetLimits)
+	maxOrigins   int
+}
+
+// SetLimits bounds the entries kept per origin and the number of origins
+// (0: unbounded, the default). Apply refuses a new flow or a new origin
+// beyond them; what is held already stays.
+func (c *External) SetLimits(maxPerOrigin, maxOrigins int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxPerOrigin, c.maxOrigins = maxPerOrigin, maxOrigins
 }
 
 // NewExternal returns an empty external cache.
@@ -110,16 +128,28 @@ func (c *External) originLocked(name string) *origin {
 }
 
 // Apply records a change replicated by origin and received at now: the
-// flow's new state, or its removal when ch.Deleted.
-func (c *External) Apply(origin string, ch Change, now time.Time) {
+// flow's new state, or its removal when ch.Deleted. It returns false, and
+// counts it in ExternalStats.Refused, when a new flow or a new origin is
+// beyond the limits (SetLimits).
+func (c *External) Apply(origin string, ch Change, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	o := c.originLocked(origin)
-	c.stats.Applied++
-	if ch.Deleted {
-		delete(o.flows, ch.Flow.Key)
-		return
+	if _, ok := c.byName[origin]; !ok && c.maxOrigins > 0 && len(c.origins) >= c.maxOrigins {
+		c.stats.Refused++
+		return false
 	}
+	o := c.originLocked(origin)
+	if ch.Deleted {
+		c.stats.Applied++
+		delete(o.flows, ch.Flow.Key)
+		o.dropExpectsOfLocked(ch.Flow.Key)
+		return true
+	}
+	if _, ok := o.flows[ch.Flow.Key]; !ok && c.maxPerOrigin > 0 && len(o.flows) >= c.maxPerOrigin {
+		c.stats.Refused++
+		return false
+	}
+	c.stats.Applied++
 	f := &ch.Flow
 	idle := ch.Idle.Milliseconds()
 	if idle < 0 {
@@ -143,6 +173,7 @@ func (c *External) Apply(origin string, ch Change, now time.Time) {
 		received: now.UnixNano(),
 		more:     more,
 	}
+	return true
 }
 
 // Delete removes origin's entry for k, if any.
@@ -196,6 +227,12 @@ func (c *External) EndBulk(origin string, epoch uint64) (removed int) {
 			removed++
 		}
 	}
+	for k, x := range o.exps {
+		if x.gen != o.gen {
+			delete(o.exps, k)
+			c.stats.ExpectRemoved++
+		}
+	}
 	c.stats.BulksEnded++
 	c.stats.BulkRemoved += uint64(removed)
 	return removed
@@ -219,6 +256,7 @@ func (c *External) Stats() ExternalStats {
 	s := c.stats
 	for _, o := range c.origins {
 		s.Flows += len(o.flows)
+		s.Expectations += len(o.exps)
 	}
 	return s
 }
@@ -433,6 +471,7 @@ func (c *External) Flush(origin string) int {
 		if origin == "" || o.name == origin {
 			n += len(o.flows)
 			o.flows = make(map[flow.Key]extEntry)
+			o.exps = nil // the expectations go with their masters
 		}
 	}
 	return n

@@ -156,6 +156,12 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 	// [log]
 	v.oneOf("log.level", c.Log.Level, logLevels)
 	v.oneOf("log.format", c.Log.Format, logFormats)
+	if p := c.Log.Flows; p != "" && (!filepath.IsAbs(p) || strings.HasSuffix(p, "/")) {
+		v.add("log.flows", "%q is not an absolute file path", p)
+	}
+	v.oneOf("log.flows_format", c.Log.FlowsFormat, []string{"extended", "json"})
+
+	c.API.validate(v)
 
 	return joinErrors(v.errs)
 }
@@ -253,6 +259,12 @@ func (s Sync) validate(v *validator) {
 	v.durRange("sync.ack_interval", s.AckInterval, time.Millisecond, 10*time.Second)
 	v.durRange("sync.heartbeat_interval", s.HeartbeatInterval, 10*time.Millisecond, time.Minute)
 	v.durRange("sync.peer_timeout", s.PeerTimeout, 0, 0)
+	v.durRange("sync.min_age", s.MinAge, 0, time.Hour)
+	for i, h := range s.ExpectationHelpers {
+		if !validHelperName(h) {
+			v.addElem("sync.expectation_helpers", i, "%q is not a conntrack helper name (1 to 15 of a-z, 0-9, -, _; e.g. \"ftp\", \"sip\", \"tftp\")", h)
+		}
+	}
 	if s.HeartbeatInterval.Duration > 0 && s.PeerTimeout.Duration >= 0 && s.PeerTimeout.Duration <= s.HeartbeatInterval.Duration {
 		key := "sync.peer_timeout"
 		if !v.inFile(key) && v.inFile("sync.heartbeat_interval") {
@@ -289,6 +301,7 @@ func (f Filter) validate(v *validator) {
 	if tcp && len(f.TCPStates) == 0 {
 		v.add("filter.tcp_states", "empty while protocols include tcp: no TCP flow would be replicated (to replicate none, remove tcp from protocols)")
 	}
+	f.validateExclusions(v)
 }
 
 // parseAddrPort parses "IP:port" or "[IPv6]:port" with a literal address
@@ -491,4 +504,18 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// validHelperName reports whether h can name a conntrack helper
+// (NF_CT_HELPER_NAME_LEN is 16 with the NUL).
+func validHelperName(h string) bool {
+	if h == "" || len(h) > 15 {
+		return false
+	}
+	for _, c := range h {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

@@ -97,6 +97,9 @@ type Report struct {
 	// every failure by errno name ("EINVAL") or cause ("deadline").
 	Failures []Failure      `json:"failures,omitempty"`
 	Errnos   map[string]int `json:"errnos,omitempty"`
+	// Expectations is the commit of the expectations, after the flows
+	// (CommitExpects); nil when none was run.
+	Expectations *ExpectReport `json:"expectations,omitempty"`
 
 	// keys is the commit order; nil in a Summary.
 	keys *commitKeys

@@ -44,6 +44,9 @@ type Event struct {
 	Type   EventType
 	PortID uint32
 	Flow   flow.Flow
+	// Counters holds a DESTROY event's packets, bytes and times (what
+	// the kernel reports: see flow.Counters); zero for other events.
+	Counters flow.Counters
 }
 
 // Multicast groups of ctnetlink as a legacy bitmask: group g is bit g-1
@@ -62,6 +65,10 @@ type ListenOptions struct {
 	// NetNS, when non-zero, is a file descriptor of the network namespace
 	// to listen in (tests); 0 means the calling thread's namespace.
 	NetNS int
+	// Expectations subscribes to expectation events (NEW and DESTROY) on the
+	// same socket, so that they keep their order with the flows' events.
+	// They go to the handler's ExpectEvent (see ExpectHandler).
+	Expectations bool
 }
 
 // DefaultReadBuffer is the event socket's default receive buffer.
@@ -131,7 +138,11 @@ func ownPortsFilter(ports []uint32) []bpf.RawInstruction {
 // Listen subscribes to conntrack NEW, UPDATE and DESTROY events. Subscribe
 // before dumping the table, so that no change falls between the two.
 func Listen(opts ListenOptions) (*Listener, error) {
-	s, err := dialNetfilter(opts.NetNS, groupNew|groupUpdate|groupDestroy)
+	groups := uint32(groupNew | groupUpdate | groupDestroy)
+	if opts.Expectations {
+		groups |= groupExpNew | groupExpDestroy
+	}
+	s, err := dialNetfilter(opts.NetNS, groups)
 	if err != nil {
 		return nil, err
 	}
@@ -163,6 +174,21 @@ type Handler interface {
 	Overrun()
 }
 
+// ExpectEvent is one expectation event: EventNew or EventDestroy.
+type ExpectEvent struct {
+	Type   EventType
+	PortID uint32
+	Expect flow.Expect
+}
+
+// ExpectHandler is implemented by a Handler that wants expectation events
+// (ListenOptions.Expectations). ExpectEvent is called from the Run
+// goroutine like Event; ev is reused after it returns. A Handler without
+// it has expectation events counted and dropped.
+type ExpectHandler interface {
+	ExpectEvent(ev *ExpectEvent)
+}
+
 // ListenerStats are counters of a Listener.
 type ListenerStats struct {
 	Events    uint64 // events decoded and handed on
@@ -184,12 +210,28 @@ func (l *Listener) Run(ctx context.Context, h Handler) error {
 	defer l.Close()
 
 	var ev Event
+	var xev ExpectEvent
+	xh, _ := h.(ExpectHandler)
 	handle := func(m netlink.Message) error {
 		if pid := m.Header.PID; pid != 0 {
 			if ign := l.ignore.Load(); ign != nil && slices.Contains(*ign, pid) {
 				l.own.Add(1)
 				return nil
 			}
+		}
+		if m.Header.Type>>8 == subsysCTNetlinkExp {
+			t, ok := expectEventType(m.Header)
+			if !ok || !decodeExpect(m, &xev.Expect) {
+				l.bad.Add(1)
+				return nil
+			}
+			l.events.Add(1)
+			if xh != nil {
+				xev.Type = t
+				xev.PortID = m.Header.PID
+				xh.ExpectEvent(&xev)
+			}
+			return nil
 		}
 		t, ok := eventType(m.Header)
 		if !ok || !decodeFlow(m, &ev.Flow) {
@@ -198,6 +240,11 @@ func (l *Listener) Run(ctx context.Context, h Handler) error {
 		}
 		ev.Type = t
 		ev.PortID = m.Header.PID
+		if t == EventDestroy {
+			decodeCounters(m, &ev.Counters)
+		} else {
+			ev.Counters = flow.Counters{}
+		}
 		l.events.Add(1)
 		h.Event(&ev)
 		return nil
