@@ -16,7 +16,7 @@ import (
 // creating N/k flows at once in its kernel, until every node's external
 // cache holds the other nodes' flows. It records, per change (one flow
 // created somewhere), the CPU seconds of the average node and the bytes
-// all nodes sent on their sync links, and the time to converge.
+// all nodes sent on their sync links (tx), and the time to converge.
 func (b *bench) clusterRun(transport string, k int, run string) {
 	lab := fmt.Sprintf("cluster-%s-%d", transport, k)
 	dir := filepath.Join(b.work, lab+"-"+run)
@@ -58,7 +58,8 @@ func (b *bench) clusterRun(transport string, k int, run string) {
 		cpu0, by0 := 0.0, 0.0
 		for i := range k {
 			cpu0 += cpuSeconds(procs[i].pid())
-			by0 += linkBytes(nss[i], "sync0")
+			_, tx := linkRxTx(nss[i], "sync0")
+			by0 += tx
 		}
 		t0 := time.Now()
 		var wg sync.WaitGroup
@@ -88,7 +89,8 @@ func (b *bench) clusterRun(transport string, k int, run string) {
 		cpu1, by1 := 0.0, 0.0
 		for i := range k {
 			cpu1 += cpuSeconds(procs[i].pid())
-			by1 += linkBytes(nss[i], "sync0")
+			_, tx := linkRxTx(nss[i], "sync0")
+			by1 += tx
 		}
 		changes := float64(per * k)
 		rec("converged", "%d", b2i(conv))
@@ -96,9 +98,9 @@ func (b *bench) clusterRun(transport string, k int, run string) {
 			rec("replicate_s", "%.3f", t1.Sub(t0).Seconds())
 		}
 		rec("cpu_node_s_per_100k", "%.3f", (cpu1-cpu0)/float64(k)*100000/changes)
-		// Each node's sync0 counts what it sent and received: half the sum
-		// is what crossed the bridge once.
-		rec("wire_bytes_per_change", "%.1f", (by1-by0)/2/changes)
+		// What every node sent on its sync link (a multicast datagram
+		// counts once, however many nodes receive it).
+		rec("wire_bytes_per_change", "%.1f", (by1-by0)/changes)
 		rss := 0.0
 		for i := range k {
 			rss += rssBytes(procs[i].pid())

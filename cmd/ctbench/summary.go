@@ -352,7 +352,7 @@ func clusterTable(vals map[key][]float64) []string {
 		return fmt.Sprintf(format+" ["+format+".."+format+"]", median(v), slices.Min(v), slices.Max(v))
 	}
 	l := []string{"", "Clusters: every node creates N/size flows at once; converged = every node's external cache holds the",
-		"others' flows; per change = per flow created somewhere; bytes = what crossed the bridge (median [min..max])", "",
+		"others' flows; per change = per flow created somewhere; bytes = what all nodes sent (median [min..max])", "",
 		"| transport | nodes | converged (of runs) | time (s) | CPU s / 100k changes, per node | wire bytes / change | RSS per node (MiB) |",
 		"| --- | --- | --- | --- | --- | --- | --- |"}
 	for _, c := range cs {
