@@ -136,6 +136,12 @@ type Sync struct {
 	// nor their destroys. Bulk transfers and commit are unaffected. Default
 	// "0s" (off), at most 1h.
 	MinAge Duration `toml:"min_age"`
+	// Link lists more dedicated sync links, for redundancy (transport udp
+	// only), each a [[sync.link]] table with its interface, listen
+	// address and the same peers in the same order as interface, listen
+	// and peers above, which are the first link. Every datagram is sent on
+	// every link, so that losing a link loses nothing. Default: none.
+	Link []Link `toml:"link"`
 	// Expectations replicates conntrack expectations (what the ftp, sip
 	// and tftp helpers announce) and commits them on failover, after
 	// their master flows. Default true.
@@ -144,6 +150,17 @@ type Sync struct {
 	// from peers, to those of the named helpers ("ftp", "sip", "tftp").
 	// Empty (the default): every helper.
 	ExpectationHelpers []string `toml:"expectation_helpers"`
+}
+
+// Link is one more dedicated sync link (see Sync.Link).
+type Link struct {
+	// Interface is the link's network interface.
+	Interface string `toml:"interface"`
+	// Listen is this node's address on the link, "IP:port".
+	Listen string `toml:"listen"`
+	// Peers are the peers' addresses on the link, in the order of
+	// sync.peers.
+	Peers []string `toml:"peers"`
 }
 
 // Filter selects the flows that are replicated.

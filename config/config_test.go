@@ -68,7 +68,8 @@ func TestExampleConfig(t *testing.T) {
 			t.Errorf("example lacks [%s]", sec)
 		}
 		for _, k := range keys {
-			if !strings.Contains(string(data), "\n"+k+" = ") && !strings.Contains(string(data), "# "+k+" = ") {
+			if !strings.Contains(string(data), "\n"+k+" = ") && !strings.Contains(string(data), "# "+k+" = ") &&
+				!strings.Contains(string(data), "# [["+sec+"."+k+"]]") {
 				t.Errorf("example lacks %s.%s", sec, k)
 			}
 		}
@@ -380,6 +381,12 @@ func TestErrors(t *testing.T) {
 		{"ack-negative", base + "ack_interval = \"-50ms\"\n", 5, "sync.ack_interval", "negative duration -50ms"},
 		{"ack-zero", base + "ack_interval = \"0s\"\n", 5, "sync.ack_interval", "too short"},
 		{"heartbeat-long", base + "heartbeat_interval = \"2m\"\n", 5, "sync.heartbeat_interval", "too long"},
+		{"link-no-interface", base + "[[sync.link]]\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.201.0.2:3780\"]\n", 1, "sync.interface", "required with [[sync.link]]"},
+		{"link-peer-count", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync1\"\nlisten = \"10.201.0.1:3780\"\npeers = []\n", 9, "sync.link.0.peers", "0 peers, but sync.peers has 1"},
+		{"link-second-bad-listen", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync1\"\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.201.0.2:3780\"]\n[[sync.link]]\ninterface = \"sync2\"\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.202.0.2:3780\"]\n", 12, "sync.link.1.listen", "is also sync.link.0.listen"},
+		{"link-same-interface", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync0\"\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.201.0.2:3780\"]\n", 7, "sync.link.0.interface", "needs its own interface"},
+		{"link-multicast", "[sync]\ntransport = \"multicast\"\ninterface = \"sync0\"\nlisten = \"10.200.0.1:3780\"\ngroup = \"225.0.0.50:3780\"\ninsecure = true\n[[sync.link]]\ninterface = \"sync1\"\nlisten = \"10.201.0.1:3780\"\n", 7, "sync.link", "need transport = \"udp\""},
+		{"link-unknown-key", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync1\"\nlisten_addr = \"10.201.0.1:3780\"\n", 8, "sync.link.listen_addr", "[[sync.link]] has interface, listen, peers"},
 		{"min-age-long", base + "min_age = \"2h\"\n", 5, "sync.min_age", "too long: at most 1h0m0s"},
 		{"peer-timeout-short", base + "heartbeat_interval = \"1s\"\npeer_timeout = \"1s\"\n", 6, "sync.peer_timeout", "must be longer than heartbeat_interval"},
 		{"peer-timeout-default-short", base + "heartbeat_interval = \"10s\"\n", 5, "sync.heartbeat_interval", "must be longer than heartbeat_interval"},
@@ -488,7 +495,7 @@ f.toml:9: log.level: "verbose" is not one of debug, info, warn, error`
 	// Unknown keys are reported before values are checked, all of them,
 	// but not the keys below an unknown table.
 	_, err = Parse("f.toml", []byte("[sync]\nbogus = 1\n[extra]\na = 1\nb = 2\n[log]\nlevl = \"x\"\n"))
-	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, expectations, expectation_helpers\n" +
+	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, link, expectations, expectation_helpers\n" +
 		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [failover], [log], [api]\n" +
 		"f.toml:7: log.levl: unknown key; did you mean level?"
 	if err == nil || err.Error() != want {

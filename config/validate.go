@@ -260,6 +260,7 @@ func (s Sync) validate(v *validator) {
 	v.durRange("sync.heartbeat_interval", s.HeartbeatInterval, 10*time.Millisecond, time.Minute)
 	v.durRange("sync.peer_timeout", s.PeerTimeout, 0, 0)
 	v.durRange("sync.min_age", s.MinAge, 0, time.Hour)
+	s.validateLinks(v)
 	for i, h := range s.ExpectationHelpers {
 		if !validHelperName(h) {
 			v.addElem("sync.expectation_helpers", i, "%q is not a conntrack helper name (1 to 15 of a-z, 0-9, -, _; e.g. \"ftp\", \"sip\", \"tftp\")", h)
@@ -395,6 +396,9 @@ func unknownKeys(file string, md toml.MetaData, loc *locator) []*Error {
 			return ok
 		case 2:
 			return ok && slices.Contains(keys, k[1])
+		case 3:
+			sub, ok := nestedTables[k[0]+"."+k[1]]
+			return ok && slices.Contains(sub, k[2])
 		}
 		return false
 	}
@@ -424,6 +428,19 @@ func unknownKeys(file string, md toml.MetaData, loc *locator) []*Error {
 	return errs
 }
 
+// nestedTables are the arrays of tables below a section, with their keys.
+var nestedTables = map[string][]string{"sync.link": tomlKeys(reflect.TypeOf(Link{}))}
+
+func tomlKeys(t reflect.Type) []string {
+	var out []string
+	for i := range t.NumField() {
+		if tag := strings.Split(t.Field(i).Tag.Get("toml"), ",")[0]; tag != "" && tag != "-" {
+			out = append(out, tag)
+		}
+	}
+	return out
+}
+
 func unknownMsg(md toml.MetaData, k toml.Key) string {
 	secs := sections()
 	if len(k) == 1 {
@@ -445,6 +462,9 @@ func unknownMsg(md toml.MetaData, k toml.Key) string {
 	keys, ok := secs[k[0]]
 	if !ok {
 		return "unknown key" // below a known key that is not a table; the decoder reports those
+	}
+	if sub, ok := nestedTables[k[0]+"."+k[1]]; ok && len(k) == 3 {
+		return fmt.Sprintf("unknown key; [[%s.%s]] has %s", k[0], k[1], strings.Join(sub, ", "))
 	}
 	if len(k) > 2 {
 		return fmt.Sprintf("unknown key: %s.%s is not a table", k[0], k[1])

@@ -62,6 +62,7 @@ type Daemon struct {
 	external *cache.External      // nil without sync
 	key      *[ctsync.KeyLen]byte // nil: insecure or no sync
 	node     *ctsync.Node         // nil without sync
+	links    *ctsync.Links        // nil unless there are redundant sync links
 	writer   *kernel.Writer
 
 	// ownPorts are the netlink port ids of this daemon's write sockets:
@@ -80,7 +81,7 @@ type Daemon struct {
 	listener *kernel.Listener
 	ctl      *control.Server
 	flowLog  *flowlog.Writer // nil unless [log] flows is set
-	api      *apiServer // nil unless api.listen is set
+	api      *apiServer      // nil unless api.listen is set
 	apiClose func()
 
 	lastOverrunLog time.Time // listener goroutine only
@@ -234,7 +235,7 @@ func (d *Daemon) Reload(path string) {
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
 		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
 		"log.flows": {[2]string{cfg.Log.Flows, cfg.Log.FlowsFormat}, [2]string{d.cfg.Log.Flows, d.cfg.Log.FlowsFormat}},
-		"api": {cfg.API, d.cfg.API},
+		"api":       {cfg.API, d.cfg.API},
 	} {
 		if !reflect.DeepEqual(pair[0], pair[1]) {
 			needRestart = append(needRestart, name)

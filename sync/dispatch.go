@@ -71,7 +71,12 @@ func (n *Node) handle(p Packet) {
 		st.Drops.OldEpoch++
 		return
 	}
-	m, err := decodeBody(h.Type, body)
+	var m *message
+	if h.Type >= msgTypeEnd && h.Flags&flagStreamExt == 0 {
+		m = &message{Type: h.Type} // a newer peer's message beside the stream: ignored
+	} else {
+		m, err = decodeBody(h.Type, body)
+	}
 	if err != nil {
 		st.Drops.Malformed++
 		n.log.Debug("dropped malformed message", "from", p.From, "err", err)
@@ -135,8 +140,9 @@ func (n *Node) dispatch(pr *peer, m *message, size int64, now time.Time) {
 	case MsgHello:
 		// Known already; nothing to do.
 	default:
-		if m.Type >= firstStreamExt {
-			// A newer peer's stream message: take its sequence number.
+		if m.Seq != 0 {
+			// A newer peer's stream message (flagStreamExt): take its
+			// sequence number; its content is not for this version.
 			n.receiveSeq(pr, m, size, now)
 		}
 	}

@@ -64,6 +64,25 @@ func TestUnknownStreamType(t *testing.T) {
 	if firstStreamExt != MsgExpect || msgTypeEnd <= firstStreamExt {
 		t.Errorf("the stream extension rule must start at EXPECT")
 	}
+	// The flag: allowed on unknown types and on EXPECT, refused on the old
+	// types, whose bodies do not begin with a sequence number.
+	for _, c := range []struct {
+		typ MsgType
+		ok  bool
+	}{{200, true}, {MsgExpect, true}, {MsgData, false}, {MsgAck, false}, {MsgBulkBegin, false}} {
+		h := header{Type: c.typ, Flags: flagStreamExt, Node: 1, Epoch: 2, Counter: 3}
+		if c.typ == MsgAck {
+			h.To, h.ToEpoch = 4, 5
+		}
+		if _, err := parseHeader(appendHeader(nil, &h)); (err == nil) != c.ok {
+			t.Errorf("%s with flagStreamExt: err %v, want accepted %v", c.typ, err, c.ok)
+		}
+	}
+	if h := (header{Type: 1, Flags: 0x04, Node: 1, Epoch: 2, Counter: 3}); true {
+		if _, err := parseHeader(appendHeader(nil, &h)); err == nil {
+			t.Error("a reserved flag bit accepted")
+		}
+	}
 }
 
 // End to end over the in-memory network: expectations replicate with their

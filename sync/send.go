@@ -155,6 +155,9 @@ func (n *Node) seal(m *message, to, toEpoch uint64) []byte {
 	n.scratch = appendBody(n.scratch[:0], m)
 	n.counter++
 	h := header{Type: m.Type, Node: n.id, Epoch: n.epoch, Counter: n.counter, To: to, ToEpoch: toEpoch}
+	if streamExt(m.Type) {
+		h.Flags = flagStreamExt
+	}
 	n.out = seal(n.out[:0], h, n.scratch, n.aead)
 	return n.out
 }

@@ -73,8 +73,18 @@ const (
 	maxHelperLen = 32
 )
 
-// flagSealed marks a body sealed with the sender's epoch key.
-const flagSealed = 0x01
+// Header flags.
+const (
+	// flagSealed marks a body sealed with the sender's epoch key.
+	flagSealed = 0x01
+	// flagStreamExt marks a stream message of a type from EXPECT on: its
+	// body begins with its sequence number (a uvarint). A receiver that
+	// does not know the type takes the sequence number and skips the rest;
+	// a message of an unknown type without the flag is ignored. So a newer
+	// peer's additions, on the stream or beside it, neither break nor
+	// stall an older receiver.
+	flagStreamExt = 0x02
+)
 
 // MsgType is the type of a message.
 type MsgType uint8
@@ -94,12 +104,19 @@ const (
 	MsgExpect        MsgType = 11            // a batch of expectation changes, sequenced (expect.go)
 	msgTypeEnd               = MsgExpect + 1 // one past the last known type; move it when appending
 
-	// firstStreamExt is the first type of the stream extension rule: every
-	// type from it on is a stream message whose body begins with its
-	// sequence number, so that a receiver can take and skip a type it does
-	// not know (expect.go).
+	// Numbers taken by work landing next, so that branches do not collide:
+	// 12 DATA_NOW (first-packet defer), 13..16 DIGEST, DIGEST_REQUEST,
+	// REPAIR, REPAIR_END (drift detection), 17 NODE_INFO (version,
+	// capabilities, ruleset digest). A stream type from EXPECT on sets
+	// flagStreamExt (see streamExt); other new types must not.
+
+	// firstStreamExt is the first type that may carry flagStreamExt.
 	firstStreamExt = MsgExpect
 )
+
+// streamExt reports whether messages of type t are stream messages sent
+// with flagStreamExt.
+func streamExt(t MsgType) bool { return t == MsgExpect }
 
 var msgTypeNames = [...]string{
 	MsgData: "DATA", MsgAck: "ACK", MsgNack: "NACK", MsgHeartbeat: "HEARTBEAT",
@@ -176,11 +193,14 @@ func parseHeader(b []byte) (header, error) {
 		To:      binary.BigEndian.Uint64(b[32:]),
 		ToEpoch: binary.BigEndian.Uint64(b[40:]),
 	}
-	if h.Type == 0 || (h.Type >= msgTypeEnd && h.Type < firstStreamExt) {
-		return header{}, fmt.Errorf("%w: unknown message type %d", ErrMalformed, b[3])
+	if h.Type == 0 {
+		return header{}, fmt.Errorf("%w: message type 0", ErrMalformed)
 	}
-	if h.Flags&^flagSealed != 0 || b[5]|b[6]|b[7] != 0 {
+	if h.Flags&^(flagSealed|flagStreamExt) != 0 || b[5]|b[6]|b[7] != 0 {
 		return header{}, fmt.Errorf("%w: reserved header bits set", ErrMalformed)
+	}
+	if h.Flags&flagStreamExt != 0 && (h.Type < firstStreamExt || (h.Type < msgTypeEnd && !streamExt(h.Type))) {
+		return header{}, fmt.Errorf("%w: %s is not an extension stream message", ErrMalformed, h.Type)
 	}
 	if h.To == 0 && h.ToEpoch != 0 {
 		return header{}, fmt.Errorf("%w: receiver epoch without a receiver", ErrMalformed)
