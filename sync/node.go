@@ -338,10 +338,6 @@ func (n *Node) RequestResync() {
 	}
 }
 
-// sendDelay is how long the first pending change waits for others to share
-// its datagram.
-const sendDelay = 2 * time.Millisecond
-
 // Run runs the node until ctx ends, then returns nil; or until the
 // transport's channel closes (ErrClosed). Run does its work on the calling
 // goroutine and starts none. It does not close the transport. A Node runs
@@ -373,14 +369,6 @@ func (n *Node) Run(ctx context.Context) error {
 	}()
 	pkts := n.tr.Packets()
 	changed := n.internal.Changed()
-	// Changes go out sendDelay after the first of them, so that a datagram
-	// carries many: at a paced rate events arrive one by one, and each
-	// change sent alone costs a datagram's syscalls, seal and ACK on both
-	// ends.
-	flush := time.NewTimer(time.Hour)
-	flush.Stop()
-	defer flush.Stop()
-	var flushC <-chan time.Time
 	n.mu.Lock()
 	expChanged := n.expectChanged() // nil without expectations: never ready
 	n.mu.Unlock()
@@ -396,12 +384,6 @@ func (n *Node) Run(ctx context.Context) error {
 			n.handle(p)
 			n.mu.Unlock()
 		case <-changed:
-			if flushC == nil {
-				flush.Reset(sendDelay)
-				flushC = flush.C
-			}
-		case <-flushC:
-			flushC = nil
 			n.mu.Lock()
 			n.sendChanges()
 			n.mu.Unlock()
