@@ -154,6 +154,9 @@ func plotScaling(dir string, sets []string) error {
 	line := func(name, daemon, metric string, scale float64) series {
 		s := series{name: name}
 		for _, v := range sums {
+			if _, pairs := v.Results["ctsyncd"]; !pairs {
+				continue // a set of cluster runs only
+			}
 			if st, ok := v.Results[daemon][metric]; ok {
 				s.x = append(s.x, float64(v.N))
 				s.y = append(s.y, st.Median*scale)
