@@ -299,66 +299,31 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		})
 	}
 	ord := idleOrder(len(rest), func(i int) time.Duration { return rest[i].IdleAt })
-	// A chunk's entries, read from the cache by their refs; missing counts
-	// those gone since (deleted by their origin, flushed). Two buffers take
-	// turns: one chunk is written while the next is read.
-	type prepared struct {
-		entries  []cache.ExternalEntry
-		missing  int
-		from, to int
-	}
 	var (
-		refBufs [2][]cache.Ref
-		entBufs [2][]cache.ExternalEntry
+		refs []cache.Ref
+		buf  []cache.ExternalEntry
 	)
-	pick := func(slot, from, to int) prepared {
-		refs := refBufs[slot][:0]
+	pick := func(from, to int) []cache.ExternalEntry {
+		refs = refs[:0]
 		for _, i := range ord[from:to] {
 			refs = append(refs, rest[i])
 		}
-		ents := ext.Entries(refs, entBufs[slot][:0])
-		refBufs[slot], entBufs[slot] = refs, ents
-		return prepared{ents, len(refs) - len(ents), from, to}
+		buf = ext.Entries(refs, buf[:0])
+		rep.Flows -= len(refs) - len(buf) // gone since (deleted by their origin, flushed)
+		return buf
 	}
 	rep.Flows += len(rest)
 	rep.keys.order = slices.Grow(rep.keys.order, len(rest))
 	chunk := min(opt.FirstChunk*8, opt.MaxChunk)
-	next, slot := 0, 0
-	advance := func() (from, to int) {
-		from, to = next, min(next+chunk, len(rest))
-		next, chunk = to, min(chunk*8, opt.MaxChunk)
-		return from, to
-	}
-	var cur prepared
-	if next < len(rest) {
-		from, to := advance()
-		cur = pick(slot, from, to)
-	}
-	for cur.to > cur.from && err == nil {
-		rep.Flows -= cur.missing
-		// The next chunk is read while this one is in the kernel: the
-		// kernel's creates hardly run in parallel (one writer socket or two
-		// take the same time), so a CPU is free for it.
-		var (
-			nxt prepared
-			wg  sync.WaitGroup
-		)
-		if next < len(rest) {
-			from, to := advance()
-			wg.Go(func() { nxt = pick(1-slot, from, to) })
-		}
-		err = write(cur.entries)
-		wg.Wait()
-		cur, slot = nxt, 1-slot
+	next := 0
+	for next < len(rest) && err == nil {
+		end := min(next+chunk, len(rest))
+		err = write(pick(next, end))
+		next = end
+		chunk = min(chunk*8, opt.MaxChunk)
 	}
 	if err != nil {
-		rep.Flows -= cur.missing
-		notTried(cur.entries)
-		if next < len(rest) {
-			p := pick(slot, next, len(rest))
-			rep.Flows -= p.missing
-			notTried(p.entries)
-		}
+		notTried(pick(next, len(rest)))
 	}
 	rep.Seconds = time.Since(start).Seconds()
 	if err != nil {
