@@ -142,5 +142,13 @@ type policyRef struct {
 	p atomic.Pointer[peerpolicy.Policy]
 }
 
-// Admit applies the current policy (see peerpolicy.Policy.Admit).
-func (r *policyRef) Admit(origin string, f *flow.Flow) bool { return r.p.Load().Admit(origin, f) }
+// Admit applies the current policy (see peerpolicy.Policy.Admit). New
+// always sets one; without one (a Daemon not made by New) every flow is
+// admitted, as sync and failover do without a policy.
+func (r *policyRef) Admit(origin string, f *flow.Flow) bool {
+	if r == nil {
+		return true
+	}
+	p := r.p.Load()
+	return p == nil || p.Admit(origin, f)
+}
