@@ -232,10 +232,11 @@ type Node struct {
 	external *cache.External
 	tr       Transport
 
-	// iexp and acceptExpect are set by SetExpectations before Run.
-	iexp         *cache.InternalExpect
-	acceptExpect func(helper string) bool
-	now          func() time.Time
+	// iexp, sendExpect and acceptExpect are set by SetExpectations
+	// before Run.
+	iexp                     *cache.InternalExpect
+	sendExpect, acceptExpect func(helper string) bool
+	now                      func() time.Time
 
 	bulkReq   chan struct{} // Bulk() asks; capacity 1
 	resyncReq chan struct{} // RequestResync() asks; capacity 1
