@@ -76,8 +76,8 @@ func TestKernelDaemonExpectations(t *testing.T) {
 			if !strings.Contains(out.String(), "dport=40000") || !strings.Contains(out.String(), "helper=ftp") {
 				t.Errorf("dump internal --expect:\n%s", out.String())
 			}
-			if st := d.status(); st.InternalExpectations == nil || *st.InternalExpectations != 1 {
-				t.Errorf("status: %+v", st.InternalExpectations)
+			if st := d.Status(); st.Caches.InternalExpectations == nil || *st.Caches.InternalExpectations != 1 {
+				t.Errorf("status: %+v", st.Caches.InternalExpectations)
 			}
 
 			// Lost by the cache: the reconcile brings it back.

@@ -135,41 +135,6 @@ func (d *Daemon) newPolicy(c config.PeerPolicy) (*peerpolicy.Policy, error) {
 	return peerpolicy.New(opt)
 }
 
-// SyncStatus is the replication part of `ctsyncctl status`.
-type SyncStatus struct {
-	ctsync.NodeStatus
-	Transport     string `json:"transport"`
-	ExternalFlows int    `json:"external_flows"`
-	Peers         int    `json:"peers"`
-	PeersUp       int    `json:"peers_up"`
-	// Links is the state of each sync link when there are several.
-	Links []ctsync.LinkStatus `json:"links,omitempty"`
-	// PeerInfo is each peer's version and capabilities (NODE_INFO); a peer
-	// missing here runs a version older than NODE_INFO, or was not heard
-	// from yet.
-	PeerInfo map[string]ctsync.NodeInfo `json:"peer_info,omitempty"`
-}
-
-func (d *Daemon) syncStatus() *SyncStatus {
-	if d.node == nil {
-		return nil
-	}
-	s := &SyncStatus{NodeStatus: d.node.Status(), Transport: d.cfg.Sync.Transport, ExternalFlows: d.external.Len()}
-	if d.links != nil {
-		s.Links = d.links.Status()
-	}
-	if pi := d.node.PeerInfo(); len(pi) > 0 {
-		s.PeerInfo = pi
-	}
-	for _, p := range d.node.Stats() {
-		s.Peers++
-		if p.Up {
-			s.PeersUp++
-		}
-	}
-	return s
-}
-
 // externalView is one line of `dump external`.
 func externalLine(e *cache.ExternalEntry, now time.Time) (string, uint32) {
 	elapsed := uint32(max(0, now.Sub(e.Received)/time.Second))
