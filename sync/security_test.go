@@ -1,6 +1,7 @@
 package sync
 
 import (
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -36,6 +37,7 @@ func TestCrossReceiverReplay(t *testing.T) {
 		b   []byte
 	}
 	capture := make(chan capt, 4096)
+	var lastToC atomic.Pointer[[]byte] // the last datagram a sent to c
 	dropOnce := true
 	net.SetFilter(func(from, to string, p []byte) bool {
 		h, err := parseHeader(p)
@@ -48,6 +50,10 @@ func TestCrossReceiverReplay(t *testing.T) {
 		if from == "b" && to == "a" && h.Type == MsgData && dropOnce {
 			dropOnce = false // a gap in b's stream at a: a NACKs it to b
 			return false
+		}
+		if from == "a" && to == "c" {
+			b := append([]byte(nil), p...)
+			lastToC.Store(&b)
 		}
 		if from == "a" && to == "b" {
 			switch h.Type {
@@ -94,6 +100,11 @@ func TestCrossReceiverReplay(t *testing.T) {
 		x := <-capture
 		got[x.typ] = x.b
 	}
+	// c handles datagrams in order: once a replay of the last one a sent
+	// it is handled (dropped as a replay), c has acted on all of a's (its
+	// RESYNC_REQUEST to c among them), and the bulk that asked for is
+	// either done or pending below, not started during the replays.
+	injectAndWait(t, net, "a", c, "a", *lastToC.Load())
 	net.SetFilter(func(from, to string, p []byte) bool {
 		h, err := parseHeader(p)
 		return err != nil || to != "c" || h.Type != MsgAck
@@ -130,10 +141,18 @@ func TestCrossReceiverReplay(t *testing.T) {
 		c.in.Upsert(&f)
 		time.Sleep(time.Millisecond)
 	}
-	eventually(t, 10*time.Second, "c's bulks to end", func() bool {
+	// Every bulk c starts counts for every peer, a's too: before counting,
+	// c's bulks must be over and b must have had the one it asked for when
+	// it accepted c (until then b repeats its RESYNC_REQUEST every
+	// heartbeat, and c would start a bulk for b during the replays).
+	eventually(t, 10*time.Second, "c's bulks to end and b to have had c's bulk", func() bool {
+		b.n.mu.Lock()
+		pc := b.n.peers[NodeID("c")]
+		served := pc != nil && !pc.rx.resyncWanted
+		b.n.mu.Unlock()
 		c.n.mu.Lock()
 		defer c.n.mu.Unlock()
-		return c.n.bulk == nil && !c.n.bulkPending
+		return served && c.n.bulk == nil && !c.n.bulkPending
 	})
 	// Count what c sends to b and to the attacker's endpoint: both get what
 	// c sends to every peer; only a reply to the spoofed source makes the
