@@ -243,12 +243,6 @@ func extStateHash(kh uint64, k *flow.Key, e *extEntry) uint64 {
 	return stateHash(kh, &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
 }
 
-// put stores e for k, keeping the digest sums.
-func (o *origin) put(k flow.Key, e extEntry) {
-	old, had := o.flows[k]
-	o.replace(k, old, had, e)
-}
-
 // replace stores e for k whose entry was old (had: there was one), keeping
 // the digest sums; the caller looked old up.
 func (o *origin) replace(k flow.Key, old extEntry, had bool, e extEntry) {

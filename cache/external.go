@@ -67,7 +67,7 @@ type origin struct {
 	gen   uint32                       // bumped by BeginBulk; entries applied since carry it
 	bulk  uint64                       // id of the bulk in progress
 	inBlk bool                         // a bulk is in progress
-	dsum  *[fineBuckets]uint64         // digest sums of flows, kept by put and del (digest.go)
+	dsum  *[fineBuckets]uint64         // digest sums of flows, kept by replace and del (digest.go)
 }
 
 // ExternalStats are counters of the external cache.

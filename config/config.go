@@ -150,8 +150,10 @@ type Sync struct {
 	// their master flows. Default true.
 	Expectations bool `toml:"expectations"`
 	// ExpectationHelpers limits the expectations replicated, and accepted
-	// from peers, to those of the named helpers ("ftp", "sip", "tftp").
-	// Empty (the default): every helper.
+	// from peers, to those of the named helpers ("ftp", "sip", "tftp"), and
+	// lets peers' flows carry these helpers (added to PeerPolicy.Helpers).
+	// Empty (the default): every helper is sent; peers' expectations are
+	// accepted for the helpers PeerPolicy.Helpers lists.
 	ExpectationHelpers []string `toml:"expectation_helpers"`
 	// MaxBufferBytes bounds the memory held per peer for its messages
 	// received ahead of a gap. Default 16MiB, 64KiB..4GiB.

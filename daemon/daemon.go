@@ -366,7 +366,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.node, err = d.newNode(tr)
 		}
 		if err == nil && d.iexp != nil {
-			d.node.SetExpectations(d.iexp, d.acceptHelper)
+			d.node.SetExpectations(d.iexp, d.acceptHelper, d.acceptPeerHelper)
 		}
 		if err != nil {
 			if tr != nil {

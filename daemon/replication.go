@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -108,7 +109,10 @@ func (c currentFilter) Match(f *flow.Flow) bool { return c.d.filter.Load().Match
 func (d *Daemon) newPolicy(c config.PeerPolicy) (*peerpolicy.Policy, error) {
 	var opt peerpolicy.Options
 	opt.Filter = currentFilter{d}
-	opt.Helpers = c.Helpers
+	// The helpers of sync.expectation_helpers may ride on peers' flows too:
+	// an expectation is of no use without its master and the master's
+	// helper.
+	opt.Helpers = slices.Concat(c.Helpers, d.cfg.Sync.ExpectationHelpers)
 	for _, m := range []struct {
 		key        string
 		val        string
