@@ -637,6 +637,13 @@ func TestOnDemand(t *testing.T) {
 		}
 		established(t, a, b)
 		converged(t, a, b, 10*time.Second)
+		// The first bulk (b's request on accepting a) must be over too: an
+		// explicit bulk asked for while it runs is merged into it, and it
+		// resends only the flows a had when it began.
+		eventually(t, 10*time.Second, "a's first bulk to end", func() bool {
+			st := b.ex.Stats()
+			return a.n.Status().BulkTotal == 0 && st.BulksBegun == st.BulksEnded
+		})
 
 		b.ex.Flush("")
 		a.n.Bulk()
