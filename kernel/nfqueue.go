@@ -83,13 +83,13 @@ type QueueConfig struct {
 // QueuePacket is one packet a queue hands over. Payload aliases the
 // socket's buffer: it is valid only during the callback.
 type QueuePacket struct {
-	ID      uint32 // the kernel's packet id, for the verdict
-	Family  uint8  // flow.FamilyIPv4 or flow.FamilyIPv6
-	Hook    uint8  // netfilter hook number
-	Mark    uint32
-	InDev   uint32
-	OutDev  uint32
-	CTInfo  uint32 // enum ip_conntrack_info, when the kernel sent the entry
+	ID     uint32 // the kernel's packet id, for the verdict
+	Family uint8  // flow.FamilyIPv4 or flow.FamilyIPv6
+	Hook   uint8  // netfilter hook number
+	Mark   uint32
+	InDev  uint32
+	OutDev uint32
+	CTInfo uint32 // enum ip_conntrack_info, when the kernel sent the entry
 	// HasFlow: Flow is the packet's conntrack entry, as the kernel sent it
 	// (NFQA_CT; its Timeout may be 0 before confirmation) or, on kernels
 	// without it, as read from the headers (flowFromHeaders).
@@ -390,7 +390,7 @@ func (q *Queue) Close() error {
 
 // QueueTargets are the ways this kernel can send packets to a queue.
 type QueueTargets struct {
-	Xtables bool // the xtables NFQUEUE target (iptables, iptables-legacy)
+	Xtables  bool // the xtables NFQUEUE target (iptables, iptables-legacy)
 	Nftables bool // nftables' queue expression (nft_queue)
 }
 

@@ -43,7 +43,9 @@ func TestKernelQueue(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer srv.Close()
-	client.Do(t, func() { cli, err = net.DialUDP("udp4", &net.UDPAddr{Port: 40001}, &net.UDPAddr{IP: net.ParseIP("10.0.2.2"), Port: 7777}) })
+	client.Do(t, func() {
+		cli, err = net.DialUDP("udp4", &net.UDPAddr{Port: 40001}, &net.UDPAddr{IP: net.ParseIP("10.0.2.2"), Port: 7777})
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +78,7 @@ func TestKernelQueue(t *testing.T) {
 		t.Fatalf("queued packet without a new conntrack entry: %+v", p)
 	}
 	k := p.f.Key
-	src, dst := netip.AddrFrom16(k.Orig.Src).Unmap(), netip.AddrFrom16(k.Orig.Dst).Unmap()
+	src, dst := flow.Addr(k.Family, k.Orig.Src), flow.Addr(k.Family, k.Orig.Dst)
 	if k.Proto != 17 || src != netip.MustParseAddr("10.0.1.2") || dst != netip.MustParseAddr("10.0.2.2") ||
 		k.Orig.SrcPort != 40001 || k.Orig.DstPort != 7777 {
 		t.Fatalf("queued flow %s", p.f.String())
@@ -102,7 +104,9 @@ func TestKernelQueue(t *testing.T) {
 	q.Close()
 	// No consumer: --queue-bypass accepts.
 	var cli2 *net.UDPConn
-	client.Do(t, func() { cli2, err = net.DialUDP("udp4", &net.UDPAddr{Port: 40002}, &net.UDPAddr{IP: net.ParseIP("10.0.2.2"), Port: 7777}) })
+	client.Do(t, func() {
+		cli2, err = net.DialUDP("udp4", &net.UDPAddr{Port: 40002}, &net.UDPAddr{IP: net.ParseIP("10.0.2.2"), Port: 7777})
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
