@@ -46,6 +46,13 @@ type Options struct {
 	BulkBurst int
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
+	// Applied, if set, is called with the changes of each DATA or
+	// DATA_NOW message from origin right after the external cache took
+	// them (inject mode writes them into the kernel). It runs on the
+	// node's goroutine with the node locked: it must not call the Node.
+	// urgent is set for DATA_NOW, which is acknowledged as soon as Applied
+	// returns.
+	Applied func(origin string, chs []cache.Change, urgent bool)
 }
 
 func (o *Options) setDefaults() error {
@@ -171,7 +178,8 @@ type Node struct {
 	keys       map[[2]uint64]cipher.AEAD
 	challenges map[uint64]*challenge
 	bulk       *bulkState
-	lastBegin  uint64 // sequence number of the last BULK_BEGIN sent
+	lastBegin  uint64      // sequence number of the last BULK_BEGIN sent
+	waiters    []nowWaiter // SendNow calls waiting for acknowledgements, in sequence order
 	scratch    []byte
 	out        []byte
 	warnedTwin bool // a datagram from another node with our name was logged
@@ -215,6 +223,7 @@ type rxState struct {
 	lastProgress time.Time
 	resyncWanted bool // waiting for a bulk after accepting the epoch
 	lastResync   time.Time
+	ackNow       bool // a DATA_NOW was applied: acknowledge at once
 }
 
 // bulkState is a bulk transfer in progress.
@@ -558,7 +567,7 @@ func (n *Node) handle(p Packet) {
 		return
 	}
 	switch m.Type {
-	case MsgData, MsgBulkBegin, MsgBulkEnd:
+	case MsgData, MsgDataNow, MsgBulkBegin, MsgBulkEnd:
 		n.receiveSeq(pr, m, now)
 	case MsgHeartbeat:
 		if m.Seq > pr.rx.maxSeen {
@@ -569,6 +578,7 @@ func (n *Node) handle(p Packet) {
 		if m.Seq < n.nextSeq && (!pr.ackKnown || m.Seq > pr.acked) {
 			pr.acked, pr.ackKnown = m.Seq, true
 			n.trimQueue(now)
+			n.releaseWaiters(now)
 		}
 	case MsgNack:
 		pr.stats.NacksIn++
@@ -682,7 +692,8 @@ func (n *Node) receiveSeq(pr *peer, m *Message, now time.Time) {
 	if rx.maxSeen >= rx.next && rx.maxSeen > rx.nackedTo {
 		n.sendNewNack(pr, now) // a new gap: ask at once
 	}
-	if rx.sinceAck >= ackEvery {
+	if rx.sinceAck >= ackEvery || rx.ackNow {
+		rx.ackNow = false
 		n.sendAck(pr)
 	}
 }
@@ -720,11 +731,17 @@ func (n *Node) deliver(pr *peer, now time.Time) {
 
 func (n *Node) apply(pr *peer, m *Message, now time.Time) {
 	switch m.Type {
-	case MsgData:
+	case MsgData, MsgDataNow:
 		for i := range m.Changes {
 			n.external.Apply(pr.name, m.Changes[i], now)
 		}
 		pr.stats.FlowsIn += uint64(len(m.Changes))
+		if n.opt.Applied != nil {
+			n.opt.Applied(pr.name, m.Changes, m.Type == MsgDataNow)
+		}
+		if m.Type == MsgDataNow {
+			pr.rx.ackNow = true
+		}
 	case MsgBulkBegin:
 		pr.stats.BulksReceived++
 		n.external.BeginBulk(pr.name, m.Bulk)
@@ -830,6 +847,7 @@ func (n *Node) ackTick() {
 			n.requestResync(pr, now)
 		}
 	}
+	n.releaseWaiters(now) // peers may have gone down
 }
 
 // sendChanges sends the internal cache's pending changes.
@@ -929,6 +947,10 @@ func (n *Node) repair(pr *peer, ranges []SeqRange) {
 }
 
 func (n *Node) resend(pr *peer, e *queued) {
+	if e.typ == MsgDataNow {
+		n.sendTo(pr.addr, &Message{Type: MsgDataNow, Seq: e.seq, Changes: e.chs})
+		return
+	}
 	if e.typ != MsgData {
 		n.sendTo(pr.addr, &Message{Type: e.typ, Seq: e.seq, Bulk: e.bulk})
 		return
@@ -1061,8 +1083,9 @@ func (n *Node) sendTo(addr string, m *Message) {
 type queued struct {
 	seq  uint64
 	typ  MsgType
-	keys []flow.Key // DATA: the flows it carried
-	bulk uint64     // BULK_BEGIN/END: the bulk id
+	keys []flow.Key     // DATA: the flows it carried
+	bulk uint64         // BULK_BEGIN/END: the bulk id
+	chs  []cache.Change // DATA_NOW: the changes, resent as they were (the flows may not be in the internal cache yet)
 	sent time.Time
 
 	resentTo uint64 // the peer it was last resent to, and when

@@ -73,23 +73,24 @@ type MsgType uint8
 
 // Message types. ONLY APPEND: a number, once used, keeps its meaning.
 const (
-	MsgData          MsgType = 1               // a batch of flow changes, sequenced
-	MsgAck           MsgType = 2               // cumulative: every message up to Seq arrived
-	MsgNack          MsgType = 3               // these sequence ranges are missing
-	MsgHeartbeat     MsgType = 4               // alive; Seq is the last sequence number sent
-	MsgBulkBegin     MsgType = 5               // a full copy of the sender's table begins, sequenced
-	MsgBulkEnd       MsgType = 6               // the bulk ends: drop what it did not refresh, sequenced
-	MsgResyncRequest MsgType = 7               // please send a bulk
-	MsgHello         MsgType = 8               // a node announces itself (name)
-	MsgChallenge     MsgType = 9               // prove you hold the key and live in your epoch
-	MsgResponse      MsgType = 10              // the answer to a challenge
-	msgTypeEnd               = MsgResponse + 1 // one past the last known type; move it when appending
+	MsgData          MsgType = 1              // a batch of flow changes, sequenced
+	MsgAck           MsgType = 2              // cumulative: every message up to Seq arrived
+	MsgNack          MsgType = 3              // these sequence ranges are missing
+	MsgHeartbeat     MsgType = 4              // alive; Seq is the last sequence number sent
+	MsgBulkBegin     MsgType = 5              // a full copy of the sender's table begins, sequenced
+	MsgBulkEnd       MsgType = 6              // the bulk ends: drop what it did not refresh, sequenced
+	MsgResyncRequest MsgType = 7              // please send a bulk
+	MsgHello         MsgType = 8              // a node announces itself (name)
+	MsgChallenge     MsgType = 9              // prove you hold the key and live in your epoch
+	MsgResponse      MsgType = 10             // the answer to a challenge
+	MsgDataNow       MsgType = 11             // DATA sent ahead of the batch (first-packet defer): acknowledge at once
+	msgTypeEnd               = MsgDataNow + 1 // one past the last known type; move it when appending
 )
 
 var msgTypeNames = [...]string{
 	MsgData: "DATA", MsgAck: "ACK", MsgNack: "NACK", MsgHeartbeat: "HEARTBEAT",
 	MsgBulkBegin: "BULK_BEGIN", MsgBulkEnd: "BULK_END", MsgResyncRequest: "RESYNC_REQUEST",
-	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE",
+	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE", MsgDataNow: "DATA_NOW",
 }
 
 func (t MsgType) String() string {
@@ -162,7 +163,7 @@ type SeqRange struct {
 // Message is a decoded message body. Which fields are used depends on the
 // type:
 //
-//	DATA            Seq, Changes
+//	DATA, DATA_NOW  Seq, Changes
 //	ACK             Seq (every message up to it arrived)
 //	NACK            Ranges
 //	HEARTBEAT       Seq (the last sequence number sent; 0: none yet)
@@ -184,7 +185,7 @@ type Message struct {
 
 // AppendBody appends the encoded body of m to b.
 func AppendBody(b []byte, m *Message) []byte {
-	if m.Type == MsgData {
+	if m.Type == MsgData || m.Type == MsgDataNow {
 		b = binary.AppendUvarint(b, m.Seq)
 		b = binary.AppendUvarint(b, uint64(len(m.Changes)))
 		for i := range m.Changes {
@@ -237,7 +238,7 @@ func DecodeBody(t MsgType, b []byte) (*Message, error) {
 	m := &Message{Type: t}
 	var err error
 	switch t {
-	case MsgData:
+	case MsgData, MsgDataNow:
 		err = decodeData(b, m)
 	case MsgAck, MsgNack, MsgHeartbeat, MsgBulkBegin, MsgBulkEnd, MsgResyncRequest,
 		MsgHello, MsgChallenge, MsgResponse:
