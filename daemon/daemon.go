@@ -79,6 +79,9 @@ type Daemon struct {
 	listener *kernel.Listener
 	ctl      *control.Server
 
+	inject   *injector // nil unless sync.inject (daemon/inject.go)
+	deferrer *deferrer // nil unless defer.enabled (daemon/defer.go)
+
 	lastOverrunLog time.Time // listener goroutine only
 
 	// counters of the event path, written by the listener goroutine only
@@ -112,9 +115,6 @@ func New(opts Options) (*Daemon, error) {
 		ready:    make(chan struct{}),
 	}
 	d.filter.Store(flt)
-	if cfg.Sync.Inject {
-		return nil, fmt.Errorf("sync.inject: writing received flows straight into the kernel is not supported yet; commit on failover instead")
-	}
 	if d.key, err = loadKey(cfg.Sync); err != nil {
 		return nil, err
 	}
@@ -243,6 +243,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	ports := w.PortIDs()
 	d.ownPorts.Store(&ports)
 	l.IgnorePorts(ports)
+	if d.cfg.Sync.Inject && !d.cfg.Sync.Disabled {
+		iw, err := d.openInjector()
+		if err != nil {
+			l.Close()
+			d.ctl.Close()
+			return err
+		}
+		defer iw.Close()
+	}
 	var tr ctsync.Transport
 	if !d.cfg.Sync.Disabled {
 		d.external = cache.NewExternal()
@@ -256,6 +265,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 			l.Close()
 			d.ctl.Close()
 			return fmt.Errorf("sync: %w", err)
+		}
+	}
+	var queue *kernel.Queue
+	if d.cfg.Defer.Enabled && d.node != nil {
+		if queue, err = d.openDefer(); err != nil {
+			tr.Close()
+			l.Close()
+			d.ctl.Close()
+			return err
 		}
 	}
 	close(d.ready)
@@ -278,6 +296,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error { return d.reconciler(ctx) })
 	if d.cfg.Failover.ReadyFile != "" {
 		g.Go(func() error { return d.readiness(ctx) })
+	}
+	if d.inject != nil {
+		g.Go(func() error { return d.inject.run(ctx) })
+	}
+	if queue != nil {
+		g.Go(func() error { return d.runDefer(ctx, queue) })
 	}
 	if d.node != nil {
 		g.Go(func() error {
@@ -387,8 +411,9 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 	r := d.internal.BeginReconcile()
 	n := 0
 	flt := d.filter.Load()
+	skip := d.injectedOnly()
 	err := kernel.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, func(f *flow.Flow) {
-		if flt.Match(f) {
+		if flt.Match(f) && (skip == nil || !skip(f.Key)) {
 			r.Add(f)
 			n++
 		}

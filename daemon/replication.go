@@ -51,6 +51,7 @@ func (d *Daemon) newNode(tr ctsync.Transport) (*ctsync.Node, error) {
 		HeartbeatInterval: c.HeartbeatInterval.Duration,
 		PeerTimeout:       c.PeerTimeout.Duration,
 		Logger:            d.log.With("part", "sync"),
+		Applied:           d.injectHook(),
 	}, d.internal, d.external, tr)
 }
 
