@@ -238,25 +238,32 @@ func (a *asym) udpOnce(t *testing.T, v6 bool, timeout time.Duration) error {
 	return nil
 }
 
-// synRetrans returns the client's count of retransmitted SYNs
-// (TcpExt TCPSynRetrans).
-func (a *asym) synRetrans(t *testing.T) int {
-	out := a.Client.Exec(t, "cat", "/proc/net/netstat")
-	lines := strings.Split(out, "\n")
-	for i := 0; i+1 < len(lines); i++ {
-		if !strings.HasPrefix(lines[i], "TcpExt:") || !strings.HasPrefix(lines[i+1], "TcpExt:") {
-			continue
-		}
-		names, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
-		for j, n := range names {
-			if n == "TCPSynRetrans" && j < len(vals) {
-				v, _ := strconv.Atoi(vals[j])
-				return v
+// retrans returns the TCP segments the client and the server
+// retransmitted (Tcp RetransSegs in /proc/net/snmp): a handshake or a
+// first data segment that a firewall dropped shows here.
+func (a *asym) retrans(t *testing.T) int {
+	total := 0
+	for _, ns := range []*netnstest.NS{a.Client, a.Server} {
+		lines := strings.Split(ns.Exec(t, "cat", "/proc/net/snmp"), "\n")
+		found := false
+		for i := 0; i+1 < len(lines); i++ {
+			if !strings.HasPrefix(lines[i], "Tcp:") || !strings.HasPrefix(lines[i+1], "Tcp:") {
+				continue
+			}
+			names, vals := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+			for j, n := range names {
+				if n == "RetransSegs" && j < len(vals) {
+					v, _ := strconv.Atoi(vals[j])
+					total += v
+					found = true
+				}
 			}
 		}
+		if !found {
+			t.Fatal("no Tcp RetransSegs in /proc/net/snmp")
+		}
 	}
-	t.Fatal("no TCPSynRetrans in the client's /proc/net/netstat")
-	return 0
+	return total
 }
 
 // TestClusterActiveActive: on the asymmetric topology,
@@ -264,7 +271,10 @@ func (a *asym) synRetrans(t *testing.T) int {
 //     fail (the reply path's firewall has no state);
 //   - with inject and defer on both firewalls, 100 new TCP connections and
 //     100 UDP request/replies in a row all succeed (IPv4; and 10 + 10 over
-//     IPv6), with no SYN retransmitted: the first try worked;
+//     IPv6), with no TCP segment retransmitted by client or server: no
+//     firewall dropped any part of a handshake (without the SYN-ACK's
+//     defer the client's ACK is INVALID at fw-a, and only the server's
+//     SYN-ACK retransmission rescues the connection);
 //   - with fw-b's daemon dead (and still counted up by fw-a), fw-a holds
 //     each first packet for defer_timeout, then releases it: the requests
 //     reach the server (fail-open), and the timed_out counter shows it.
@@ -290,7 +300,7 @@ func TestClusterActiveActive(t *testing.T) {
 	a.waitPeers(t)
 
 	t.Run("inject+defer", func(t *testing.T) {
-		retrans := a.synRetrans(t)
+		retrans := a.retrans(t)
 		for _, c := range []struct {
 			v6 bool
 			n  int
@@ -306,8 +316,8 @@ func TestClusterActiveActive(t *testing.T) {
 				}
 			}
 		}
-		if d := a.synRetrans(t) - retrans; d != 0 {
-			t.Errorf("%d SYNs retransmitted: a handshake did not work the first time", d)
+		if d := a.retrans(t) - retrans; d != 0 {
+			t.Errorf("%d TCP segments retransmitted: a firewall dropped part of a handshake", d)
 		}
 		da, db := a.stats(t, a.A)["defer"], a.stats(t, a.B)["defer"]
 		t.Logf("fw-a defer: %v\nfw-b defer: %v", da, db)
