@@ -27,10 +27,11 @@ type ExternalEntry struct {
 
 // extEntry is what External stores per flow: the flow without its key (the
 // map key holds it), the receive time, the reported idleness and the bulk
-// generation that last refreshed it. About 80 bytes on amd64 plus the map
-// slot; the origin is implied by the per-origin map.
+// generation that last refreshed it. 48 bytes on amd64 plus the map slot's
+// 40-byte key: the reply tuple, the inverse of the key's tuple for every
+// flow that is not NATed, and the rarer attributes live in more, nil for
+// most flows. The origin is implied by the per-origin map.
 type extEntry struct {
-	reply    flow.Tuple
 	status   uint32
 	timeout  uint32
 	mark     uint32
@@ -38,21 +39,34 @@ type extEntry struct {
 	gen      uint32 // origin's generation when last applied
 	idleMs   uint32 // reported idleness in milliseconds, saturating
 	received int64  // Unix nanoseconds
-	extra    *flow.Extra
+	more     *extMore
+}
+
+// extMore is the part of an entry few flows have: a reply tuple that is not
+// the inverse of the original (NAT), the rarer attributes.
+type extMore struct {
+	reply flow.Tuple
+	extra *flow.Extra
 }
 
 func (e *extEntry) flow(k flow.Key) flow.Flow {
-	return flow.Flow{Key: k, Reply: e.reply, Status: e.status, Timeout: e.timeout,
-		Mark: e.mark, TCP: e.tcp, Extra: e.extra}
+	f := flow.Flow{Key: k, Status: e.status, Timeout: e.timeout, Mark: e.mark, TCP: e.tcp}
+	if e.more != nil {
+		f.Reply, f.Extra = e.more.reply, e.more.extra
+	} else {
+		f.Reply = k.Orig.Invert(k.Proto)
+	}
+	return f
 }
 
 // origin is the state kept per origin node.
 type origin struct {
 	name  string
 	flows map[flow.Key]extEntry
-	gen   uint32 // bumped by BeginBulk; entries applied since carry it
-	bulk  uint64 // id of the bulk in progress
-	inBlk bool   // a bulk is in progress
+	exps  map[flow.ExpectKey]extExpect // expectations (expect_external.go)
+	gen   uint32                       // bumped by BeginBulk; entries applied since carry it
+	bulk  uint64                       // id of the bulk in progress
+	inBlk bool                         // a bulk is in progress
 }
 
 // ExternalStats are counters of the external cache.
@@ -64,6 +78,11 @@ type ExternalStats struct {
 	BulkRemoved  uint64 // entries removed at the end of a bulk
 	Taken        uint64 // entries removed by Take (commit)
 	RemovedByKey uint64 // entries removed by Remove or Delete
+	Refused      uint64 // changes refused by the limits (SetLimits)
+
+	Expectations  int    // expectations held
+	ExpectApplied uint64 // expectation changes applied
+	ExpectRemoved uint64 // expectations removed by RemoveExpects (commit) or a bulk
 }
 
 // External is the cache of the flows peers replicated, kept per origin node.
@@ -78,6 +97,18 @@ type External struct {
 	origins []*origin // index is the interned origin; never shrinks
 	byName  map[string]int
 	stats   ExternalStats
+
+	maxPerOrigin int // 0: unbounded (see SetLimits)
+	maxOrigins   int
+}
+
+// SetLimits bounds the entries kept per origin and the number of origins
+// (0: unbounded, the default). Apply refuses a new flow or a new origin
+// beyond them; what is held already stays.
+func (c *External) SetLimits(maxPerOrigin, maxOrigins int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maxPerOrigin, c.maxOrigins = maxPerOrigin, maxOrigins
 }
 
 // NewExternal returns an empty external cache.
@@ -97,16 +128,28 @@ func (c *External) originLocked(name string) *origin {
 }
 
 // Apply records a change replicated by origin and received at now: the
-// flow's new state, or its removal when ch.Deleted.
-func (c *External) Apply(origin string, ch Change, now time.Time) {
+// flow's new state, or its removal when ch.Deleted. It returns false, and
+// counts it in ExternalStats.Refused, when a new flow or a new origin is
+// beyond the limits (SetLimits).
+func (c *External) Apply(origin string, ch Change, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	o := c.originLocked(origin)
-	c.stats.Applied++
-	if ch.Deleted {
-		delete(o.flows, ch.Flow.Key)
-		return
+	if _, ok := c.byName[origin]; !ok && c.maxOrigins > 0 && len(c.origins) >= c.maxOrigins {
+		c.stats.Refused++
+		return false
 	}
+	o := c.originLocked(origin)
+	if ch.Deleted {
+		c.stats.Applied++
+		delete(o.flows, ch.Flow.Key)
+		o.dropExpectsOfLocked(ch.Flow.Key)
+		return true
+	}
+	if _, ok := o.flows[ch.Flow.Key]; !ok && c.maxPerOrigin > 0 && len(o.flows) >= c.maxPerOrigin {
+		c.stats.Refused++
+		return false
+	}
+	c.stats.Applied++
 	f := &ch.Flow
 	idle := ch.Idle.Milliseconds()
 	if idle < 0 {
@@ -116,8 +159,11 @@ func (c *External) Apply(origin string, ch Change, now time.Time) {
 	if x.IsZero() {
 		x = nil
 	}
+	var more *extMore
+	if x != nil || f.Reply != f.Orig.Invert(f.Proto) {
+		more = &extMore{reply: f.Reply, extra: x}
+	}
 	o.flows[f.Key] = extEntry{
-		reply:    f.Reply,
 		status:   f.Status,
 		timeout:  f.Timeout,
 		mark:     f.Mark,
@@ -125,8 +171,9 @@ func (c *External) Apply(origin string, ch Change, now time.Time) {
 		gen:      o.gen,
 		idleMs:   uint32(min(idle, math.MaxUint32)),
 		received: now.UnixNano(),
-		extra:    x,
+		more:     more,
 	}
+	return true
 }
 
 // Delete removes origin's entry for k, if any.
@@ -180,6 +227,12 @@ func (c *External) EndBulk(origin string, epoch uint64) (removed int) {
 			removed++
 		}
 	}
+	for k, x := range o.exps {
+		if x.gen != o.gen {
+			delete(o.exps, k)
+			c.stats.ExpectRemoved++
+		}
+	}
 	c.stats.BulksEnded++
 	c.stats.BulkRemoved += uint64(removed)
 	return removed
@@ -203,6 +256,7 @@ func (c *External) Stats() ExternalStats {
 	s := c.stats
 	for _, o := range c.origins {
 		s.Flows += len(o.flows)
+		s.Expectations += len(o.exps)
 	}
 	return s
 }
@@ -231,6 +285,59 @@ func (c *External) Snapshot() []ExternalEntry {
 		}
 	}
 	return out
+}
+
+// Ref names one entry of the cache without copying its flow: the key, the
+// origin, the idleness as of the call and the receive time. A commit orders
+// refs (64 bytes each) and reads the entries a chunk at a time with
+// Entries, instead of copying the whole cache at once.
+type Ref struct {
+	Key      flow.Key
+	IdleAt   time.Duration
+	Received int64 // Unix nanoseconds
+	origin   int32
+}
+
+// OriginIndex identifies the ref's origin among the cache's origins.
+func (r *Ref) OriginIndex() int { return int(r.origin) }
+
+// Refs returns a ref to every entry, in no particular order.
+func (c *External) Refs() []Ref {
+	now := time.Now().UnixNano()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for _, o := range c.origins {
+		n += len(o.flows)
+	}
+	out := make([]Ref, 0, n)
+	for i, o := range c.origins {
+		for k, e := range o.flows {
+			idle := time.Duration(e.idleMs)*time.Millisecond + time.Duration(max(0, now-e.received))
+			out = append(out, Ref{Key: k, IdleAt: idle, Received: e.received, origin: int32(i)})
+		}
+	}
+	return out
+}
+
+// Entries appends to dst the entries refs name that are still in the cache,
+// as of now (an entry applied again since Refs is read as it is now), and
+// returns the extended slice.
+func (c *External) Entries(refs []Ref, dst []ExternalEntry) []ExternalEntry {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for i := range refs {
+		r := &refs[i]
+		if int(r.origin) >= len(c.origins) {
+			continue
+		}
+		o := c.origins[r.origin]
+		if e, ok := o.flows[r.Key]; ok {
+			dst = append(dst, entryOf(o, r.Key, &e, now))
+		}
+	}
+	return dst
 }
 
 // LeastIdle returns the n entries that have been idle the shortest time,
@@ -364,6 +471,7 @@ func (c *External) Flush(origin string) int {
 		if origin == "" || o.name == origin {
 			n += len(o.flows)
 			o.flows = make(map[flow.Key]extEntry)
+			o.exps = nil // the expectations go with their masters
 		}
 	}
 	return n

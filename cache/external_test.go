@@ -129,6 +129,10 @@ func BenchmarkExternalMemory(b *testing.B) {
 		for i := range flows {
 			f := tcp(i, flow.TCPEstablished, 100)
 			f.Orig.Src[2], f.Orig.Src[3] = byte(i>>16), byte(i>>8)
+			f.Reply = f.Orig.Invert(f.Proto)
+			if i%5 == 0 {
+				f.Reply.Dst[3]++ // NATed: the reply tuple is kept
+			}
 			c.Apply("a", Change{Flow: f}, now)
 		}
 		runtime.GC()
@@ -183,5 +187,69 @@ func BenchmarkExternalLeastIdle(b *testing.B) {
 				c.LeastIdle(128)
 			}
 		})
+	}
+}
+
+// An entry keeps its reply tuple only when it is not the inverse of the
+// original; either way the flow read back is the flow applied.
+func TestExternalReplyTuples(t *testing.T) {
+	c := NewExternal()
+	now := time.Now()
+	plain := tcp(1, flow.TCPEstablished, 300)
+	plain.Reply = plain.Orig.Invert(plain.Proto)
+	nat := tcp(2, flow.TCPEstablished, 300)
+	nat.Reply = nat.Orig.Invert(nat.Proto)
+	nat.Reply.Dst[3] = 99
+	icmp := plain
+	icmp.Proto = flow.ProtoICMP
+	icmp.Orig.SrcPort, icmp.Orig.DstPort = 7, 8<<8
+	icmp.Reply = icmp.Orig.Invert(icmp.Proto)
+	extra := tcp(3, flow.TCPEstablished, 300)
+	extra.Reply = extra.Orig.Invert(extra.Proto)
+	extra.Extra = &flow.Extra{Helper: "ftp"}
+	for _, f := range []flow.Flow{plain, nat, icmp, extra} {
+		c.Apply("a", Change{Flow: f}, now)
+		got, ok := c.Get("a", f.Key)
+		if !ok {
+			t.Fatalf("%s not cached", f.String())
+		}
+		if got.Flow.Reply != f.Reply || (f.Extra == nil) != (got.Flow.Extra == nil) {
+			t.Errorf("read back\n%s\nwant\n%s", got.Flow.String(), f.String())
+		}
+	}
+}
+
+// Refs name every entry of every origin; Entries reads those still there.
+func TestExternalRefsEntries(t *testing.T) {
+	c := NewExternal()
+	now := time.Now()
+	for i := range 10 {
+		c.Apply("a", Change{Flow: tcp(i, flow.TCPEstablished, 300), Idle: time.Duration(i) * time.Second}, now)
+	}
+	c.Apply("b", Change{Flow: tcp(100, flow.TCPEstablished, 300)}, now)
+	refs := c.Refs()
+	if len(refs) != 11 {
+		t.Fatalf("%d refs, want 11", len(refs))
+	}
+	for _, r := range refs {
+		if want := time.Duration(r.Key.Orig.SrcPort-1000) * time.Second; r.Key.Orig.SrcPort < 1100 && (r.IdleAt < want || r.IdleAt > want+time.Minute) {
+			t.Errorf("%v: idle %v, want about %v", r.Key.Orig, r.IdleAt, want)
+		}
+	}
+	gone := tcp(3, flow.TCPEstablished, 300)
+	c.Remove([]flow.Key{gone.Key})
+	got := c.Entries(refs, nil)
+	if len(got) != 10 {
+		t.Fatalf("%d entries, want 10", len(got))
+	}
+	origins := map[string]int{}
+	for _, e := range got {
+		if e.Flow.Key == gone.Key {
+			t.Errorf("removed entry read back")
+		}
+		origins[e.Origin]++
+	}
+	if origins["a"] != 9 || origins["b"] != 1 {
+		t.Errorf("origins %v", origins)
 	}
 }

@@ -91,6 +91,10 @@ type InternalStats struct {
 	ReconGone   uint64 // flows a reconcile removed (missed DESTROYs)
 	Dirty       int    // changes waiting to be replicated
 	LastRefresh time.Time
+	// Young is how many flows wait for MinAge before their first
+	// replication; NeverSent counts flows removed while still waiting.
+	Young     int
+	NeverSent uint64
 }
 
 // Internal is the cache of this node's own flows.
@@ -107,10 +111,24 @@ type Internal struct {
 	gen       uint32 // reconcile generation
 	tombs     map[flow.Key]uint32
 	dirty     map[flow.Key]struct{}
+	queue     []flow.Key // dirty keys in the order they became dirty, from head
+	head      int
 	noChanges bool
 	notify    chan struct{}
 	stats     InternalStats
 	lastRef   time.Time
+	// Delayed first replication (SetMinAge): young holds the birth tick of
+	// each flow not yet replicated, youngQ the same in birth order (stale
+	// elements are skipped), bulkTick when a bulk last read the keys.
+	minAge   uint32 // ticks; 0: off
+	young    map[flow.Key]uint32
+	youngQ   []youngRef
+	bulkTick uint32
+}
+
+type youngRef struct {
+	key  flow.Key
+	born uint32
 }
 
 // NewInternal returns an empty internal cache. policy may be nil.
@@ -123,7 +141,90 @@ func NewInternal(policy TimeoutPolicy) *Internal {
 		tombs:  make(map[flow.Key]uint32),
 		dirty:  make(map[flow.Key]struct{}),
 		notify: make(chan struct{}, 1),
+		young:  make(map[flow.Key]uint32),
 	}
+}
+
+// SetMinAge delays the first replication of each new flow until it has
+// lived d (at tick resolution, 100 ms), so that short-lived flows are never
+// sent: their destroy is not sent either. Flows already cached are not
+// delayed. Bulk transfers (Keys, Current) are unaffected. 0 turns it off.
+// The caller calls PromoteAged periodically while it is on.
+func (c *Internal) SetMinAge(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.minAge = uint32((d + tick - 1) / tick)
+	if c.minAge == 0 {
+		for k := range c.young {
+			c.markDirty(k)
+		}
+		clear(c.young)
+		c.youngQ = nil
+	}
+}
+
+// PromoteAged releases the flows that have reached the minimum age to
+// replication, and returns how long until the next one does (0 if none
+// waits).
+func (c *Internal) PromoteAged() time.Duration {
+	now := c.ticks(c.now().UnixNano())
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i := 0
+	for ; i < len(c.youngQ); i++ {
+		r := c.youngQ[i]
+		born, ok := c.young[r.key]
+		if !ok || born != r.born {
+			continue // removed, or re-born later (a later element)
+		}
+		if now-born < c.minAge {
+			break
+		}
+		delete(c.young, r.key)
+		c.markDirty(r.key)
+	}
+	c.youngQ = c.youngQ[i:]
+	if len(c.youngQ) == 0 {
+		c.youngQ = nil // let a burst's backing array go
+		return 0
+	}
+	return time.Duration(c.minAge-(now-c.youngQ[0].born)) * tick
+}
+
+// born records a new flow: with a minimum age it waits in young, unless a
+// change for the same key is still pending (the key was replicated before
+// and is being replaced: the peer must hear of it).
+func (c *Internal) born(k flow.Key, now uint32) {
+	if c.minAge == 0 || c.noChanges {
+		c.markDirty(k)
+		return
+	}
+	if _, pending := c.dirty[k]; pending {
+		return
+	}
+	c.young[k] = now
+	c.youngQ = append(c.youngQ, youngRef{k, now})
+}
+
+// changed marks a change of an existing flow for replication, unless the
+// flow is still young: its first replication carries its state then.
+func (c *Internal) changed(k flow.Key) {
+	if _, ok := c.young[k]; !ok {
+		c.markDirty(k)
+	}
+}
+
+// gone marks a removed flow's destroy for replication, unless the flow was
+// never replicated (still young, and no bulk read it since it was born).
+func (c *Internal) gone(k flow.Key) {
+	if born, ok := c.young[k]; ok {
+		delete(c.young, k)
+		if int32(c.bulkTick-born) < 0 {
+			c.stats.NeverSent++
+			return
+		}
+	}
+	c.markDirty(k)
 }
 
 // SetClock replaces the cache's clock (tests).
@@ -142,14 +243,23 @@ func (c *Internal) DisableChanges() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.noChanges = true
+	c.clearDirty()
+}
+
+// clearDirty forgets every pending change.
+func (c *Internal) clearDirty() {
 	clear(c.dirty)
+	c.queue, c.head = c.queue[:0], 0
 }
 
 func (c *Internal) markDirty(k flow.Key) {
 	if c.noChanges {
 		return
 	}
-	c.dirty[k] = struct{}{}
+	if _, ok := c.dirty[k]; !ok {
+		c.dirty[k] = struct{}{}
+		c.queue = append(c.queue, k)
+	}
 	select {
 	case c.notify <- struct{}{}:
 	default:
@@ -178,7 +288,7 @@ func (c *Internal) Upsert(f *flow.Flow) {
 		e.set(f)
 		e.ref, e.peak, e.seq = now, c.peak(f, 0), c.seq
 		c.stats.Created++
-		c.markDirty(f.Key)
+		c.born(f.Key, now)
 		return
 	}
 	changed := !e.sameState(f)
@@ -192,7 +302,7 @@ func (c *Internal) Upsert(f *flow.Flow) {
 	e.seq = c.seq
 	if changed {
 		c.stats.Updated++
-		c.markDirty(f.Key)
+		c.changed(f.Key)
 	}
 }
 
@@ -206,7 +316,7 @@ func (c *Internal) Delete(k flow.Key) {
 	}
 	if c.flows.del(k) {
 		c.stats.Deleted++
-		c.markDirty(k)
+		c.gone(k)
 	}
 }
 
@@ -217,8 +327,10 @@ func (c *Internal) Flush() int {
 	n := c.flows.len()
 	c.seq++
 	c.flows.clear()
-	clear(c.dirty)
+	c.clearDirty()
 	clear(c.tombs)
+	clear(c.young)
+	c.youngQ = nil
 	return n
 }
 
@@ -249,10 +361,14 @@ func (c *Internal) Snapshot() []Entry {
 	return out
 }
 
-// Keys returns the keys of every cached flow, in no particular order.
+// Keys returns the keys of every cached flow, in no particular order. It is
+// what a bulk transfer sends: young flows included, so their destroys are
+// replicated from then on.
 func (c *Internal) Keys() []flow.Key {
+	now := c.ticks(c.now().UnixNano())
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.bulkTick = now
 	out := make([]flow.Key, 0, c.flows.len())
 	c.flows.each(func(k flow.Key, _ *entry) { out = append(out, k) })
 	return out
@@ -265,6 +381,7 @@ func (c *Internal) Stats() InternalStats {
 	s := c.stats
 	s.Flows = c.flows.len()
 	s.Dirty = len(c.dirty)
+	s.Young = len(c.young)
 	s.LastRefresh = c.lastRef
 	return s
 }
@@ -281,16 +398,26 @@ func (c *Internal) TakeChanges(max int) []Change {
 		n = max
 	}
 	out := make([]Change, 0, n)
-	for k := range c.dirty {
-		if len(out) == n {
-			break
-		}
+	// Oldest first, from the queue: ranging over the map from a random
+	// start while deleting costs a scan of its emptied slots every call.
+	for len(out) < n && c.head < len(c.queue) {
+		k := c.queue[c.head]
+		c.head++
 		delete(c.dirty, k)
 		if e, ok := c.flows.get(k); ok {
 			out = append(out, c.change(k, e, now))
 		} else {
 			out = append(out, Change{Flow: flow.Flow{Key: k}, Deleted: true})
 		}
+	}
+	switch {
+	case c.head == len(c.queue) && cap(c.queue) > 1<<12:
+		c.queue, c.head = nil, 0 // a burst's queue is not kept
+	case c.head == len(c.queue):
+		c.queue, c.head = c.queue[:0], 0
+	case c.head > len(c.queue)/2:
+		c.queue = c.queue[:copy(c.queue, c.queue[c.head:])]
+		c.head = 0
 	}
 	if len(c.dirty) > 0 {
 		select {
@@ -365,7 +492,7 @@ func (r *Reconcile) Add(f *flow.Flow) {
 		c.stats.Created++
 		c.stats.ReconAdded++
 		r.res.Added++
-		c.markDirty(f.Key)
+		c.born(f.Key, r.now)
 		return
 	}
 	e.gen = r.gen
@@ -382,7 +509,7 @@ func (r *Reconcile) Add(f *flow.Flow) {
 		e.peak = c.peak(f, prev)
 		c.stats.ReconFixed++
 		r.res.Fixed++
-		c.markDirty(f.Key)
+		c.changed(f.Key)
 		return
 	}
 	// Same state: refresh the timeout, and tell peers when the flow showed
@@ -395,7 +522,7 @@ func (r *Reconcile) Add(f *flow.Flow) {
 	e.peak = c.peak(f, e.peak)
 	if newExpiry-oldExpiry > int64(activitySlack/tick) {
 		r.res.Active++
-		c.markDirty(f.Key)
+		c.changed(f.Key)
 	}
 }
 
@@ -413,7 +540,7 @@ func (r *Reconcile) Finish() ReconcileResult {
 		c.stats.Deleted++
 		c.stats.ReconGone++
 		r.res.Removed++
-		c.markDirty(k)
+		c.gone(k)
 	})
 	c.recons--
 	if c.recons == 0 {

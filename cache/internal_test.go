@@ -188,3 +188,32 @@ func TestIdleness(t *testing.T) {
 		t.Errorf("idle flow idle %v, want 1030s", got)
 	}
 }
+
+// Changes are taken oldest first, each key once however often it changed.
+func TestInternalTakeChangesOrder(t *testing.T) {
+	c := NewInternal(nil)
+	for i := range 10 {
+		f := tcp(i, flow.TCPEstablished, 300)
+		c.Upsert(&f)
+	}
+	f := tcp(3, flow.TCPFinWait, 120) // changed again: keeps its place
+	c.Upsert(&f)
+	port := func(chs []Change) []int {
+		var out []int
+		for _, ch := range chs {
+			out = append(out, int(ch.Flow.Orig.SrcPort)-1000)
+		}
+		return out
+	}
+	if got := port(c.TakeChanges(4)); !slices.Equal(got, []int{0, 1, 2, 3}) {
+		t.Errorf("first 4 changes: %v", got)
+	}
+	f = tcp(1, flow.TCPFinWait, 120) // taken, then changed: at the end
+	c.Upsert(&f)
+	if got := port(c.TakeChanges(0)); !slices.Equal(got, []int{4, 5, 6, 7, 8, 9, 1}) {
+		t.Errorf("the rest: %v", got)
+	}
+	if got := c.TakeChanges(0); len(got) != 0 {
+		t.Errorf("%d changes left", len(got))
+	}
+}

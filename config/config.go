@@ -44,6 +44,7 @@ type Config struct {
 	Failover Failover `toml:"failover"`
 	Defer    Defer    `toml:"defer"`
 	Log      Log      `toml:"log"`
+	API      API      `toml:"api"`
 
 	// Path is the file the config was loaded from (the name given to
 	// Parse); it is not a TOML key.
@@ -133,6 +134,36 @@ type Sync struct {
 	// PeerTimeout is the silence after which a peer counts as gone.
 	// Default 5s; longer than HeartbeatInterval.
 	PeerTimeout Duration `toml:"peer_timeout"`
+	// MinAge delays a flow's first replication until it has lived this
+	// long, so that short-lived flows (DNS, health checks) are never sent,
+	// nor their destroys. Bulk transfers and commit are unaffected. Default
+	// "0s" (off), at most 1h.
+	MinAge Duration `toml:"min_age"`
+	// Link lists more dedicated sync links, for redundancy (transport udp
+	// only), each a [[sync.link]] table with its interface, listen
+	// address and the same peers in the same order as interface, listen
+	// and peers above, which are the first link. Every datagram is sent on
+	// every link, so that losing a link loses nothing. Default: none.
+	Link []Link `toml:"link"`
+	// Expectations replicates conntrack expectations (what the ftp, sip
+	// and tftp helpers announce) and commits them on failover, after
+	// their master flows. Default true.
+	Expectations bool `toml:"expectations"`
+	// ExpectationHelpers limits the expectations replicated, and accepted
+	// from peers, to those of the named helpers ("ftp", "sip", "tftp").
+	// Empty (the default): every helper.
+	ExpectationHelpers []string `toml:"expectation_helpers"`
+}
+
+// Link is one more dedicated sync link (see Sync.Link).
+type Link struct {
+	// Interface is the link's network interface.
+	Interface string `toml:"interface"`
+	// Listen is this node's address on the link, "IP:port".
+	Listen string `toml:"listen"`
+	// Peers are the peers' addresses on the link, in the order of
+	// sync.peers.
+	Peers []string `toml:"peers"`
 }
 
 // Filter selects the flows that are replicated.
@@ -152,6 +183,20 @@ type Filter struct {
 	// IgnoreOwnAddresses also ignores flows to or from this node's own
 	// addresses. Default true; see IgnoreOwn.
 	IgnoreOwnAddresses *bool `toml:"ignore_own_addresses"`
+	// IgnorePorts are original destination ports of flows not replicated,
+	// each a number or a range "FROM-TO" (inclusive), e.g. [53, "8000-8100"];
+	// they apply to TCP, UDP, UDP-Lite, SCTP and DCCP. Default [].
+	IgnorePorts []PortRange `toml:"ignore_ports"`
+	// IgnoreMarks are "VALUE" or "VALUE/MASK" (decimal or 0x hex): a flow
+	// whose mark & MASK equals VALUE is not replicated (no mask: all bits).
+	// Default [].
+	IgnoreMarks []string `toml:"ignore_marks"`
+	// IgnoreZones are conntrack zones (0..65535) whose flows are not
+	// replicated. Default [].
+	IgnoreZones []int `toml:"ignore_zones"`
+	// IgnoreHelpers are conntrack helper names ("ftp", "sip", "tftp", ...)
+	// whose flows are not replicated. Default [].
+	IgnoreHelpers []string `toml:"ignore_helpers"`
 }
 
 // Failover tunes commit and purge.
@@ -197,6 +242,16 @@ type Log struct {
 	Level string `toml:"level"`
 	// Format is text or json. Default text.
 	Format string `toml:"format"`
+	// Flows, if set, is a file (absolute path) that gets one line for each
+	// destroyed flow with its counters (packets and bytes need
+	// net.netfilter.nf_conntrack_acct=1, start and stop times
+	// nf_conntrack_timestamp=1), for accounting. Reopened on SIGHUP, for
+	// logrotate. Default: unset (off).
+	Flows string `toml:"flows"`
+	// FlowsFormat is "extended" (the time, then the flow as `conntrack -E -o
+	// extended` prints a DESTROY event) or "json" (one object a line).
+	// Default "extended".
+	FlowsFormat string `toml:"flows_format"`
 }
 
 // DefaultSocket is the default path of the control socket, also
@@ -255,18 +310,24 @@ func Default() *Config {
 			WriteBatch:     defaultWriteBatch,
 		},
 		Sync: Sync{
-			Transport:         defaultTransport,
-			MTU:               defaultMTU,
-			ResendQueue:       defaultResendQueue,
-			AckInterval:       mustDuration(defaultAckInterval),
-			HeartbeatInterval: mustDuration(defaultHeartbeatInterval),
-			PeerTimeout:       mustDuration(defaultPeerTimeout),
+			Transport:          defaultTransport,
+			MTU:                defaultMTU,
+			ResendQueue:        defaultResendQueue,
+			AckInterval:        mustDuration(defaultAckInterval),
+			HeartbeatInterval:  mustDuration(defaultHeartbeatInterval),
+			PeerTimeout:        mustDuration(defaultPeerTimeout),
+			Expectations:       true,
+			ExpectationHelpers: []string{},
 		},
 		Filter: Filter{
 			Protocols:          append([]string(nil), defaultProtocols...),
 			IgnoreAddresses:    append([]string(nil), defaultIgnoreAddresses...),
 			TCPStates:          append([]string(nil), defaultTCPStates...),
 			IgnoreOwnAddresses: &own,
+			IgnorePorts:        []PortRange{},
+			IgnoreMarks:        []string{},
+			IgnoreZones:        []int{},
+			IgnoreHelpers:      []string{},
 		},
 		Failover: Failover{
 			PurgeTimeout:  mustDuration(defaultPurgeTimeout),
@@ -277,7 +338,7 @@ func Default() *Config {
 			Timeout:    mustDuration(defaultDeferTimeout),
 			MaxPending: defaultDeferMaxPending,
 		},
-		Log: Log{Level: defaultLogLevel, Format: defaultLogFormat},
+		Log: Log{Level: defaultLogLevel, Format: defaultLogFormat, FlowsFormat: "extended"},
 	}
 }
 

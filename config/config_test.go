@@ -68,7 +68,8 @@ func TestExampleConfig(t *testing.T) {
 			t.Errorf("example lacks [%s]", sec)
 		}
 		for _, k := range keys {
-			if !strings.Contains(string(data), "\n"+k+" = ") && !strings.Contains(string(data), "# "+k+" = ") {
+			if !strings.Contains(string(data), "\n"+k+" = ") && !strings.Contains(string(data), "# "+k+" = ") &&
+				!strings.Contains(string(data), "# [["+sec+"."+k+"]]") {
 				t.Errorf("example lacks %s.%s", sec, k)
 			}
 		}
@@ -191,6 +192,8 @@ func TestDefaults(t *testing.T) {
 		{"sync.ack_interval", c.Sync.AckInterval.Duration, 50 * time.Millisecond},
 		{"sync.heartbeat_interval", c.Sync.HeartbeatInterval.Duration, time.Second},
 		{"sync.peer_timeout", c.Sync.PeerTimeout.Duration, 5 * time.Second},
+		{"sync.expectations", c.Sync.Expectations, true},
+		{"sync.expectation_helpers", c.Sync.ExpectationHelpers, []string{}},
 		{"filter.protocols", c.Filter.Protocols, []string{"tcp", "udp", "icmp", "icmpv6", "sctp", "dccp", "gre"}},
 		{"filter.ignore_addresses", c.Filter.IgnoreAddresses, []string{"127.0.0.0/8", "::1/128"}},
 		{"filter.tcp_states", c.Filter.TCPStates, []string{"syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack", "time_wait"}},
@@ -389,12 +392,26 @@ func TestErrors(t *testing.T) {
 		{"ack-negative", base + "ack_interval = \"-50ms\"\n", 5, "sync.ack_interval", "negative duration -50ms"},
 		{"ack-zero", base + "ack_interval = \"0s\"\n", 5, "sync.ack_interval", "too short"},
 		{"heartbeat-long", base + "heartbeat_interval = \"2m\"\n", 5, "sync.heartbeat_interval", "too long"},
+		{"link-no-interface", base + "[[sync.link]]\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.201.0.2:3780\"]\n", 1, "sync.interface", "required with [[sync.link]]"},
+		{"link-peer-count", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync1\"\nlisten = \"10.201.0.1:3780\"\npeers = []\n", 9, "sync.link.0.peers", "0 peers, but sync.peers has 1"},
+		{"link-second-bad-listen", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync1\"\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.201.0.2:3780\"]\n[[sync.link]]\ninterface = \"sync2\"\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.202.0.2:3780\"]\n", 12, "sync.link.1.listen", "is also sync.link.0.listen"},
+		{"link-same-interface", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync0\"\nlisten = \"10.201.0.1:3780\"\npeers = [\"10.201.0.2:3780\"]\n", 7, "sync.link.0.interface", "needs its own interface"},
+		{"link-multicast", "[sync]\ntransport = \"multicast\"\ninterface = \"sync0\"\nlisten = \"10.200.0.1:3780\"\ngroup = \"225.0.0.50:3780\"\ninsecure = true\n[[sync.link]]\ninterface = \"sync1\"\nlisten = \"10.201.0.1:3780\"\n", 7, "sync.link", "need transport = \"udp\""},
+		{"link-unknown-key", base + "interface = \"sync0\"\n[[sync.link]]\ninterface = \"sync1\"\nlisten_addr = \"10.201.0.1:3780\"\n", 8, "sync.link.listen_addr", "[[sync.link]] has interface, listen, peers"},
+		{"min-age-long", base + "min_age = \"2h\"\n", 5, "sync.min_age", "too long: at most 1h0m0s"},
 		{"peer-timeout-short", base + "heartbeat_interval = \"1s\"\npeer_timeout = \"1s\"\n", 6, "sync.peer_timeout", "must be longer than heartbeat_interval"},
 		{"peer-timeout-default-short", base + "heartbeat_interval = \"10s\"\n", 5, "sync.heartbeat_interval", "must be longer than heartbeat_interval"},
 
 		// [filter]
 		{"protocol-unknown", base + "[filter]\nprotocols = [\"tcp\", \"quic\"]\n", 6, "filter.protocols", `"quic" is not one of tcp, udp`},
 		{"protocol-empty", base + "[filter]\nprotocols = []\n", 6, "filter.protocols", "nothing would be replicated"},
+		{"port-zero", base + "[filter]\nignore_ports = [0]\n", 6, "filter.ignore_ports", "port 0 is not 1..65535"},
+		{"port-range-backwards", base + "[filter]\nignore_ports = [\n  53,\n  \"9000-8000\",\n]\n", 6, "filter.ignore_ports", "ends before it starts"},
+		{"port-word", base + "[filter]\nignore_ports = [\"dns\"]\n", 6, "filter.ignore_ports", `"dns" is not a port`},
+		{"mark-bits-outside-mask", base + "[filter]\nignore_marks = [\"0x1/0xf0\"]\n", 6, "filter.ignore_marks", "bits outside the mask"},
+		{"mark-not-number", base + "[filter]\nignore_marks = [\"0x10\", \"red\"]\n", 6, "filter.ignore_marks", `"red" is not a 32-bit number`},
+		{"zone-range", base + "[filter]\nignore_zones = [70000]\n", 6, "filter.ignore_zones", "zone 70000 is not 0..65535"},
+		{"helper-long", base + "[filter]\nignore_helpers = [\"a-very-long-helper\"]\n", 6, "filter.ignore_helpers", "at most 15"},
 		{"cidr-invalid", base + "[filter]\nignore_addresses = [\n  \"10.0.0.0/8\",\n  \"10.0.0.0/33\",\n]\n", 8, "filter.ignore_addresses", `"10.0.0.0/33" is not a CIDR`},
 		{"cidr-host-bits", base + "[filter]\nignore_addresses = [\"192.168.1.1/24\"]\n", 6, "filter.ignore_addresses", `write "192.168.1.0/24"`},
 		{"address-hostname", base + "[filter]\nignore_addresses = [\"localhost\"]\n", 6, "filter.ignore_addresses", "not a CIDR or an IP address"},
@@ -410,6 +427,17 @@ func TestErrors(t *testing.T) {
 		{"ready-relative", base + "[failover]\nready_file = \"ready\"\n", 6, "failover.ready_file", "not an absolute file path"},
 		{"log-level", base + "[log]\nlevel = \"trace\"\n", 6, "log.level", `"trace" is not one of debug, info, warn, error`},
 		{"log-format", base + "[log]\nformat = \"logfmt\"\n", 6, "log.format", `"logfmt" is not one of text, json`},
+		{"flows-relative", base + "[log]\nflows = \"flows.log\"\n", 6, "log.flows", "not an absolute file path"},
+		{"flows-format", base + "[log]\nflows_format = \"csv\"\n", 6, "log.flows_format", `"csv" is not one of extended, json`},
+
+		// [api]
+		{"api-no-tls", base + "[api]\nlisten = \"10.0.0.1:9470\"\ntokens_file = \"/t\"\n", 6, "api.listen", "not a loopback address: TLS is required"},
+		{"api-bad-listen", base + "[api]\nlisten = \"localhost:9470\"\ntokens_file = \"/t\"\n", 6, "api.listen", "not an IP address"},
+		{"api-no-tokens", base + "[api]\nlisten = \"127.0.0.1:9470\"\n", 5, "api.tokens_file", "required with api.listen"},
+		{"api-cert-alone", base + "[api]\nlisten = \"127.0.0.1:9470\"\ntokens_file = \"/t\"\ncert_file = \"/c\"\n", 8, "api.cert_file", "set both or neither"},
+		{"api-ca-no-tls", base + "[api]\nlisten = \"127.0.0.1:9470\"\ntokens_file = \"/t\"\nclient_ca_file = \"/ca\"\n", 8, "api.client_ca_file", "need TLS"},
+		{"api-audit-relative", base + "[api]\nlisten = \"127.0.0.1:9470\"\ntokens_file = \"/t\"\naudit_file = \"audit.log\"\n", 8, "api.audit_file", "not an absolute file path"},
+		{"api-off-but-set", base + "[api]\ntokens_file = \"/t\"\n", 6, "api.tokens_file", "the API is off"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -478,8 +506,8 @@ f.toml:9: log.level: "verbose" is not one of debug, info, warn, error`
 	// Unknown keys are reported before values are checked, all of them,
 	// but not the keys below an unknown table.
 	_, err = Parse("f.toml", []byte("[sync]\nbogus = 1\n[extra]\na = 1\nb = 2\n[log]\nlevl = \"x\"\n"))
-	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout\n" +
-		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [failover], [defer], [log]\n" +
+	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, link, expectations, expectation_helpers\n" +
+		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [failover], [defer], [log], [api]\n" +
 		"f.toml:7: log.levl: unknown key; did you mean level?"
 	if err == nil || err.Error() != want {
 		t.Fatalf("got\n%v\nwant\n%s", err, want)
@@ -678,5 +706,12 @@ func TestLocate(t *testing.T) {
 	// Broken input: no panic, no hang.
 	for _, s := range []string{"[", "a = [", "a = {", "a = \"\"\"", "'", "= 1", "a = '''x", "[[a", "a.\"b", "a = [1,,]"} {
 		locate(s)
+	}
+}
+
+func TestExpectationHelpersValidated(t *testing.T) {
+	_, err := Parse("f.toml", []byte("[node]\nname = \"a\"\n[sync]\ndisabled = true\nexpectation_helpers = [\"ftp\", \"Bad Name\"]\n"))
+	if err == nil || !strings.Contains(err.Error(), "f.toml:5: sync.expectation_helpers: \"Bad Name\"") {
+		t.Errorf("err = %v", err)
 	}
 }

@@ -15,6 +15,7 @@ import (
 type locator struct {
 	keys  map[string]int   // toml.Key.String() → line of its first appearance
 	elems map[string][]int // array key → line of each top-level element
+	aot   map[string]int   // array of tables → elements seen so far
 }
 
 // line returns the line of key, or of the closest enclosing table that has
@@ -48,7 +49,7 @@ func (l *locator) elemLine(key string, i int) int {
 }
 
 func locate(src string) *locator {
-	sc := &scanner{s: src, line: 1, loc: &locator{keys: map[string]int{}, elems: map[string][]int{}}}
+	sc := &scanner{s: src, line: 1, loc: &locator{keys: map[string]int{}, elems: map[string][]int{}, aot: map[string]int{}}}
 	sc.document()
 	return sc.loc
 }
@@ -133,7 +134,7 @@ func (sc *scanner) skipLine() {
 }
 
 func (sc *scanner) document() {
-	var table toml.Key
+	var table, elem toml.Key // elem: the current array-of-tables element
 	for {
 		sc.skipSpace()
 		if sc.eof() {
@@ -151,6 +152,15 @@ func (sc *scanner) document() {
 			if ok && sc.peek() == ']' {
 				table = k
 				sc.recordDotted(nil, k, line)
+				elem = nil
+				if aot {
+					// Element i of an array of tables is also "key.i".
+					name := k.String()
+					i := sc.loc.aot[name]
+					sc.loc.aot[name] = i + 1
+					elem = append(append(toml.Key{}, k...), strconv.Itoa(i))
+					sc.record(elem, line)
+				}
 			}
 			sc.skipLine()
 			continue
@@ -161,6 +171,9 @@ func (sc *scanner) document() {
 			continue
 		}
 		sc.i++
+		if elem != nil {
+			sc.recordDotted(elem, k, line)
+		}
 		full := sc.recordDotted(table, k, line)
 		sc.value(full.String(), full)
 		sc.skipLine() // the rest of the line: blanks and a comment

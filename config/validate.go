@@ -169,6 +169,12 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 	// [log]
 	v.oneOf("log.level", c.Log.Level, logLevels)
 	v.oneOf("log.format", c.Log.Format, logFormats)
+	if p := c.Log.Flows; p != "" && (!filepath.IsAbs(p) || strings.HasSuffix(p, "/")) {
+		v.add("log.flows", "%q is not an absolute file path", p)
+	}
+	v.oneOf("log.flows_format", c.Log.FlowsFormat, []string{"extended", "json"})
+
+	c.API.validate(v)
 
 	return joinErrors(v.errs)
 }
@@ -266,6 +272,13 @@ func (s Sync) validate(v *validator) {
 	v.durRange("sync.ack_interval", s.AckInterval, time.Millisecond, 10*time.Second)
 	v.durRange("sync.heartbeat_interval", s.HeartbeatInterval, 10*time.Millisecond, time.Minute)
 	v.durRange("sync.peer_timeout", s.PeerTimeout, 0, 0)
+	v.durRange("sync.min_age", s.MinAge, 0, time.Hour)
+	s.validateLinks(v)
+	for i, h := range s.ExpectationHelpers {
+		if !validHelperName(h) {
+			v.addElem("sync.expectation_helpers", i, "%q is not a conntrack helper name (1 to 15 of a-z, 0-9, -, _; e.g. \"ftp\", \"sip\", \"tftp\")", h)
+		}
+	}
 	if s.HeartbeatInterval.Duration > 0 && s.PeerTimeout.Duration >= 0 && s.PeerTimeout.Duration <= s.HeartbeatInterval.Duration {
 		key := "sync.peer_timeout"
 		if !v.inFile(key) && v.inFile("sync.heartbeat_interval") {
@@ -302,6 +315,7 @@ func (f Filter) validate(v *validator) {
 	if tcp && len(f.TCPStates) == 0 {
 		v.add("filter.tcp_states", "empty while protocols include tcp: no TCP flow would be replicated (to replicate none, remove tcp from protocols)")
 	}
+	f.validateExclusions(v)
 }
 
 // parseAddrPort parses "IP:port" or "[IPv6]:port" with a literal address
@@ -395,6 +409,9 @@ func unknownKeys(file string, md toml.MetaData, loc *locator) []*Error {
 			return ok
 		case 2:
 			return ok && slices.Contains(keys, k[1])
+		case 3:
+			sub, ok := nestedTables[k[0]+"."+k[1]]
+			return ok && slices.Contains(sub, k[2])
 		}
 		return false
 	}
@@ -424,6 +441,19 @@ func unknownKeys(file string, md toml.MetaData, loc *locator) []*Error {
 	return errs
 }
 
+// nestedTables are the arrays of tables below a section, with their keys.
+var nestedTables = map[string][]string{"sync.link": tomlKeys(reflect.TypeOf(Link{}))}
+
+func tomlKeys(t reflect.Type) []string {
+	var out []string
+	for i := range t.NumField() {
+		if tag := strings.Split(t.Field(i).Tag.Get("toml"), ",")[0]; tag != "" && tag != "-" {
+			out = append(out, tag)
+		}
+	}
+	return out
+}
+
 func unknownMsg(md toml.MetaData, k toml.Key) string {
 	secs := sections()
 	if len(k) == 1 {
@@ -445,6 +475,9 @@ func unknownMsg(md toml.MetaData, k toml.Key) string {
 	keys, ok := secs[k[0]]
 	if !ok {
 		return "unknown key" // below a known key that is not a table; the decoder reports those
+	}
+	if sub, ok := nestedTables[k[0]+"."+k[1]]; ok && len(k) == 3 {
+		return fmt.Sprintf("unknown key; [[%s.%s]] has %s", k[0], k[1], strings.Join(sub, ", "))
 	}
 	if len(k) > 2 {
 		return fmt.Sprintf("unknown key: %s.%s is not a table", k[0], k[1])
@@ -504,4 +537,18 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
+}
+
+// validHelperName reports whether h can name a conntrack helper
+// (NF_CT_HELPER_NAME_LEN is 16 with the NUL).
+func validHelperName(h string) bool {
+	if h == "" || len(h) > 15 {
+		return false
+	}
+	for _, c := range h {
+		if !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

@@ -19,7 +19,7 @@ import (
 )
 
 // commandUsage lists the commands this daemon answers, for error messages.
-const commandUsage = "status, stats, dump internal|external|commit, resync, flush internal|external|kernel, bulk, request-resync, commit, purge, keepalived TYPE NAME STATE [PRIORITY]"
+const commandUsage = "status, stats, dump internal|external [expect]|commit, resync, flush internal|external|kernel, bulk, request-resync, commit, purge, keepalived TYPE NAME STATE [PRIORITY]"
 
 // errNoSync answers replication commands on a node that does not replicate.
 var errNoSync = fmt.Errorf("replication is disabled on this node (sync.disabled = true)")
@@ -45,7 +45,10 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 		}
 		return d.writeValue(out, req.JSON, d.stats())
 	case "dump":
-		if err := want(1, "dump internal|external|commit"); err != nil {
+		if len(args) == 2 && args[1] == "expect" && (args[0] == "internal" || args[0] == "external") {
+			return d.dumpExpects(out, args[0] == "external", req.JSON)
+		}
+		if err := want(1, "dump internal|external [expect]|commit"); err != nil {
 			return err
 		}
 		switch args[0] {
@@ -76,15 +79,20 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 		switch args[0] {
 		case "internal":
 			n := d.internal.Flush()
-			d.log.Info("internal cache flushed", "flows", n)
-			return d.writeValue(out, req.JSON, map[string]int{"flushed": n})
+			x := 0
+			if d.iexp != nil {
+				x = d.iexp.Flush()
+			}
+			d.log.Info("internal cache flushed", "flows", n, "expectations", x)
+			return d.writeValue(out, req.JSON, map[string]int{"flushed": n, "flushed_expectations": x})
 		case "external":
 			if d.external == nil {
 				return errNoSync
 			}
+			x := d.external.FlushExpects("")
 			n := d.external.Flush("")
-			d.log.Info("external cache flushed", "flows", n)
-			return d.writeValue(out, req.JSON, map[string]int{"flushed": n})
+			d.log.Info("external cache flushed", "flows", n, "expectations", x)
+			return d.writeValue(out, req.JSON, map[string]int{"flushed": n, "flushed_expectations": x})
 		case "kernel":
 			if err := d.flushKernel(ctx); err != nil {
 				return err
@@ -172,6 +180,10 @@ type Status struct {
 	OwnAddresses  int         `json:"own_addresses"`
 	Sync          *SyncStatus `json:"sync,omitempty"`
 	Role          string      `json:"role"`
+	// InternalExpectations and ExternalExpectations count the cached
+	// expectations (absent when sync.expectations is off).
+	InternalExpectations *int `json:"internal_expectations,omitempty"`
+	ExternalExpectations *int `json:"external_expectations,omitempty"`
 }
 
 func (d *Daemon) status() Status {
@@ -190,6 +202,14 @@ func (d *Daemon) status() Status {
 		s.LastReconcile = r.At
 	}
 	s.Sync = d.syncStatus()
+	if d.iexp != nil {
+		n := d.iexp.Len()
+		s.InternalExpectations = &n
+		if d.external != nil {
+			x := d.external.ExpectLen()
+			s.ExternalExpectations = &x
+		}
+	}
 	s.Role = "unknown (no keepalived notify yet)"
 	if st := d.coord.State(); st != "" {
 		s.Role = string(st)
@@ -200,13 +220,17 @@ func (d *Daemon) status() Status {
 // Stats is the answer to `ctsyncctl stats`.
 type Stats struct {
 	Events struct {
-		New       uint64 `json:"new"`
-		Update    uint64 `json:"update"`
-		Destroy   uint64 `json:"destroy"`
-		Own       uint64 `json:"own_writes_ignored"`
-		Filtered  uint64 `json:"filtered"`
-		Overruns  uint64 `json:"overruns"`
-		Malformed uint64 `json:"malformed"`
+		New     uint64 `json:"new"`
+		Update  uint64 `json:"update"`
+		Destroy uint64 `json:"destroy"`
+		Own     uint64 `json:"own_writes_ignored"`
+		// OwnInKernel: the kernel drops the events of our own writes (a
+		// BPF filter on the event socket) and own_writes_ignored counts
+		// only those that got past it.
+		OwnInKernel bool   `json:"own_writes_dropped_by_kernel"`
+		Filtered    uint64 `json:"filtered"`
+		Overruns    uint64 `json:"overruns"`
+		Malformed   uint64 `json:"malformed"`
 	} `json:"events"`
 	Internal struct {
 		Flows      int    `json:"flows"`
@@ -218,12 +242,15 @@ type Stats struct {
 		ReconAdded uint64 `json:"reconcile_added"`
 		ReconFixed uint64 `json:"reconcile_fixed"`
 		ReconGone  uint64 `json:"reconcile_removed"`
+		Young      int    `json:"waiting_min_age"`        // [sync] min_age: not yet replicated
+		NeverSent  uint64 `json:"removed_before_min_age"` // flows that died young, never sent
 	} `json:"internal"`
 	LastReconcile *reconcileReport            `json:"last_reconcile,omitempty"`
 	External      *cache.ExternalStats        `json:"external,omitempty"`
 	Peers         map[string]ctsync.PeerStats `json:"peers,omitempty"`
 	Inject        *InjectStats                `json:"inject,omitempty"`
 	Defer         *DeferStats                 `json:"defer,omitempty"`
+	Expectations  *ExpectStats                `json:"expectations,omitempty"`
 	Runtime       RuntimeStats                `json:"runtime"`
 }
 
@@ -245,12 +272,15 @@ func (d *Daemon) stats() Stats {
 	ls := d.listener.Stats()
 	s.Events.New, s.Events.Update, s.Events.Destroy = d.evNew.Load(), d.evUpdate.Load(), d.evDestroy.Load()
 	s.Events.Own, s.Events.Filtered = d.evOwn.Load()+ls.Own, d.evFiltered.Load()
+	s.Events.OwnInKernel = d.listener.KernelFiltered()
 	s.Events.Overruns, s.Events.Malformed = ls.Overruns, ls.Malformed
 	is := d.internal.Stats()
 	s.Internal.Flows, s.Internal.Created, s.Internal.Updated, s.Internal.Deleted = is.Flows, is.Created, is.Updated, is.Deleted
 	s.Internal.Pending, s.Internal.Reconciles = is.Dirty, is.Reconciles
 	s.Internal.ReconAdded, s.Internal.ReconFixed, s.Internal.ReconGone = is.ReconAdded, is.ReconFixed, is.ReconGone
+	s.Internal.Young, s.Internal.NeverSent = is.Young, is.NeverSent
 	s.LastReconcile = d.lastRec.Load()
+	s.Expectations = d.expectStats()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	s.Runtime = RuntimeStats{HeapLive: ms.HeapAlloc, HeapInUse: ms.HeapInuse, HeapIdle: ms.HeapIdle - ms.HeapReleased,

@@ -30,6 +30,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/failover"
 	"github.com/ctsyncd/ctsyncd/filter"
 	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/flowlog"
 	"github.com/ctsyncd/ctsyncd/kernel"
 	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
@@ -61,6 +62,7 @@ type Daemon struct {
 	external *cache.External      // nil without sync
 	key      *[ctsync.KeyLen]byte // nil: insecure or no sync
 	node     *ctsync.Node         // nil without sync
+	links    *ctsync.Links        // nil unless there are redundant sync links
 	writer   *kernel.Writer
 
 	// ownPorts are the netlink port ids of this daemon's write sockets:
@@ -78,6 +80,9 @@ type Daemon struct {
 
 	listener *kernel.Listener
 	ctl      *control.Server
+	flowLog  *flowlog.Writer // nil unless [log] flows is set
+	api      *apiServer      // nil unless api.listen is set
+	apiClose func()
 
 	inject   *injector // nil unless sync.inject (daemon/inject.go)
 	deferrer *deferrer // nil unless defer.enabled (daemon/defer.go)
@@ -86,6 +91,11 @@ type Daemon struct {
 
 	// counters of the event path, written by the listener goroutine only
 	evNew, evUpdate, evDestroy, evOwn, evFiltered atomic.Uint64
+
+	// iexp is the internal expectation cache; nil when sync.expectations
+	// is off (expect.go).
+	iexp                                            *cache.InternalExpect
+	evExpNew, evExpDestroy, evExpOwn, evExpFiltered atomic.Uint64
 }
 
 type reconcileReport struct {
@@ -126,10 +136,25 @@ func New(opts Options) (*Daemon, error) {
 			return nil, fmt.Errorf("control.group: %w", err)
 		}
 	}
+	if err := d.openFlowLog(); err != nil {
+		return nil, fmt.Errorf("log.flows: %w", err)
+	}
+	h, closeAPI, err := d.newAPI()
+	if err != nil {
+		return nil, err
+	}
+	if h != nil {
+		if d.api, err = d.listenAPI(h); err != nil {
+			closeAPI()
+			return nil, err
+		}
+	}
+	d.apiClose = closeAPI
 	d.ctl, err = control.Listen(control.ServerOptions{
 		Path: cfg.Control.Socket, Mode: cfg.Control.FileMode(), GID: gid, Log: opts.Log,
 	})
 	if err != nil {
+		d.closeAPI()
 		return nil, err
 	}
 	return d, nil
@@ -148,13 +173,40 @@ func newFilter(c config.Filter) (*filter.Filter, error) {
 	if err != nil {
 		return nil, err
 	}
-	return filter.New(protos, states, prefixes), nil
+	ex, err := exclusions(c)
+	if err != nil {
+		return nil, err
+	}
+	return filter.New(protos, states, prefixes, ex), nil
+}
+
+// exclusions converts the [filter] ignore_ports, ignore_marks, ignore_zones
+// and ignore_helpers lists (already validated) into the filter's form.
+func exclusions(c config.Filter) (filter.Exclude, error) {
+	var ex filter.Exclude
+	for _, p := range c.IgnorePorts {
+		ex.Ports = append(ex.Ports, filter.PortRange{Lo: p.Lo, Hi: p.Hi})
+	}
+	for _, m := range c.IgnoreMarks {
+		v, mask, err := config.ParseMarkMask(m)
+		if err != nil {
+			return ex, fmt.Errorf("filter.ignore_marks: %w", err)
+		}
+		ex.Marks = append(ex.Marks, filter.MarkMask{Value: v, Mask: mask})
+	}
+	for _, z := range c.IgnoreZones {
+		ex.Zones = append(ex.Zones, uint16(z))
+	}
+	ex.Helpers = append(ex.Helpers, c.IgnoreHelpers...)
+	return ex, nil
 }
 
 // Reload re-reads the config file (SIGHUP) and applies what can change
-// without losing state: the log level and the filters. A broken file
-// changes nothing. What changed but needs a restart is logged.
+// without losing state: the log level and the filters; it also reopens the
+// flow log (logrotate). A broken file changes nothing else. What changed but
+// needs a restart is logged.
 func (d *Daemon) Reload(path string) {
+	d.reopenFlowLog() // first: logrotate's SIGHUP must work even with a broken config
 	cfg, err := config.Load(path)
 	if err != nil {
 		d.log.Error("reload: config not applied", "err", err)
@@ -182,6 +234,8 @@ func (d *Daemon) Reload(path string) {
 		"node": {cfg.Node, d.cfg.Node}, "control": {cfg.Control, d.cfg.Control},
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
 		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
+		"log.flows": {[2]string{cfg.Log.Flows, cfg.Log.FlowsFormat}, [2]string{d.cfg.Log.Flows, d.cfg.Log.FlowsFormat}},
+		"api":       {cfg.API, d.cfg.API},
 	} {
 		if !reflect.DeepEqual(pair[0], pair[1]) {
 			needRestart = append(needRestart, name)
@@ -209,8 +263,13 @@ func lookupGroup(g string) (int, error) {
 // removes the control socket before it returns.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
+	defer d.closeAPI()
 	// Subscribe before the first dump, so that no change falls between.
-	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns})
+	if d.cfg.Sync.Expectations {
+		d.iexp = cache.NewInternalExpect()
+	}
+	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns,
+		Expectations: d.cfg.Sync.Expectations})
 	if err != nil {
 		d.ctl.Close()
 		return fmt.Errorf("subscribe to conntrack events: %w", err)
@@ -226,6 +285,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.internal = cache.NewInternal(kernel.TimeoutPolicy())
 	if d.cfg.Sync.Disabled {
 		d.internal.DisableChanges() // nobody takes them
+		if d.iexp != nil {
+			d.iexp.DisableChanges()
+		}
+	} else {
+		d.internal.SetMinAge(d.cfg.Sync.MinAge.Duration)
 	}
 	// The writer's sockets are known before any event is read, so that
 	// events caused by our own writes (commit) are never taken as local.
@@ -258,6 +322,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		if tr, err = d.newTransport(); err == nil {
 			d.node, err = d.newNode(tr)
 		}
+		if err == nil && d.iexp != nil {
+			d.node.SetExpectations(d.iexp, d.acceptHelper)
+		}
 		if err != nil {
 			if tr != nil {
 				tr.Close()
@@ -285,6 +352,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.listener.Run(ctx, d) })
 	g.Go(func() error { return d.ctl.Serve(ctx, d.handle) })
+	if d.api != nil {
+		g.Go(func() error { return d.api.serve(ctx) })
+		d.log.Info("API and web console listening", "url", d.api.url)
+	}
 	if d.cfg.Filter.IgnoreOwn() {
 		g.Go(func() error {
 			return kernel.WatchAddrs(ctx, d.netns, func(addrs []netip.Addr) {
@@ -294,6 +365,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	g.Go(func() error { return d.reconciler(ctx) })
+	if d.flowLog != nil {
+		g.Go(func() error { return d.flushFlowLog(ctx) })
+	}
+	if d.cfg.Sync.MinAge.Duration > 0 && !d.cfg.Sync.Disabled {
+		g.Go(func() error { return d.promoteAged(ctx) })
+	}
 	if d.cfg.Failover.ReadyFile != "" {
 		g.Go(func() error { return d.readiness(ctx) })
 	}
@@ -331,6 +408,7 @@ func (d *Daemon) Event(ev *kernel.Event) {
 	case kernel.EventDestroy:
 		d.evDestroy.Add(1)
 		d.internal.Delete(ev.Flow.Key)
+		d.logDestroyed(ev)
 		return
 	case kernel.EventNew:
 		d.evNew.Add(1)
@@ -428,6 +506,9 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 	}
 	rep.Result = r.Finish()
 	d.lastRec.Store(rep)
+	if err := d.reconcileExpects(ctx, reason); err != nil {
+		return rep, err
+	}
 	lvl := slog.LevelDebug
 	if rep.Result.Added+rep.Result.Fixed+rep.Result.Removed > 0 || reason != "periodic" {
 		lvl = slog.LevelInfo

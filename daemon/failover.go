@@ -73,6 +73,10 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 	rep, err := failover.Commit(ctx, d.external, d.writer, failover.CommitOptions{
 		Timeout: d.cfg.Failover.CommitTimeout.Duration,
 	})
+	if err == nil {
+		// Masters first, then their expectations.
+		err = d.commitExpects(ctx, rep)
+	}
 	if rep != nil {
 		d.lastCommit.Store(rep)
 		d.log.Info("commit done", "flows", rep.Flows, "created", rep.Created, "updated", rep.Updated,
@@ -95,6 +99,9 @@ func (d *Daemon) purge(ctx context.Context) (failover.PurgeReport, error) {
 	}
 	rep, err := failover.Purge(ctx, dump, d.writer, d.filter.Load().Match, d.cfg.Failover.PurgeTimeout.Duration)
 	d.log.Info("purge done", "seen", rep.Seen, "matched", rep.Matched, "capped", rep.Capped, "failed", rep.Failed)
+	if err == nil {
+		err = d.purgeExpects(ctx)
+	}
 	if err != nil {
 		return rep, fmt.Errorf("purge: %w", err)
 	}
@@ -107,6 +114,10 @@ func (d *Daemon) flushKernel(ctx context.Context) error {
 	defer d.kernelMu.Unlock()
 	if err := d.writer.Flush(ctx); err != nil {
 		return fmt.Errorf("flush kernel table: %w", err)
+	}
+	// The expectations went with their masters; flush them all the same.
+	if err := d.writer.FlushExpect(ctx); err != nil {
+		return fmt.Errorf("flush kernel expectations: %w", err)
 	}
 	d.log.Warn("kernel conntrack table flushed by ctsyncctl")
 	return nil

@@ -1,3 +1,5 @@
+//go:build kernel
+
 package daemon
 
 import (
@@ -236,6 +238,30 @@ func TestKernelFilterKeys(t *testing.T) {
 			tune: func(c *config.Config) { c.Filter.IgnoreAddresses = []string{"10.9.5.5/32"} },
 			in:   []string{"-p udp -s 10.8.0.1 -d 10.9.1.1 --sport 7 --dport 53 -t 60"},
 			out:  []string{"-p udp -s 10.8.0.1 -d 10.9.5.5 --sport 8 --dport 53 -t 60"},
+		},
+		{
+			name: "ignore_ports by original destination port and range",
+			tune: func(c *config.Config) {
+				c.Filter.IgnorePorts = []config.PortRange{{Lo: 53, Hi: 53}, {Lo: 8000, Hi: 8100}}
+			},
+			in: []string{"-p udp -s 10.8.0.1 -d 10.9.1.1 --sport 53 --dport 54 -t 60",
+				"-p tcp -s 10.8.0.1 -d 10.9.1.1 --sport 9 --dport 8101 --state ESTABLISHED -t 60",
+				"-p icmp -s 10.8.0.1 -d 10.9.1.1 --icmp-type 8 --icmp-code 0 --icmp-id 53 -t 30"},
+			out: []string{"-p udp -s 10.8.0.1 -d 10.9.1.1 --sport 10 --dport 53 -t 60",
+				"-p tcp -s 10.8.0.1 -d 10.9.1.1 --sport 11 --dport 8000 --state ESTABLISHED -t 60",
+				"-p tcp -s 10.8.0.1 -d 10.9.1.1 --sport 12 --dport 8100 --state ESTABLISHED -t 60"},
+		},
+		{
+			name: "ignore_marks under a mask",
+			tune: func(c *config.Config) { c.Filter.IgnoreMarks = []string{"0x100/0xf00"} },
+			in:   []string{"-p udp -s 10.8.0.1 -d 10.9.1.1 --sport 13 --dport 53 -t 60 --mark 0x201"},
+			out:  []string{"-p udp -s 10.8.0.1 -d 10.9.1.1 --sport 14 --dport 53 -t 60 --mark 0x1ff"},
+		},
+		{
+			name: "ignore_zones",
+			tune: func(c *config.Config) { c.Filter.IgnoreZones = []int{7} },
+			in:   []string{"-p udp -s 10.8.0.1 -d 10.9.1.1 --sport 15 --dport 53 -t 60 -w 8"},
+			out:  []string{"-p udp -s 10.8.0.1 -d 10.9.1.1 --sport 16 --dport 53 -t 60 -w 7"},
 		},
 	}
 	for _, tt := range tests {

@@ -1,4 +1,4 @@
-//go:build large
+//go:build kernel && large
 
 package daemon
 

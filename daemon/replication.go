@@ -27,6 +27,9 @@ func (d *Daemon) newTransport() (ctsync.Transport, error) {
 	c := d.cfg.Sync
 	switch c.Transport {
 	case "udp":
+		if len(c.Link) > 0 {
+			return d.newLinks()
+		}
 		return ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers})
 	case "multicast":
 		return ctsync.NewMulticast(ctsync.MulticastOptions{Group: c.Group, Interface: c.Interface})
@@ -37,6 +40,38 @@ func (d *Daemon) newTransport() (ctsync.Transport, error) {
 		})
 	}
 	return nil, fmt.Errorf("sync.transport: %q is not one of udp, multicast, gossip", c.Transport)
+}
+
+// newLinks opens one UDP transport per sync link and joins them
+// (redundant links: every datagram on every link).
+func (d *Daemon) newLinks() (ctsync.Transport, error) {
+	c := d.cfg.Sync
+	names := []string{c.Interface}
+	first, err := ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers})
+	if err != nil {
+		return nil, fmt.Errorf("link %s: %w", c.Interface, err)
+	}
+	trs := []ctsync.Transport{first}
+	for _, l := range c.Link {
+		tr, err := ctsync.NewUDP(ctsync.UDPOptions{Listen: l.Listen, Peers: l.Peers})
+		if err != nil {
+			for _, t := range trs {
+				t.Close()
+			}
+			return nil, fmt.Errorf("link %s: %w", l.Interface, err)
+		}
+		trs = append(trs, tr)
+		names = append(names, l.Interface)
+	}
+	links, err := ctsync.NewLinks(names, trs, c.PeerTimeout.Duration)
+	if err != nil {
+		for _, t := range trs {
+			t.Close()
+		}
+		return nil, err
+	}
+	d.links = links
+	return links, nil
 }
 
 // newNode builds the replication node over tr.
@@ -62,6 +97,8 @@ type SyncStatus struct {
 	ExternalFlows int    `json:"external_flows"`
 	Peers         int    `json:"peers"`
 	PeersUp       int    `json:"peers_up"`
+	// Links is the state of each sync link when there are several.
+	Links []ctsync.LinkStatus `json:"links,omitempty"`
 }
 
 func (d *Daemon) syncStatus() *SyncStatus {
@@ -69,6 +106,9 @@ func (d *Daemon) syncStatus() *SyncStatus {
 		return nil
 	}
 	s := &SyncStatus{NodeStatus: d.node.Status(), Transport: d.cfg.Sync.Transport, ExternalFlows: d.external.Len()}
+	if d.links != nil {
+		s.Links = d.links.Status()
+	}
 	for _, p := range d.node.Stats() {
 		s.Peers++
 		if p.Up {

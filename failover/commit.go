@@ -97,6 +97,9 @@ type Report struct {
 	// every failure by errno name ("EINVAL") or cause ("deadline").
 	Failures []Failure      `json:"failures,omitempty"`
 	Errnos   map[string]int `json:"errnos,omitempty"`
+	// Expectations is the commit of the expectations, after the flows
+	// (CommitExpects); nil when none was run.
+	Expectations *ExpectReport `json:"expectations,omitempty"`
 
 	// keys is the commit order; nil in a Summary.
 	keys *commitKeys
@@ -281,32 +284,32 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 	rep.FirstChunkSeconds = time.Since(start).Seconds()
 
 	// Then the rest, ordered: what the first chunk committed has left the
-	// cache; what it failed on stays there and is not tried twice.
-	var rest []cache.ExternalEntry
+	// cache; what it failed on stays there and is not tried twice. The
+	// order is kept as refs (64 bytes each), the entries read a chunk at a
+	// time: no copy of the whole cache.
+	var rest []cache.Ref
 	if len(first) == opt.FirstChunk {
 		tried := make(map[flow.Key]struct{}, len(first))
 		for i := range first {
 			tried[first[i].Flow.Key] = struct{}{}
 		}
-		rest = slices.DeleteFunc(dedup(ext.Snapshot()), func(e cache.ExternalEntry) bool {
-			_, ok := tried[e.Flow.Key]
+		rest = slices.DeleteFunc(dedupRefs(ext.Refs()), func(r cache.Ref) bool {
+			_, ok := tried[r.Key]
 			return ok
 		})
 	}
-	// Sort an index, not the 152-byte entries themselves.
-	ord := make([]int32, len(rest))
-	for i := range ord {
-		ord[i] = int32(i)
-	}
-	slices.SortFunc(ord, func(a, b int32) int {
-		return cmp.Or(cmp.Compare(rest[a].IdleAt, rest[b].IdleAt), cmp.Compare(a, b))
-	})
-	var buf []cache.ExternalEntry
+	ord := idleOrder(len(rest), func(i int) time.Duration { return rest[i].IdleAt })
+	var (
+		refs []cache.Ref
+		buf  []cache.ExternalEntry
+	)
 	pick := func(from, to int) []cache.ExternalEntry {
-		buf = buf[:0]
+		refs = refs[:0]
 		for _, i := range ord[from:to] {
-			buf = append(buf, rest[i])
+			refs = append(refs, rest[i])
 		}
+		buf = ext.Entries(refs, buf[:0])
+		rep.Flows -= len(refs) - len(buf) // gone since (deleted by their origin, flushed)
 		return buf
 	}
 	rep.Flows += len(rest)
@@ -422,4 +425,71 @@ func dedup(snap []cache.ExternalEntry) []cache.ExternalEntry {
 		out = append(out, e)
 	}
 	return out
+}
+
+// dedupRefs is dedup for refs: one per key, the most recently received.
+func dedupRefs(refs []cache.Ref) []cache.Ref {
+	multi := false
+	for i := 1; i < len(refs); i++ {
+		if refs[i].OriginIndex() != refs[0].OriginIndex() {
+			multi = true
+			break
+		}
+	}
+	if !multi {
+		return refs
+	}
+	seen := make(map[flow.Key]int, len(refs))
+	out := refs[:0]
+	for _, r := range refs {
+		if j, ok := seen[r.Key]; ok {
+			if r.Received > out[j].Received {
+				out[j] = r
+			}
+			continue
+		}
+		seen[r.Key] = len(out)
+		out = append(out, r)
+	}
+	return out
+}
+
+// idleOrder returns the indexes 0..n-1 ordered by idle(i), least idle
+// first, ties in index order. It is an LSD radix sort of (idleness, index)
+// pairs, a byte a pass over only the bytes the largest idleness needs:
+// linear in n, and idle is called once per index (a comparison sort of a
+// million entries reads them twenty times, at random).
+func idleOrder(n int, idle func(i int) time.Duration) []int32 {
+	type pair struct {
+		idle uint64
+		i    int32
+	}
+	a := make([]pair, n)
+	var top uint64
+	for i := range a {
+		v := uint64(max(idle(i), 0))
+		a[i] = pair{v, int32(i)}
+		top |= v
+	}
+	b := make([]pair, len(a))
+	for shift := uint(0); shift < 64 && top>>shift != 0; shift += 8 {
+		var count [257]int
+		for _, p := range a {
+			count[(p.idle>>shift)&0xff+1]++
+		}
+		for d := 1; d < len(count); d++ {
+			count[d] += count[d-1]
+		}
+		for _, p := range a {
+			d := (p.idle >> shift) & 0xff
+			b[count[d]] = p
+			count[d]++
+		}
+		a, b = b, a
+	}
+	ord := make([]int32, len(a))
+	for i, p := range a {
+		ord[i] = p.i
+	}
+	return ord
 }

@@ -1,9 +1,12 @@
 package failover
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -413,5 +416,35 @@ func TestPurgeGone(t *testing.T) {
 	rep, err := Purge(context.Background(), dump, k, func(*flow.Flow) bool { return true }, time.Minute)
 	if err != nil || rep.Capped != 9 || rep.Gone != 1 || rep.Failed != 0 {
 		t.Fatalf("%+v %v", rep, err)
+	}
+}
+
+// idleOrder sorts by idleness, least idle first, ties in index order, like
+// a stable comparison sort, over the whole range of durations.
+func TestIdleOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{0, 1, 2, 100, 5000} {
+		entries := make([]cache.ExternalEntry, n)
+		for i := range entries {
+			switch i % 4 {
+			case 0:
+				entries[i].IdleAt = time.Duration(rng.Int64N(int64(48 * time.Hour)))
+			case 1:
+				entries[i].IdleAt = time.Duration(rng.IntN(4)) // ties
+			case 2:
+				entries[i].IdleAt = time.Duration(rng.Int64()) // the top bytes
+			default:
+				entries[i].IdleAt = -time.Second // clock skew: as not idle
+			}
+		}
+		want := make([]int32, n)
+		for i := range want {
+			want[i] = int32(i)
+		}
+		key := func(i int32) time.Duration { return max(entries[i].IdleAt, 0) }
+		slices.SortStableFunc(want, func(a, b int32) int { return cmp.Compare(key(a), key(b)) })
+		if got := idleOrder(n, func(i int) time.Duration { return entries[i].IdleAt }); !slices.Equal(got, want) {
+			t.Errorf("n=%d: order differs", n)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-//go:build large
+//go:build kernel && large
 
 package failover
 
@@ -16,7 +16,7 @@ import (
 )
 
 // TestKernelLargeCommit measures commits of 100k and 1M flows (the
-// kernel-large tier: -tags large, no race detector), with five live flows
+// kernel-large tier: -tags kernel,large, no race detector), with five live flows
 // among them that must be in the first chunk.
 func TestKernelLargeCommit(t *testing.T) {
 	for _, n := range []int{100000, 1000000} {

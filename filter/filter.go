@@ -2,7 +2,9 @@
 // protocol, by TCP state, and by address — a flow is ignored when its
 // original source or its reply source is an ignored address (traffic the
 // firewall itself originates or answers), as conntrackd's address filter
-// does, so forwarded flows NATed to a virtual IP still replicate.
+// does, so forwarded flows NATed to a virtual IP still replicate — and by
+// the exclusions of Exclude: original destination port ranges, marks under a
+// mask, zones and helpers.
 //
 // The node's own addresses are ignored the same way; the set is replaced
 // whole with SetOwn as addresses come and go. Match is safe for concurrent
@@ -21,12 +23,30 @@ type Filter struct {
 	protos   [256]bool
 	states   [16]bool
 	prefixes []netip.Prefix
+	ex       Exclude
 	own      atomic.Pointer[map[netip.Addr]struct{}]
 }
 
+// PortRange is an inclusive range of ports.
+type PortRange struct{ Lo, Hi uint16 }
+
+// MarkMask matches a flow whose mark&Mask equals Value.
+type MarkMask struct{ Value, Mask uint32 }
+
+// Exclude lists flows that are not replicated although the protocol, state
+// and address rules accept them. The zero value excludes nothing.
+type Exclude struct {
+	// Ports are original destination ports; they apply to the protocols
+	// with ports (TCP, UDP, UDP-Lite, SCTP, DCCP), not to ICMP or GRE.
+	Ports   []PortRange
+	Marks   []MarkMask
+	Zones   []uint16
+	Helpers []string
+}
+
 // New builds a filter. An empty protos or states list allows all.
-func New(protos, tcpStates []uint8, ignore []netip.Prefix) *Filter {
-	f := &Filter{prefixes: ignore}
+func New(protos, tcpStates []uint8, ignore []netip.Prefix, ex Exclude) *Filter {
+	f := &Filter{prefixes: ignore, ex: ex}
 	for _, p := range protos {
 		f.protos[p] = true
 	}
@@ -77,7 +97,49 @@ func (f *Filter) Match(fl *flow.Flow) bool {
 	if fl.Proto == flow.ProtoTCP && int(fl.TCP.State) < len(f.states) && !f.states[fl.TCP.State] {
 		return false
 	}
+	if f.excluded(fl) {
+		return false
+	}
 	return !f.ignored(fl.SrcAddr()) && !f.ignored(fl.ReplySrcAddr())
+}
+
+// hasPorts reports whether proto's tuples carry ports.
+func hasPorts(proto uint8) bool {
+	switch proto {
+	case flow.ProtoTCP, flow.ProtoUDP, flow.ProtoUDPLite, flow.ProtoSCTP, flow.ProtoDCCP:
+		return true
+	}
+	return false
+}
+
+func (f *Filter) excluded(fl *flow.Flow) bool {
+	ex := &f.ex
+	if len(ex.Ports) > 0 && hasPorts(fl.Proto) {
+		p := fl.Orig.DstPort
+		for _, r := range ex.Ports {
+			if r.Lo <= p && p <= r.Hi {
+				return true
+			}
+		}
+	}
+	for _, m := range ex.Marks {
+		if fl.Mark&m.Mask == m.Value {
+			return true
+		}
+	}
+	for _, z := range ex.Zones {
+		if fl.Zone == z {
+			return true
+		}
+	}
+	if len(ex.Helpers) > 0 && fl.Extra != nil && fl.Extra.Helper != "" {
+		for _, h := range ex.Helpers {
+			if fl.Extra.Helper == h {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (f *Filter) ignored(a netip.Addr) bool {

@@ -48,7 +48,14 @@ func familyName(f uint8) string {
 // String formats the flow one line, as `conntrack -L -o extended` does:
 //
 //	ipv4     2 tcp      6 431999 ESTABLISHED src=10.0.0.1 dst=10.0.0.2 sport=40000 dport=80 src=10.0.0.2 dst=10.0.0.1 sport=80 dport=40000 [ASSURED] mark=0 zone=0
-func (f *Flow) String() string {
+func (f *Flow) String() string { return f.format(nil, true) }
+
+// Extended formats a destroyed flow as `conntrack -E -o extended` prints a
+// DESTROY event: no timeout, and packets= and bytes= after each tuple when
+// c holds counters.
+func (f *Flow) Extended(c *Counters) string { return f.format(c, false) }
+
+func (f *Flow) format(c *Counters, timeout bool) string {
 	var b strings.Builder
 	b.Grow(200)
 	pad := func(s string, n int) {
@@ -65,17 +72,25 @@ func (f *Flow) String() string {
 	b.WriteByte(' ')
 	b.WriteString(strconv.Itoa(int(f.Proto)))
 	b.WriteByte(' ')
-	b.WriteString(strconv.FormatUint(uint64(f.Timeout), 10))
-	b.WriteByte(' ')
+	if timeout {
+		b.WriteString(strconv.FormatUint(uint64(f.Timeout), 10))
+		b.WriteByte(' ')
+	}
 	if f.Proto == ProtoTCP {
 		b.WriteString(TCPStateName(f.TCP.State))
 		b.WriteByte(' ')
 	}
 	f.writeTuple(&b, f.Orig)
+	if c != nil && c.HaveAcct {
+		writeCounters(&b, c.OrigPackets, c.OrigBytes)
+	}
 	if f.Status&StatusSeenReply == 0 {
 		b.WriteString("[UNREPLIED] ")
 	}
 	f.writeTuple(&b, f.Reply)
+	if c != nil && c.HaveAcct {
+		writeCounters(&b, c.ReplyPackets, c.ReplyBytes)
+	}
 	if f.Status&StatusAssured != 0 {
 		b.WriteString("[ASSURED] ")
 	}
@@ -119,6 +134,14 @@ func (f *Flow) writeTuple(b *strings.Builder, t Tuple) {
 		b.WriteString(" dport=")
 		b.WriteString(strconv.Itoa(int(t.DstPort)))
 	}
+	b.WriteByte(' ')
+}
+
+func writeCounters(b *strings.Builder, packets, bytes uint64) {
+	b.WriteString("packets=")
+	b.WriteString(strconv.FormatUint(packets, 10))
+	b.WriteString(" bytes=")
+	b.WriteString(strconv.FormatUint(bytes, 10))
 	b.WriteByte(' ')
 }
 

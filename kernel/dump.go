@@ -42,6 +42,12 @@ func Dump(ctx context.Context, opts DumpOptions, fn func(f *flow.Flow)) error {
 // dumpRaw streams the dump's netlink messages to fn; their data alias a
 // buffer that is reused after fn returns.
 func dumpRaw(ctx context.Context, opts DumpOptions, fn func(m netlink.Message) error) error {
+	return dumpRawType(ctx, opts, ctType(msgCTGet), fn)
+}
+
+// dumpRawType is dumpRaw for a GET of the given message type (flows or
+// expectations).
+func dumpRawType(ctx context.Context, opts DumpOptions, typ uint16, fn func(m netlink.Message) error) error {
 	s, err := dialNetfilter(opts.NetNS, 0)
 	if err != nil {
 		return err
@@ -53,7 +59,7 @@ func dumpRaw(ctx context.Context, opts DumpOptions, fn func(m netlink.Message) e
 
 	req := netlink.Message{
 		Header: netlink.Header{
-			Type:  netlink.HeaderType(subsysCTNetlink<<8 | msgCTGet),
+			Type:  netlink.HeaderType(typ),
 			Flags: netlink.Request | netlink.Dump,
 		},
 		// struct nfgenmsg: family AF_UNSPEC (both), version 0, res_id 0.

@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"sync/atomic"
 
 	"github.com/mdlayher/netlink"
+	"golang.org/x/net/bpf"
 
 	"github.com/ctsyncd/ctsyncd/flow"
 )
@@ -42,6 +44,9 @@ type Event struct {
 	Type   EventType
 	PortID uint32
 	Flow   flow.Flow
+	// Counters holds a DESTROY event's packets, bytes and times (what
+	// the kernel reports: see flow.Counters); zero for other events.
+	Counters flow.Counters
 }
 
 // Multicast groups of ctnetlink as a legacy bitmask: group g is bit g-1
@@ -60,6 +65,10 @@ type ListenOptions struct {
 	// NetNS, when non-zero, is a file descriptor of the network namespace
 	// to listen in (tests); 0 means the calling thread's namespace.
 	NetNS int
+	// Expectations subscribes to expectation events (NEW and DESTROY) on the
+	// same socket, so that they keep their order with the flows' events.
+	// They go to the handler's ExpectEvent (see ExpectHandler).
+	Expectations bool
 }
 
 // DefaultReadBuffer is the event socket's default receive buffer.
@@ -78,6 +87,9 @@ type Listener struct {
 	bad      atomic.Uint64
 	own      atomic.Uint64
 
+	// kernelFilter is whether the BPF filter of IgnorePorts is attached.
+	kernelFilter atomic.Bool
+
 	// ignore holds the port ids whose events are dropped undecoded.
 	ignore atomic.Pointer[[]uint32]
 }
@@ -86,15 +98,51 @@ type Listener struct {
 // caused by the sockets with these netlink port ids: the daemon's own
 // writes (a commit's million NEW events cost nothing to skip). Safe to call
 // while Run runs.
+//
+// The kernel drops them too, before queueing them on the socket, through a
+// classic BPF filter on the event socket (SO_ATTACH_FILTER): a commit's
+// events then cost neither a copy to user space nor room in the receive
+// buffer. The check here stays as the fallback where attaching fails.
 func (l *Listener) IgnorePorts(ports []uint32) {
 	p := slices.Clone(ports)
 	l.ignore.Store(&p)
+	l.kernelFilter.Store(l.sock.conn.SetBPF(ownPortsFilter(p)) == nil)
+}
+
+// KernelFiltered reports whether the kernel drops the ignored ports' events
+// (the BPF filter is attached): they are then not counted in Stats.Own.
+func (l *Listener) KernelFiltered() bool { return l.kernelFilter.Load() }
+
+// ownPortsFilter is a classic BPF program for a netlink socket that drops
+// every message whose header's port id (nlmsg_pid, at offset 12) is one of
+// ports and accepts the rest. Conntrack events come one to a datagram, so
+// the first header is the event's. BPF loads words big-endian; the header
+// is in host order, so the constants are the ports' host-order bytes read
+// big-endian. At most 255 ports.
+func ownPortsFilter(ports []uint32) []bpf.RawInstruction {
+	ports = ports[:min(len(ports), 255)]
+	prog := []bpf.Instruction{bpf.LoadAbsolute{Off: 12, Size: 4}}
+	for i, p := range ports {
+		var b [4]byte
+		binary.NativeEndian.PutUint32(b[:], p)
+		prog = append(prog, bpf.JumpIf{Cond: bpf.JumpEqual, Val: binary.BigEndian.Uint32(b[:]), SkipTrue: uint8(len(ports) - i)})
+	}
+	prog = append(prog, bpf.RetConstant{Val: 0xffffffff}, bpf.RetConstant{Val: 0})
+	raw, err := bpf.Assemble(prog)
+	if err != nil {
+		panic("kernel: own-ports filter: " + err.Error()) // the program is fixed; only a bug gets here
+	}
+	return raw
 }
 
 // Listen subscribes to conntrack NEW, UPDATE and DESTROY events. Subscribe
 // before dumping the table, so that no change falls between the two.
 func Listen(opts ListenOptions) (*Listener, error) {
-	s, err := dialNetfilter(opts.NetNS, groupNew|groupUpdate|groupDestroy)
+	groups := uint32(groupNew | groupUpdate | groupDestroy)
+	if opts.Expectations {
+		groups |= groupExpNew | groupExpDestroy
+	}
+	s, err := dialNetfilter(opts.NetNS, groups)
 	if err != nil {
 		return nil, err
 	}
@@ -126,6 +174,21 @@ type Handler interface {
 	Overrun()
 }
 
+// ExpectEvent is one expectation event: EventNew or EventDestroy.
+type ExpectEvent struct {
+	Type   EventType
+	PortID uint32
+	Expect flow.Expect
+}
+
+// ExpectHandler is implemented by a Handler that wants expectation events
+// (ListenOptions.Expectations). ExpectEvent is called from the Run
+// goroutine like Event; ev is reused after it returns. A Handler without
+// it has expectation events counted and dropped.
+type ExpectHandler interface {
+	ExpectEvent(ev *ExpectEvent)
+}
+
 // ListenerStats are counters of a Listener.
 type ListenerStats struct {
 	Events    uint64 // events decoded and handed on
@@ -147,12 +210,28 @@ func (l *Listener) Run(ctx context.Context, h Handler) error {
 	defer l.Close()
 
 	var ev Event
+	var xev ExpectEvent
+	xh, _ := h.(ExpectHandler)
 	handle := func(m netlink.Message) error {
 		if pid := m.Header.PID; pid != 0 {
 			if ign := l.ignore.Load(); ign != nil && slices.Contains(*ign, pid) {
 				l.own.Add(1)
 				return nil
 			}
+		}
+		if m.Header.Type>>8 == subsysCTNetlinkExp {
+			t, ok := expectEventType(m.Header)
+			if !ok || !decodeExpect(m, &xev.Expect) {
+				l.bad.Add(1)
+				return nil
+			}
+			l.events.Add(1)
+			if xh != nil {
+				xev.Type = t
+				xev.PortID = m.Header.PID
+				xh.ExpectEvent(&xev)
+			}
+			return nil
 		}
 		t, ok := eventType(m.Header)
 		if !ok || !decodeFlow(m, &ev.Flow) {
@@ -161,6 +240,11 @@ func (l *Listener) Run(ctx context.Context, h Handler) error {
 		}
 		ev.Type = t
 		ev.PortID = m.Header.PID
+		if t == EventDestroy {
+			decodeCounters(m, &ev.Counters)
+		} else {
+			ev.Counters = flow.Counters{}
+		}
 		l.events.Add(1)
 		h.Event(&ev)
 		return nil

@@ -112,6 +112,22 @@ type Writer struct {
 
 // NewWriter opens the writer's sockets.
 func NewWriter(opts WriterOptions) (*Writer, error) {
+	opts = opts.withDefaults()
+	var socks []*writeSocket
+	for range opts.Sockets {
+		s, err := dialWriteSocket(opts.NetNS)
+		if err != nil {
+			for _, s := range socks {
+				s.s.close()
+			}
+			return nil, err
+		}
+		socks = append(socks, s)
+	}
+	return newWriterOn(opts, socks), nil
+}
+
+func (opts WriterOptions) withDefaults() WriterOptions {
 	if opts.Sockets <= 0 {
 		opts.Sockets = DefaultWriterSockets
 	}
@@ -122,16 +138,13 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 	if opts.MinTimeout == 0 {
 		opts.MinTimeout = DefaultWriterMinTimeout
 	}
-	w := &Writer{opts: opts, closed: make(chan struct{}), dumpThreshold: dumpThreshold}
-	for range opts.Sockets {
-		s, err := dialWriteSocket(opts.NetNS)
-		if err != nil {
-			w.Close()
-			return nil, err
-		}
-		w.socks = append(w.socks, s)
-	}
-	return w, nil
+	return opts
+}
+
+// newWriterOn makes a Writer over open sockets (tests pass fakes); opts
+// must have their defaults applied.
+func newWriterOn(opts WriterOptions, socks []*writeSocket) *Writer {
+	return &Writer{opts: opts, socks: socks, closed: make(chan struct{}), dumpThreshold: dumpThreshold}
 }
 
 // PortIDs returns the netlink port ids of the writer's sockets. Events the
@@ -140,7 +153,7 @@ func NewWriter(opts WriterOptions) (*Writer, error) {
 func (w *Writer) PortIDs() []uint32 {
 	ids := make([]uint32, len(w.socks))
 	for i, s := range w.socks {
-		ids[i] = s.s.conn.PID()
+		ids[i] = s.s.portID()
 	}
 	return ids
 }

@@ -26,10 +26,24 @@ type encodeFunc func(b []byte, k int, seq uint32, flags netlink.HeaderFlags) []b
 // data alias the socket buffer and are valid only during the call.
 type replyFunc func(k int, m netlink.Message)
 
+// writeConn is what a writeSocket needs of its netlink socket: send one
+// datagram of requests, receive one datagram of replies split into
+// messages, move its deadline (how a context ends a blocked round), its
+// port id, close. *rawSocket is the real one; the writer's root-free tests
+// put a fake under it that answers requests with ACKs, errors and replies
+// as the kernel does (writer_seam_test.go).
+type writeConn interface {
+	send(b []byte) error
+	recv(fn func(m netlink.Message) error) error
+	setDeadline(t time.Time) error
+	portID() uint32
+	close() error
+}
+
 // writeSocket is one of the writer's netlink sockets. It is used by one
 // goroutine of a round at a time; seq is touched only by that goroutine.
 type writeSocket struct {
-	s       *rawSocket
+	s       writeConn
 	seq     uint32
 	buf     []byte // the batch being sent, reused
 	maxSend int    // bytes per sendmsg the socket accepts (below sk_sndbuf)
@@ -61,7 +75,12 @@ func dialWriteSocket(netns int) (*writeSocket, error) {
 	if n, err := s.conn.WriteBuffer(); err == nil && n/2 > maxSend {
 		maxSend = n / 2
 	}
-	return &writeSocket{s: s, seq: uint32(time.Now().UnixNano()), maxSend: maxSend}, nil
+	return newWriteSocket(s, maxSend), nil
+}
+
+// newWriteSocket wraps c; maxSend is the most bytes one send may carry.
+func newWriteSocket(c writeConn, maxSend int) *writeSocket {
+	return &writeSocket{s: c, seq: uint32(time.Now().UnixNano()), maxSend: maxSend}
 }
 
 const (
@@ -97,14 +116,14 @@ func (w *Writer) roundOn(ctx context.Context, socks []*writeSocket, batch, n int
 	stop := context.AfterFunc(ctx, func() {
 		defer close(fired)
 		for _, s := range socks {
-			_ = s.s.conn.SetDeadline(time.Unix(1, 0))
+			_ = s.s.setDeadline(time.Unix(1, 0))
 		}
 	})
 	defer func() {
 		if !stop() {
 			<-fired
 			for _, s := range socks {
-				_ = s.s.conn.SetDeadline(time.Time{})
+				_ = s.s.setDeadline(time.Time{})
 			}
 		}
 	}()
@@ -227,9 +246,12 @@ func (s *writeSocket) sendSplit(b []byte) error {
 	return nil
 }
 
-func (s *writeSocket) send(b []byte) error {
+func (s *writeSocket) send(b []byte) error { return s.s.send(b) }
+
+// send sends b as one datagram to the kernel.
+func (s *rawSocket) send(b []byte) error {
 	var serr error
-	err := s.s.rc.Write(func(fd uintptr) bool {
+	err := s.rc.Write(func(fd uintptr) bool {
 		serr = unix.Sendto(int(fd), b, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
 		return serr != unix.EAGAIN && serr != unix.EWOULDBLOCK
 	})
@@ -245,6 +267,10 @@ func (s *writeSocket) send(b []byte) error {
 	return nil
 }
 
+func (s *rawSocket) setDeadline(t time.Time) error { return s.conn.SetDeadline(t) }
+
+func (s *rawSocket) portID() uint32 { return s.conn.PID() }
+
 // dump reads the whole table (both families) on the writer's first socket
 // and calls fn for each entry; m's data are valid only during the call.
 func (w *Writer) dump(ctx context.Context, fn func(m netlink.Message)) error {
@@ -252,12 +278,12 @@ func (w *Writer) dump(ctx context.Context, fn func(m netlink.Message)) error {
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		defer close(fired)
-		_ = s.s.conn.SetDeadline(time.Unix(1, 0))
+		_ = s.s.setDeadline(time.Unix(1, 0))
 	})
 	defer func() {
 		if !stop() {
 			<-fired
-			_ = s.s.conn.SetDeadline(time.Time{})
+			_ = s.s.setDeadline(time.Time{})
 		}
 	}()
 	s.seq++

@@ -19,30 +19,64 @@ scripts/check-netlink-version.sh
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
 go vet ./...
+go vet -tags kernel,cluster,large ./...
 STATICCHECK="$(go env GOPATH)/bin/staticcheck"
 if [ ! -x "$STATICCHECK" ]; then
   GOFLAGS= go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 fi
-"$STATICCHECK" ./...
+"$STATICCHECK" -tags kernel,cluster,large ./...
 go build -o /dev/null ./cmd/...
 
-# tier NAME ARGS...: runs go test -v, prints a summary, fails on zero tests
-# or (CI) on skips.
-tier() {
-  local name=$1; shift
-  echo "== $name tier: go test $*"
-  set +e
-  go test -v "$@" >"$log/$name.out" 2>&1
-  local rc=$?
-  set -e
-  grep -E '^(=== RUN|--- (PASS|FAIL|SKIP)|(ok|FAIL|PASS|panic)\b)' "$log/$name.out" | grep -v '^=== RUN' | grep -vE '^    ' | tail -n 200 || true
+# Test tiers are chosen by build tags, never by test names: unit is every
+# test built without tags; a tagged tier is exactly the tests that exist only
+# with its tags (kernel: files with //go:build kernel; kernel-large: kernel &&
+# large; cluster, cluster-large likewise). See docs/ARCHITECTURE.md, "Test tiers".
+
+# Every _test.go build constraint may use only the tier tags and race, a
+# "large" file must belong to the kernel or cluster tier, and a file built
+# only with or without -race holds no test (it would run in no tier or in
+# only part of one).
+check_test_tags() {
+  local bad=0 f line
+  while IFS= read -r f; do
+    line=$(grep -m1 '^//go:build ' "$f" || true)
+    [ -z "$line" ] && continue
+    local words
+    words=$(printf '%s\n' "${line#//go:build }" | tr -c 'A-Za-z0-9_\n' ' ')
+    for w in $words; do
+      case $w in kernel|cluster|large|race) ;; *) echo "$f: build tag $w is not a test tier (kernel, cluster, large)" >&2; bad=1 ;; esac
+    done
+    if [[ " $words " == *" large "* && " $words " != *" kernel "* && " $words " != *" cluster "* ]]; then
+      echo "$f: large without kernel or cluster runs in no tier" >&2; bad=1
+    fi
+    if [[ " $words " == *" race "* ]] && grep -qE '^func (Test|Fuzz|Example|Benchmark)' "$f"; then
+      echo "$f: a file built only with or without -race must hold no test" >&2; bad=1
+    fi
+  done < <(git ls-files '*_test.go')
+  return $bad
+}
+check_test_tags
+
+# list_tests TAGS: prints "package test" for every test, fuzz target and
+# example that go test builds with TAGS ("" for none).
+list_tests() {
+  go test -vet=off -list . ${1:+-tags "$1"} ./... >"$log/list.out" 2>&1 || { cat "$log/list.out" >&2; return 1; }
+  awk '/^(ok|\?|FAIL)[ \t]/ { n = split(names, a, " "); for (i = 1; i <= n; i++) print $2, a[i]; names = ""; next }
+       /^(Test|Fuzz|Example|Benchmark)/ { names = names " " $1 }' "$log/list.out" | sort
+}
+
+# summarize NAME RC: prints the tier's results, fails on a failure, on zero
+# tests or (CI) on skips.
+summarize() {
+  local name=$1 rc=$2
+  grep -E '^(--- (PASS|FAIL|SKIP)|(ok|FAIL|PASS|panic)\b)' "$log/$name.out" | tail -n 200 || true
   local pass fail skip
   pass=$(grep -cE '^\s*--- PASS' "$log/$name.out" || true)
   fail=$(grep -cE '^\s*--- FAIL' "$log/$name.out" || true)
   skip=$(grep -cE '^\s*--- SKIP' "$log/$name.out" || true)
   echo "$name: $pass passed, $fail failed, $skip skipped"
   if [ "$rc" -ne 0 ]; then
-    echo "== $name tier FAILED; full output:"; grep -vE '^(=== (RUN|PAUSE|CONT)|--- PASS)' "$log/$name.out" | tail -n 300
+    echo "== $name tier FAILED; full output:"; grep -vE '^(=== (RUN|PAUSE|CONT|NAME)|--- PASS)' "$log/$name.out" | tail -n 300
     return 1
   fi
   if [ "$pass" -eq 0 ]; then echo "$name tier ran no test" >&2; return 1; fi
@@ -53,15 +87,46 @@ tier() {
 }
 TOTAL_PASS=0; TOTAL_SKIP=0
 
-tier unit -race -count=1 -skip '^(TestKernel|TestCluster)' ./...
-tier kernel -race -count=1 -timeout 20m -run '^TestKernel' ./...
-# Scenarios with 100k+ flows run without the race detector (DESIGN.md §4).
-tier kernel-large -count=1 -timeout 20m -tags large -run '^TestKernelLarge' ./...
-if find test/cluster -name '*_test.go' | grep -q .; then
-  tier cluster -race -count=1 -p 1 -timeout 40m -run '^TestCluster' ./test/cluster/...
-  # 100k+ flows in an HA pair: without the race detector.
-  tier cluster-large -count=1 -p 1 -timeout 20m -tags large -run '^TestClusterLarge' ./test/cluster/...
-fi
+# unit ARGS...: every test built without tags, as one go test run.
+unit() {
+  local name=$1; shift
+  echo "== $name tier: go test $*"
+  local rc=0
+  go test -v "$@" ./... >"$log/$name.out" 2>&1 || rc=$?
+  summarize "$name" "$rc"
+}
+
+# tagged NAME TAGS BASE ARGS...: runs, package by package, the tests that
+# exist with -tags TAGS but not with BASE, and fails if one of them did not
+# report a result.
+tagged() {
+  local name=$1 tags=$2 base=$3; shift 3
+  list_tests "$tags" >"$log/$name.with"
+  list_tests "$base" >"$log/$name.without"
+  comm -23 "$log/$name.with" "$log/$name.without" >"$log/$name.list"
+  echo "== $name tier (-tags $tags): $(wc -l <"$log/$name.list") tests; go test $*"
+  : >"$log/$name.out"
+  local rc=0 pkg
+  for pkg in $(cut -d' ' -f1 "$log/$name.list" | uniq); do
+    local re
+    re=$(awk -v p="$pkg" '$1 == p { printf "%s%s", sep, $2; sep = "|" }' "$log/$name.list")
+    go test -v -tags "$tags" "$@" -run "^(${re})\$" "$pkg" >>"$log/$name.out" 2>&1 || rc=$?
+  done
+  local missing
+  missing=$(while read -r pkg t; do grep -qE "^--- (PASS|FAIL|SKIP): ${t} " "$log/$name.out" || echo "$pkg $t"; done <"$log/$name.list")
+  if [ -n "$missing" ] && [ "$rc" -eq 0 ]; then echo "$name tier: listed but not run: $missing" >&2; rc=1; fi
+  summarize "$name" "$rc"
+}
+
+tier_unit() { unit unit -race -count=1; }
+tier_kernel() { tagged kernel kernel "" -race -count=1 -timeout 20m; }
+# Scenarios with 100k+ flows run without the race detector (it slows
+# netlink-heavy work several times; docs/ARCHITECTURE.md, "Test tiers").
+tier_kernel_large() { tagged kernel-large kernel,large kernel -count=1 -timeout 20m; }
+tier_cluster() { tagged cluster cluster "" -race -count=1 -p 1 -timeout 40m; }
+tier_cluster_large() { tagged cluster-large cluster,large cluster -count=1 -p 1 -timeout 20m; }
+
+for t in ${TIERS:-unit kernel kernel_large cluster cluster_large}; do "tier_$t"; done
 
 echo "== fuzz (short runs of every target)"
 for pkg in $(go list ./...); do

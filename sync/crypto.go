@@ -107,12 +107,12 @@ func counterNonce(counter uint64) [12]byte {
 // seal appends the datagram of header h and body to dst: the header, then
 // the body sealed under aead (h.Flags gets flagSealed), or the body as is
 // when aead is nil (insecure).
-func seal(dst []byte, h Header, body []byte, aead cipher.AEAD) []byte {
+func seal(dst []byte, h header, body []byte, aead cipher.AEAD) []byte {
 	if aead != nil {
 		h.Flags |= flagSealed
 	}
 	start := len(dst)
-	dst = AppendHeader(dst, &h)
+	dst = appendHeader(dst, &h)
 	if aead == nil {
 		return append(dst, body...)
 	}
@@ -123,7 +123,7 @@ func seal(dst []byte, h Header, body []byte, aead cipher.AEAD) []byte {
 
 // open authenticates a datagram and returns its body (in a new buffer when
 // sealed). aead nil means insecure: the datagram must not be sealed.
-func open(b []byte, h *Header, aead cipher.AEAD) ([]byte, error) {
+func open(b []byte, h *header, aead cipher.AEAD) ([]byte, error) {
 	sealed := h.Flags&flagSealed != 0
 	if aead == nil {
 		if sealed {

@@ -59,9 +59,9 @@ func TestSealOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := Header{Type: MsgAck, Node: 1, Epoch: 2, Counter: 3}
+	h := header{Type: MsgAck, Node: 1, Epoch: 2, Counter: 3, To: 4, ToEpoch: 5}
 	d := seal(nil, h, []byte("body"), a)
-	h2, err := ParseHeader(d)
+	h2, err := parseHeader(d)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,10 +82,10 @@ func TestSealOpen(t *testing.T) {
 			t.Errorf("%s: %v, want ErrAuth", name, err)
 		}
 	}
-	for _, i := range []int{3, 20, 31, HeaderLen, len(d) - 1} {
+	for _, i := range []int{3, 20, 31, 39, 47, HeaderLen, len(d) - 1} {
 		c := append([]byte(nil), d...)
 		c[i] ^= 1
-		h3, err := ParseHeader(c)
+		h3, err := parseHeader(c)
 		if err != nil {
 			continue
 		}

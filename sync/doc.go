@@ -47,11 +47,23 @@
 //
 // # Concurrency
 //
-// A Node's state is owned by the goroutine running Run; Stats, Bulk and
-// RequestResync are safe to call from any goroutine at any time and do not
-// block on the network. The caches are called from Run's goroutine with no
-// lock of theirs held across calls. Run is the single reader of the
-// internal cache's Changed channel and of the transport's Packets channel.
-// Transports must not block in Send or SendTo and must not retain the
-// buffer passed to them; see Transport.
+// A Node's state is guarded by one mutex. Run handles one event at a time
+// (a datagram, a change notification, a timer tick) on the goroutine that
+// called it, holding the mutex for the event; it starts no goroutine.
+// Stats, Status, Bulk and RequestResync are safe to call from any goroutine
+// at any time and do not block on the network (Stats and Status wait for
+// the event in hand, Bulk and RequestResync only signal Run). The caches
+// are called with the node's mutex held and no lock of theirs held across
+// calls. Run is the single reader of the internal cache's Changed channel
+// and of the transport's Packets channel. Transports must not block in Send
+// or SendTo and must not retain the buffer passed to them; see Transport.
+//
+// # Source layout
+//
+// node.go: Options, Node, Run's event loop and the exported methods;
+// dispatch.go: datagram verification and the single switch that maps a
+// message type to its handler; handshake.go: epoch keys, challenges and
+// responses; receive.go: in-order delivery, ACK and NACK; send.go: batching,
+// sealing, NACK repair; bulk.go: bulk transfers; ring.go: the resend queue;
+// wire.go: the wire codec; crypto.go: keys, sealing, the replay window.
 package sync

@@ -58,7 +58,7 @@ func (n *Node) SendNow(chs []cache.Change, done func(acked bool)) int {
 	seq := n.nextSeq
 	n.nextSeq++
 	n.queue.push(queued{seq: seq, typ: MsgDataNow, keys: keys, chs: keep, sent: now})
-	n.sendAll(&Message{Type: MsgDataNow, Seq: seq, Changes: keep})
+	n.sendAll(&message{Type: MsgDataNow, Seq: seq, Changes: keep})
 	if len(n.waiters) >= maxWaiters {
 		n.waiters[0].done(false)
 		n.waiters = n.waiters[1:]

@@ -63,7 +63,7 @@ func TestSendNowRepaired(t *testing.T) {
 	a, b, _ := urgentPair(t, net, 10*time.Millisecond)
 	var dropped atomic.Bool
 	net.SetFilter(func(from, to string, p []byte) bool {
-		if h, err := ParseHeader(p); err == nil && h.Type == MsgDataNow && from == "a" && dropped.CompareAndSwap(false, true) {
+		if h, err := parseHeader(p); err == nil && h.Type == MsgDataNow && from == "a" && dropped.CompareAndSwap(false, true) {
 			return false
 		}
 		return true

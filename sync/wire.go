@@ -14,25 +14,33 @@ import (
 	"github.com/ctsyncd/ctsyncd/flow"
 )
 
-// Wire format, version 1.
+// Wire format, version 2.
 //
-// A datagram is a fixed 32-byte header followed by the body. The header is
+// A datagram is a fixed 48-byte header followed by the body. The header is
 // sent in the clear and authenticated as associated data; the body is
 // sealed with AES-256-GCM (16-byte tag appended) unless the node runs
 // insecure.
 //
-//	0      2   3    4     5          8        16        24         32
-//	+------+---+----+-----+----------+--------+---------+----------+
-//	|magic |ver|type|flags| reserved | node id|  epoch  | counter  |
-//	+------+---+----+-----+----------+--------+---------+----------+
+//	0      2   3    4     5          8        16      24        32        40         48
+//	+------+---+----+-----+----------+--------+-------+---------+---------+----------+
+//	|magic |ver|type|flags| reserved | node id| epoch | counter | to node | to epoch |
+//	+------+---+----+-----+----------+--------+-------+---------+---------+----------+
 //
 // node id is the first 8 bytes of SHA-256(node name); epoch is random per
 // start of the sender; counter counts the sender's datagrams in that epoch
-// from 1 (the AEAD nonce and the replay window use it). The sequence number
-// of the reliable stream travels in the body of DATA, BULK_BEGIN and
-// BULK_END.
+// from 1 (the AEAD nonce and the replay window use it). to node and to
+// epoch name the one receiver of a message sent to one peer (ACK, NACK,
+// RESYNC_REQUEST, CHALLENGE, RESPONSE, resends); both are 0 in a message
+// for every peer. A receiver drops a message addressed to another node or
+// to another epoch of its own, so a datagram captured on its way to one
+// peer cannot be replayed to another (the sender's counter is shared by
+// all its receivers). The sequence number of the reliable stream travels
+// in the body of DATA, BULK_BEGIN and BULK_END.
 //
-// The DATA body is a compact binary encoding (see AppendChange); every other
+// Version 1 (a 32-byte header without the receiver) is not spoken any
+// more: a version-1 datagram is refused as ErrVersion.
+//
+// The DATA body is a compact binary encoding (see appendChange); every other
 // body is a msgpack array of its fields, in the order listed on each type.
 // Receivers ignore array elements they do not know (later minor additions)
 // and refuse missing ones.
@@ -40,10 +48,10 @@ const (
 	magic0, magic1 = 0xC7, 0x5C
 
 	// Version is the protocol version this package speaks.
-	Version = 1
+	Version = 2
 
 	// HeaderLen is the length of the fixed header.
-	HeaderLen = 32
+	HeaderLen = 48
 
 	// MaxDatagram is the largest datagram accepted or sent (the IPv4 UDP
 	// payload limit).
@@ -65,8 +73,18 @@ const (
 	maxHelperLen = 32
 )
 
-// flagSealed marks a body sealed with the sender's epoch key.
-const flagSealed = 0x01
+// Header flags.
+const (
+	// flagSealed marks a body sealed with the sender's epoch key.
+	flagSealed = 0x01
+	// flagStreamExt marks a stream message of a type from EXPECT on: its
+	// body begins with its sequence number (a uvarint). A receiver that
+	// does not know the type takes the sequence number and skips the rest;
+	// a message of an unknown type without the flag is ignored. So a newer
+	// peer's additions, on the stream or beside it, neither break nor
+	// stall an older receiver.
+	flagStreamExt = 0x02
+)
 
 // MsgType is the type of a message.
 type MsgType uint8
@@ -83,14 +101,29 @@ const (
 	MsgHello         MsgType = 8              // a node announces itself (name)
 	MsgChallenge     MsgType = 9              // prove you hold the key and live in your epoch
 	MsgResponse      MsgType = 10             // the answer to a challenge
-	MsgDataNow       MsgType = 11             // DATA sent ahead of the batch (first-packet defer): acknowledge at once
+	MsgExpect        MsgType = 11             // a batch of expectation changes, sequenced (expect.go)
+	MsgDataNow       MsgType = 12             // DATA sent ahead of the batch (first-packet defer, urgent.go): acknowledge at once
 	msgTypeEnd               = MsgDataNow + 1 // one past the last known type; move it when appending
+
+	// Numbers taken by work landing next, so that branches do not collide:
+	// 13..16 DIGEST, DIGEST_REQUEST,
+	// REPAIR, REPAIR_END (drift detection), 17 NODE_INFO (version,
+	// capabilities, ruleset digest). A stream type from EXPECT on sets
+	// flagStreamExt (see streamExt); other new types must not.
+
+	// firstStreamExt is the first type that may carry flagStreamExt.
+	firstStreamExt = MsgExpect
 )
+
+// streamExt reports whether messages of type t are stream messages sent
+// with flagStreamExt.
+func streamExt(t MsgType) bool { return t == MsgExpect || t == MsgDataNow }
 
 var msgTypeNames = [...]string{
 	MsgData: "DATA", MsgAck: "ACK", MsgNack: "NACK", MsgHeartbeat: "HEARTBEAT",
 	MsgBulkBegin: "BULK_BEGIN", MsgBulkEnd: "BULK_END", MsgResyncRequest: "RESYNC_REQUEST",
-	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE", MsgDataNow: "DATA_NOW",
+	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE", MsgExpect: "EXPECT",
+	MsgDataNow: "DATA_NOW",
 }
 
 func (t MsgType) String() string {
@@ -107,63 +140,88 @@ func NodeID(name string) uint64 {
 	return binary.BigEndian.Uint64(s[:8])
 }
 
-// Header is the fixed header of a datagram.
-type Header struct {
+// header is the fixed header of a datagram.
+type header struct {
 	Type    MsgType
 	Flags   uint8
 	Node    uint64 // sender's node id
 	Epoch   uint64 // sender's epoch
 	Counter uint64 // sender's datagram counter in the epoch, from 1
+	To      uint64 // the receiver's node id; 0: every peer
+	ToEpoch uint64 // the receiver's epoch; 0 when To is 0
 }
 
-// AppendHeader appends the encoded header to b.
-func AppendHeader(b []byte, h *Header) []byte {
+// addressed reports whether messages of type t go to one peer and must
+// name it in the header.
+func addressed(t MsgType) bool {
+	switch t {
+	case MsgAck, MsgNack, MsgResyncRequest, MsgChallenge, MsgResponse:
+		return true
+	}
+	return false
+}
+
+// appendHeader appends the encoded header to b.
+func appendHeader(b []byte, h *header) []byte {
 	b = append(b, magic0, magic1, Version, byte(h.Type), h.Flags, 0, 0, 0)
 	b = binary.BigEndian.AppendUint64(b, h.Node)
 	b = binary.BigEndian.AppendUint64(b, h.Epoch)
-	return binary.BigEndian.AppendUint64(b, h.Counter)
+	b = binary.BigEndian.AppendUint64(b, h.Counter)
+	b = binary.BigEndian.AppendUint64(b, h.To)
+	return binary.BigEndian.AppendUint64(b, h.ToEpoch)
 }
 
-// ParseHeader decodes the header at the start of b. It checks the magic,
+// parseHeader decodes the header at the start of b. It checks the magic,
 // the version and the reserved bytes, and that the type is known.
-func ParseHeader(b []byte) (Header, error) {
+func parseHeader(b []byte) (header, error) {
 	if len(b) < HeaderLen {
-		return Header{}, fmt.Errorf("%w: %d bytes, shorter than a header", ErrMalformed, len(b))
+		return header{}, fmt.Errorf("%w: %d bytes, shorter than a header", ErrMalformed, len(b))
 	}
 	if len(b) > MaxDatagram {
-		return Header{}, fmt.Errorf("%w: %d bytes, over %d", ErrMalformed, len(b), MaxDatagram)
+		return header{}, fmt.Errorf("%w: %d bytes, over %d", ErrMalformed, len(b), MaxDatagram)
 	}
 	if b[0] != magic0 || b[1] != magic1 {
-		return Header{}, fmt.Errorf("%w: bad magic %#x%02x", ErrMalformed, b[0], b[1])
+		return header{}, fmt.Errorf("%w: bad magic %#x%02x", ErrMalformed, b[0], b[1])
 	}
 	if b[2] != Version {
-		return Header{}, fmt.Errorf("%w: version %d, want %d", ErrVersion, b[2], Version)
+		return header{}, fmt.Errorf("%w: version %d, want %d", ErrVersion, b[2], Version)
 	}
-	h := Header{
+	h := header{
 		Type:    MsgType(b[3]),
 		Flags:   b[4],
 		Node:    binary.BigEndian.Uint64(b[8:]),
 		Epoch:   binary.BigEndian.Uint64(b[16:]),
 		Counter: binary.BigEndian.Uint64(b[24:]),
+		To:      binary.BigEndian.Uint64(b[32:]),
+		ToEpoch: binary.BigEndian.Uint64(b[40:]),
 	}
-	if h.Type == 0 || h.Type >= msgTypeEnd {
-		return Header{}, fmt.Errorf("%w: unknown message type %d", ErrMalformed, b[3])
+	if h.Type == 0 {
+		return header{}, fmt.Errorf("%w: message type 0", ErrMalformed)
 	}
-	if h.Flags&^flagSealed != 0 || b[5]|b[6]|b[7] != 0 {
-		return Header{}, fmt.Errorf("%w: reserved header bits set", ErrMalformed)
+	if h.Flags&^(flagSealed|flagStreamExt) != 0 || b[5]|b[6]|b[7] != 0 {
+		return header{}, fmt.Errorf("%w: reserved header bits set", ErrMalformed)
+	}
+	if h.Flags&flagStreamExt != 0 && (h.Type < firstStreamExt || (h.Type < msgTypeEnd && !streamExt(h.Type))) {
+		return header{}, fmt.Errorf("%w: %s is not an extension stream message", ErrMalformed, h.Type)
+	}
+	if h.To == 0 && h.ToEpoch != 0 {
+		return header{}, fmt.Errorf("%w: receiver epoch without a receiver", ErrMalformed)
+	}
+	if addressed(h.Type) && h.To == 0 {
+		return header{}, fmt.Errorf("%w: %s names no receiver", ErrMalformed, h.Type)
 	}
 	return h, nil
 }
 
-// SeqRange is an inclusive range of sequence numbers.
-type SeqRange struct {
+// seqRange is an inclusive range of sequence numbers.
+type seqRange struct {
 	First, Last uint64
 }
 
-// Message is a decoded message body. Which fields are used depends on the
+// message is a decoded message body. Which fields are used depends on the
 // type:
 //
-//	DATA, DATA_NOW  Seq, Changes
+//	DATA            Seq, Changes
 //	ACK             Seq (every message up to it arrived)
 //	NACK            Ranges
 //	HEARTBEAT       Seq (the last sequence number sent; 0: none yet)
@@ -173,25 +231,31 @@ type SeqRange struct {
 //	CHALLENGE       Name (the challenger), Nonce
 //	RESPONSE        Name (the responder), Nonce (the challenge's), Seq (the
 //	                responder's next sequence number)
-type Message struct {
+//	EXPECT          Seq, Expects
+//	(unknown >= 11) Seq only: taken from the stream and ignored
+type message struct {
 	Type    MsgType
 	Seq     uint64
 	Bulk    uint64
 	Changes []cache.Change
-	Ranges  []SeqRange
+	Ranges  []seqRange
 	Name    string
 	Nonce   []byte
+	Expects []cache.ExpectChange
 }
 
-// AppendBody appends the encoded body of m to b.
-func AppendBody(b []byte, m *Message) []byte {
+// appendBody appends the encoded body of m to b.
+func appendBody(b []byte, m *message) []byte {
 	if m.Type == MsgData || m.Type == MsgDataNow {
 		b = binary.AppendUvarint(b, m.Seq)
 		b = binary.AppendUvarint(b, uint64(len(m.Changes)))
 		for i := range m.Changes {
-			b = AppendChange(b, &m.Changes[i])
+			b = appendChange(b, &m.Changes[i])
 		}
 		return b
+	}
+	if m.Type == MsgExpect {
+		return appendExpectBody(b, m)
 	}
 	buf := bytes.NewBuffer(b)
 	e := msgpack.NewEncoder(buf)
@@ -229,13 +293,13 @@ func AppendBody(b []byte, m *Message) []byte {
 	return buf.Bytes()
 }
 
-// DecodeBody decodes a body of type t. It never panics, refuses trailing
+// decodeBody decodes a body of type t. It never panics, refuses trailing
 // bytes and checks every length before allocating.
-func DecodeBody(t MsgType, b []byte) (*Message, error) {
+func decodeBody(t MsgType, b []byte) (*message, error) {
 	if len(b) > MaxDatagram {
 		return nil, fmt.Errorf("%w: body of %d bytes", ErrMalformed, len(b))
 	}
-	m := &Message{Type: t}
+	m := &message{Type: t}
 	var err error
 	switch t {
 	case MsgData, MsgDataNow:
@@ -243,7 +307,13 @@ func DecodeBody(t MsgType, b []byte) (*Message, error) {
 	case MsgAck, MsgNack, MsgHeartbeat, MsgBulkBegin, MsgBulkEnd, MsgResyncRequest,
 		MsgHello, MsgChallenge, MsgResponse:
 		err = decodeControl(b, m)
+	case MsgExpect:
+		err = decodeExpectBody(b, m)
 	default:
+		if t >= firstStreamExt {
+			err = decodeUnknownStream(b, m)
+			break
+		}
 		err = fmt.Errorf("unknown message type %d", t)
 	}
 	if err != nil {
@@ -252,7 +322,7 @@ func DecodeBody(t MsgType, b []byte) (*Message, error) {
 	return m, nil
 }
 
-func decodeData(b []byte, m *Message) error {
+func decodeData(b []byte, m *message) error {
 	seq, n := binary.Uvarint(b)
 	if n <= 0 {
 		return errShort
@@ -275,7 +345,7 @@ func decodeData(b []byte, m *Message) error {
 	m.Seq = seq
 	m.Changes = make([]cache.Change, cnt)
 	for i := range m.Changes {
-		n, err := DecodeChange(b, &m.Changes[i])
+		n, err := decodeChange(b, &m.Changes[i])
 		if err != nil {
 			return fmt.Errorf("flow %d: %w", i, err)
 		}
@@ -300,7 +370,7 @@ func fields(t MsgType) int {
 	return 1
 }
 
-func decodeControl(b []byte, m *Message) error {
+func decodeControl(b []byte, m *message) error {
 	r := bytes.NewReader(b)
 	d := msgpack.NewDecoder(r)
 	n, err := d.DecodeArrayLen()
@@ -359,7 +429,7 @@ func decodeControl(b []byte, m *Message) error {
 	return nil
 }
 
-func decodeRanges(d *msgpack.Decoder) ([]SeqRange, error) {
+func decodeRanges(d *msgpack.Decoder) ([]seqRange, error) {
 	n, err := d.DecodeArrayLen()
 	if err != nil {
 		return nil, err
@@ -367,7 +437,7 @@ func decodeRanges(d *msgpack.Decoder) ([]SeqRange, error) {
 	if n < 0 || n%2 != 0 || n/2 > MaxNackRanges {
 		return nil, fmt.Errorf("%d range bounds", n)
 	}
-	out := make([]SeqRange, n/2)
+	out := make([]seqRange, n/2)
 	for i := range out {
 		if out[i].First, err = d.DecodeUint64(); err != nil {
 			return nil, err
@@ -469,9 +539,9 @@ func appendSeqAdj(b []byte, s *flow.SeqAdj) []byte {
 	return binary.BigEndian.AppendUint32(b, uint32(s.OffsetAfter))
 }
 
-// AppendChange appends the compact encoding of one change to b. An IPv4 TCP
+// appendChange appends the compact encoding of one change to b. An IPv4 TCP
 // flow that is not NATed costs about 26 bytes.
-func AppendChange(b []byte, ch *cache.Change) []byte {
+func appendChange(b []byte, ch *cache.Change) []byte {
 	f := &ch.Flow
 	var fl byte
 	v6 := f.Family == flow.FamilyIPv6
@@ -670,9 +740,9 @@ func (r *reader) seqAdj(s *flow.SeqAdj) {
 // maxIdleMs bounds a reported idleness (about 50 days).
 const maxIdleMs = 1 << 32
 
-// DecodeChange decodes one change from the start of b into ch and returns
+// decodeChange decodes one change from the start of b into ch and returns
 // the bytes used.
-func DecodeChange(b []byte, ch *cache.Change) (int, error) {
+func decodeChange(b []byte, ch *cache.Change) (int, error) {
 	r := reader{b: b}
 	fl := r.byte()
 	*ch = cache.Change{}

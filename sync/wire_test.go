@@ -86,9 +86,9 @@ func TestChangeRoundTrip(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range 5000 {
 		ch := randChange(r)
-		b := AppendChange(nil, &ch)
+		b := appendChange(nil, &ch)
 		var got cache.Change
-		n, err := DecodeChange(b, &got)
+		n, err := decodeChange(b, &got)
 		if err != nil {
 			t.Fatalf("#%d: decode: %v", i, err)
 		}
@@ -99,7 +99,7 @@ func TestChangeRoundTrip(t *testing.T) {
 			t.Fatalf("#%d: round trip\n got %+v\nwant %+v", i, got, ch)
 		}
 		for cut := range len(b) {
-			if _, err := DecodeChange(b[:cut], &got); err == nil {
+			if _, err := decodeChange(b[:cut], &got); err == nil {
 				t.Fatalf("#%d: truncated to %d of %d bytes: no error", i, cut, len(b))
 			}
 		}
@@ -107,53 +107,58 @@ func TestChangeRoundTrip(t *testing.T) {
 }
 
 func TestHeaderRoundTrip(t *testing.T) {
-	h := Header{Type: MsgNack, Flags: flagSealed, Node: 1 << 60, Epoch: 42, Counter: 7}
-	b := AppendHeader(nil, &h)
+	h := header{Type: MsgNack, Flags: flagSealed, Node: 1 << 60, Epoch: 42, Counter: 7, To: 1 << 61, ToEpoch: 43}
+	b := appendHeader(nil, &h)
 	if len(b) != HeaderLen {
 		t.Fatalf("header of %d bytes", len(b))
 	}
-	got, err := ParseHeader(b)
+	got, err := parseHeader(b)
 	if err != nil || got != h {
 		t.Fatalf("ParseHeader = %+v, %v; want %+v", got, err, h)
 	}
 	for _, mod := range []func([]byte){
 		func(b []byte) { b[0] = 0 },
 		func(b []byte) { b[3] = 0 },
-		func(b []byte) { b[3] = 200 },
 		func(b []byte) { b[4] = 2 },
 		func(b []byte) { b[6] = 1 },
+		func(b []byte) { b[2] = 1 },                              // version 1
+		func(b []byte) { clear(b[32:40]) },                       // a NACK to nobody
+		func(b []byte) { clear(b[32:40]); b[3] = byte(MsgData) }, // to nobody, in an epoch
 	} {
 		c := bytes.Clone(b)
 		mod(c)
-		if _, err := ParseHeader(c); err == nil {
+		if _, err := parseHeader(c); err == nil {
 			t.Errorf("ParseHeader(%x): no error", c)
 		}
 	}
 	for typ := MsgData; typ < msgTypeEnd; typ++ {
-		h := Header{Type: typ}
-		if _, err := ParseHeader(AppendHeader(nil, &h)); err != nil {
+		h := header{Type: typ}
+		if addressed(typ) {
+			h.To, h.ToEpoch = 1, 2
+		}
+		if _, err := parseHeader(appendHeader(nil, &h)); err != nil {
 			t.Errorf("type %s refused: %v", typ, err)
 		}
 	}
 	c := bytes.Clone(b)
 	c[2] = 9
-	if _, err := ParseHeader(c); err == nil {
+	if _, err := parseHeader(c); err == nil {
 		t.Error("other version accepted")
 	}
 }
 
-func sampleMessages() []*Message {
+func sampleMessages() []*message {
 	r := rand.New(rand.NewPCG(3, 4))
 	var chs []cache.Change
 	for range 5 {
 		chs = append(chs, randChange(r))
 	}
 	nonce := bytes.Repeat([]byte{7}, NonceLen)
-	return []*Message{
+	return []*message{
 		{Type: MsgData, Seq: 1, Changes: chs},
 		{Type: MsgData, Seq: 1 << 40, Changes: []cache.Change{}},
 		{Type: MsgAck, Seq: 99},
-		{Type: MsgNack, Ranges: []SeqRange{{1, 1}, {5, 9}}},
+		{Type: MsgNack, Ranges: []seqRange{{1, 1}, {5, 9}}},
 		{Type: MsgHeartbeat, Seq: 0},
 		{Type: MsgBulkBegin, Seq: 3, Bulk: 1<<64 - 1},
 		{Type: MsgBulkEnd, Seq: 4, Bulk: 12},
@@ -164,7 +169,7 @@ func sampleMessages() []*Message {
 	}
 }
 
-func sameMessage(a, b *Message) bool {
+func sameMessage(a, b *message) bool {
 	if len(a.Changes) != len(b.Changes) {
 		return false
 	}
@@ -186,8 +191,8 @@ func sameMessage(a, b *Message) bool {
 
 func TestBodyRoundTrip(t *testing.T) {
 	for _, m := range sampleMessages() {
-		b := AppendBody(nil, m)
-		got, err := DecodeBody(m.Type, b)
+		b := appendBody(nil, m)
+		got, err := decodeBody(m.Type, b)
 		if err != nil {
 			t.Fatalf("%s: %v", m.Type, err)
 		}
@@ -195,11 +200,11 @@ func TestBodyRoundTrip(t *testing.T) {
 			t.Fatalf("%s: round trip\n got %+v\nwant %+v", m.Type, got, m)
 		}
 		for cut := range len(b) {
-			if _, err := DecodeBody(m.Type, b[:cut]); err == nil {
+			if _, err := decodeBody(m.Type, b[:cut]); err == nil {
 				t.Fatalf("%s: truncated to %d of %d bytes: no error", m.Type, cut, len(b))
 			}
 		}
-		if _, err := DecodeBody(m.Type, append(bytes.Clone(b), 0)); err == nil {
+		if _, err := decodeBody(m.Type, append(bytes.Clone(b), 0)); err == nil {
 			t.Fatalf("%s: trailing byte accepted", m.Type)
 		}
 	}
@@ -208,19 +213,19 @@ func TestBodyRoundTrip(t *testing.T) {
 func TestDecodeLimits(t *testing.T) {
 	// A DATA body claiming more flows than fit is refused before allocating.
 	b := []byte{1, 0xff, 0xff, 0x03}
-	if _, err := DecodeBody(MsgData, b); err == nil {
+	if _, err := decodeBody(MsgData, b); err == nil {
 		t.Fatal("huge flow count accepted")
 	}
 	// A NACK with too many ranges.
-	var rs []SeqRange
+	var rs []seqRange
 	for i := range MaxNackRanges + 1 {
-		rs = append(rs, SeqRange{uint64(2*i + 1), uint64(2*i + 1)})
+		rs = append(rs, seqRange{uint64(2*i + 1), uint64(2*i + 1)})
 	}
-	if _, err := DecodeBody(MsgNack, AppendBody(nil, &Message{Type: MsgNack, Ranges: rs})); err == nil {
+	if _, err := decodeBody(MsgNack, appendBody(nil, &message{Type: MsgNack, Ranges: rs})); err == nil {
 		t.Fatal("too many NACK ranges accepted")
 	}
 	// A name claiming 4 GB.
-	if _, err := DecodeBody(MsgHello, []byte{0x91, 0xdb, 0xff, 0xff, 0xff, 0xff, 'a'}); err == nil {
+	if _, err := decodeBody(MsgHello, []byte{0x91, 0xdb, 0xff, 0xff, 0xff, 0xff, 'a'}); err == nil {
 		t.Fatal("huge name accepted")
 	}
 }
@@ -253,7 +258,7 @@ func TestEncodedSize(t *testing.T) {
 		if len(p.Data) > 1400 {
 			t.Errorf("datagram of %d bytes over the MTU", len(p.Data))
 		}
-		h, err := ParseHeader(p.Data)
+		h, err := parseHeader(p.Data)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -262,7 +267,7 @@ func TestEncodedSize(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := DecodeBody(h.Type, body)
+		m, err := decodeBody(h.Type, body)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -271,7 +276,7 @@ func TestEncodedSize(t *testing.T) {
 	if got != flows {
 		t.Fatalf("received %d flows, want %d", got, flows)
 	}
-	one := len(AppendChange(nil, &chs[1234]))
+	one := len(appendChange(nil, &chs[1234]))
 	t.Logf("IPv4 TCP established, not NATed: %d bytes per flow encoded, %.1f bytes per flow on the wire (%d datagrams, %.0f flows each, header+tag included)",
 		one, float64(total)/flows, dgrams, float64(flows)/float64(dgrams))
 	if per := float64(total) / flows; per > 40 {
@@ -284,18 +289,18 @@ func BenchmarkAppendChange(b *testing.B) {
 	buf := make([]byte, 0, 128)
 	b.ReportAllocs()
 	for b.Loop() {
-		buf = AppendChange(buf[:0], &ch)
+		buf = appendChange(buf[:0], &ch)
 	}
 	b.ReportMetric(float64(len(buf)), "bytes/flow")
 }
 
 func BenchmarkDecodeChange(b *testing.B) {
 	ch := cache.Change{Flow: tcpFlow(7), Idle: 1500 * time.Millisecond}
-	buf := AppendChange(nil, &ch)
+	buf := appendChange(nil, &ch)
 	var got cache.Change
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, err := DecodeChange(buf, &got); err != nil {
+		if _, err := decodeChange(buf, &got); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -23,6 +23,9 @@ Commands:
   dump internal           this node's flows, one a line like 'conntrack -L'
                           (--json: one JSON object a line)
   dump external           the flows peers replicated, with origin and idleness
+  dump internal|external --expect
+                          the expectations (what the ftp, sip, tftp helpers
+                          announced), one a line like 'conntrack -L expect'
   dump commit             the last commit's order (least idle first), a flow
                           key and its position a line
   resync                  re-read this kernel's table into the internal cache
@@ -84,11 +87,20 @@ func run(argv []string) int {
 		return 2
 	}
 	args := fs.Args()
+	if len(args) > 0 && args[0] == "ct" {
+		// The conntrack(8)-like verbs work on the kernel directly.
+		return runCT(args[1:], *asJSON, os.Stdout, os.Stderr)
+	}
 	// Accept --json after the command too: "ctsyncctl dump internal --json".
 	var rest []string
+	expect := false
 	for _, a := range args {
-		if a == "--json" || a == "-json" {
+		switch a {
+		case "--json", "-json":
 			*asJSON = true
+			continue
+		case "--expect", "-expect":
+			expect = true
 			continue
 		}
 		rest = append(rest, a)
@@ -115,6 +127,13 @@ func run(argv []string) int {
 	case allowed != nil && (len(cargs) != 1 || !contains(allowed, cargs[0])):
 		fmt.Fprintf(os.Stderr, "ctsyncctl: usage: ctsyncctl %s %s\n", cmd, strings.Join(allowed, "|"))
 		return 2
+	}
+	if expect {
+		if cmd != "dump" || cargs[0] == "commit" {
+			fmt.Fprintln(os.Stderr, "ctsyncctl: --expect goes with dump internal|external")
+			return 2
+		}
+		cargs = append(cargs, "expect")
 	}
 	if cmd == "keygen" {
 		fmt.Print(ctsync.GenerateKey())

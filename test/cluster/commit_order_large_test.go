@@ -1,4 +1,4 @@
-//go:build large
+//go:build cluster && large
 
 package cluster
 

@@ -1,3 +1,5 @@
+//go:build cluster
+
 // Package replication_test runs ctsyncd nodes in network namespaces joined by
 // a dedicated sync link and checks that what one node's kernel holds reaches
 // the others' external caches: for each transport, under loss, with a wrong
