@@ -66,8 +66,14 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 	d.kernelMu.Lock()
 	defer d.kernelMu.Unlock()
 	if d.inject != nil {
+		// The flows are in the kernel already; expectations are still
+		// replicated to the external cache only, and committed now.
 		rep := d.adopt()
+		err := d.commitExpects(ctx, rep)
 		d.lastCommit.Store(rep)
+		if err != nil {
+			return rep, fmt.Errorf("commit: %w", err)
+		}
 		return rep, nil
 	}
 	rep, err := failover.Commit(ctx, d.external, d.writer, failover.CommitOptions{

@@ -30,6 +30,12 @@ import (
 // caller (the sync node's goroutine), which is the back-pressure. Urgent
 // changes (DATA_NOW of first-packet defer) are written at once, before the
 // node acknowledges them.
+//
+// A peer's removal of a flow is written only when this node has not seen
+// the flow itself (it is not in the internal cache): with asymmetric paths
+// each firewall sees one direction, and the other's entry may time out
+// while this one's traffic goes on (a one-way stream through this node);
+// this kernel's own timeout ends what it sees.
 
 // injectWriter is what the injector needs of kernel.Writer.
 type injectWriter interface {
@@ -45,38 +51,53 @@ const injectWriteTimeout = 10 * time.Second
 
 // InjectStats are the counters of inject mode, in `ctsyncctl stats`.
 type InjectStats struct {
-	Written   uint64 `json:"written"`   // flows created or updated in the kernel
-	Kept      uint64 `json:"kept"`      // updates not written: the kernel's TCP state was ahead
-	Deleted   uint64 `json:"deleted"`   // removals written (a flow already gone counts too)
-	Failed    uint64 `json:"failed"`    // writes the kernel refused
-	Coalesced uint64 `json:"coalesced"` // changes replaced by a newer one before being written
-	Urgent    uint64 `json:"urgent"`    // changes written at once (first-packet defer)
-	Pending   int    `json:"pending"`   // changes waiting to be written
-	Adopted   uint64 `json:"adopted"`   // flows adopted by commits
+	Written   uint64 `json:"written"`    // flows created or updated in the kernel
+	Kept      uint64 `json:"kept"`       // updates not written: the kernel's TCP state was ahead
+	Deleted   uint64 `json:"deleted"`    // removals written (a flow already gone counts too)
+	KeptLocal uint64 `json:"kept_local"` // removals not written: this node sees the flow itself
+	Failed    uint64 `json:"failed"`     // writes the kernel refused
+	Coalesced uint64 `json:"coalesced"`  // changes replaced by a newer one before being written
+	Urgent    uint64 `json:"urgent"`     // changes written at once (first-packet defer)
+	Pending   int    `json:"pending"`    // changes waiting to be written
+	Adopted   uint64 `json:"adopted"`    // flows adopted by commits
 }
 
 type injector struct {
-	w   injectWriter
-	log *slog.Logger
-	max int
+	w     injectWriter
+	log   *slog.Logger
+	max   int
+	local func(flow.Key) bool // the flow is this node's own (internal cache); nil: none is
 
 	mu      sync.Mutex
 	pending map[flow.Key]cache.Change
 	wake    chan struct{}
 
-	written, kept, deleted, failed, coalesced, urgent, adopted atomic.Uint64
-	lastWarn                                                   atomic.Int64 // unix nanoseconds of the last failure logged
+	written, kept, deleted, keptLocal, failed, coalesced, urgent, adopted atomic.Uint64
+	lastWarn                                                              atomic.Int64 // unix nanoseconds of the last failure logged
 }
 
-func newInjector(w injectWriter, log *slog.Logger, max int) *injector {
+func newInjector(w injectWriter, log *slog.Logger, max int, local func(flow.Key) bool) *injector {
 	if max <= 0 {
 		max = injectMaxPending
 	}
-	return &injector{w: w, log: log, max: max, pending: make(map[flow.Key]cache.Change), wake: make(chan struct{}, 1)}
+	return &injector{w: w, log: log, max: max, local: local, pending: make(map[flow.Key]cache.Change), wake: make(chan struct{}, 1)}
 }
 
 // applied is the sync node's Applied hook.
 func (in *injector) applied(_ string, chs []cache.Change, urgent bool) {
+	if in.local != nil {
+		var kept []cache.Change
+		for i := range chs {
+			if chs[i].Deleted && in.local(chs[i].Flow.Key) {
+				in.keptLocal.Add(1)
+				continue
+			}
+			kept = append(kept, chs[i])
+		}
+		if chs = kept; len(chs) == 0 {
+			return
+		}
+	}
 	if urgent {
 		in.mu.Lock()
 		for i := range chs {
@@ -208,7 +229,7 @@ func (in *injector) stats() *InjectStats {
 	pending := len(in.pending)
 	in.mu.Unlock()
 	return &InjectStats{
-		Written: in.written.Load(), Kept: in.kept.Load(), Deleted: in.deleted.Load(), Failed: in.failed.Load(),
+		Written: in.written.Load(), Kept: in.kept.Load(), Deleted: in.deleted.Load(), KeptLocal: in.keptLocal.Load(), Failed: in.failed.Load(),
 		Coalesced: in.coalesced.Load(), Urgent: in.urgent.Load(), Pending: pending, Adopted: in.adopted.Load(),
 	}
 }
@@ -226,7 +247,10 @@ func (d *Daemon) openInjector() (*kernel.Writer, error) {
 	ports := append(append([]uint32(nil), *d.ownPorts.Load()...), w.PortIDs()...)
 	d.ownPorts.Store(&ports)
 	d.listener.IgnorePorts(ports)
-	d.inject = newInjector(w, d.log.With("part", "inject"), injectMaxPending)
+	d.inject = newInjector(w, d.log.With("part", "inject"), injectMaxPending, func(k flow.Key) bool {
+		_, ok := d.internal.Get(k)
+		return ok
+	})
 	return w, nil
 }
 

@@ -76,7 +76,7 @@ func testTCP(n int, st uint8) flow.Flow {
 
 func TestInjectorUrgentIsSynchronous(t *testing.T) {
 	k := &fakeKernel{table: map[flow.Key]flow.Flow{}}
-	in := newInjector(k, slog.New(slog.DiscardHandler), 0)
+	in := newInjector(k, slog.New(slog.DiscardHandler), 0, nil)
 	f := testTCP(1, flow.TCPSynSent)
 	in.applied("fw-a", []cache.Change{{Flow: f}}, true)
 	if st, ok := k.state(f.Key); !ok || st != flow.TCPSynSent {
@@ -89,7 +89,7 @@ func TestInjectorUrgentIsSynchronous(t *testing.T) {
 
 func TestInjectorCoalescesAndDeletes(t *testing.T) {
 	k := &fakeKernel{table: map[flow.Key]flow.Flow{}}
-	in := newInjector(k, slog.New(slog.DiscardHandler), 0)
+	in := newInjector(k, slog.New(slog.DiscardHandler), 0, nil)
 	a, b := testTCP(1, flow.TCPSynSent), testTCP(2, flow.TCPSynSent)
 	est := testTCP(1, flow.TCPEstablished)
 	in.applied("fw-a", []cache.Change{{Flow: a}, {Flow: b}}, false)
@@ -127,7 +127,7 @@ func TestInjectorCoalescesAndDeletes(t *testing.T) {
 // A full pending map is written by the caller: the bound holds.
 func TestInjectorBound(t *testing.T) {
 	k := &fakeKernel{table: map[flow.Key]flow.Flow{}}
-	in := newInjector(k, slog.New(slog.DiscardHandler), 10)
+	in := newInjector(k, slog.New(slog.DiscardHandler), 10, nil)
 	for i := range 25 {
 		in.applied("fw-a", []cache.Change{{Flow: testTCP(i, flow.TCPSynSent)}}, false)
 		if p := in.stats().Pending; p >= 10 {
@@ -136,5 +136,23 @@ func TestInjectorBound(t *testing.T) {
 	}
 	if len(k.commits) != 2 {
 		t.Errorf("%d writes by the caller, want 2", len(k.commits))
+	}
+}
+
+// A peer's removal of a flow this node sees itself is not written.
+func TestInjectorKeepsLocalFlows(t *testing.T) {
+	k := &fakeKernel{table: map[flow.Key]flow.Flow{}}
+	mine, theirs := testTCP(1, flow.TCPEstablished), testTCP(2, flow.TCPEstablished)
+	k.table[mine.Key], k.table[theirs.Key] = mine, theirs
+	in := newInjector(k, slog.New(slog.DiscardHandler), 0, func(key flow.Key) bool { return key == mine.Key })
+	in.applied("fw-a", []cache.Change{{Flow: mine, Deleted: true}, {Flow: theirs, Deleted: true}}, true)
+	if _, ok := k.state(mine.Key); !ok {
+		t.Error("this node's own flow was deleted on the peer's word")
+	}
+	if _, ok := k.state(theirs.Key); ok {
+		t.Error("the peer's flow was not deleted")
+	}
+	if s := in.stats(); s.KeptLocal != 1 || s.Deleted != 1 {
+		t.Errorf("stats %+v", s)
 	}
 }
