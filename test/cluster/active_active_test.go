@@ -321,8 +321,11 @@ func TestClusterActiveActive(t *testing.T) {
 		}
 		da, db := a.stats(t, a.A)["defer"], a.stats(t, a.B)["defer"]
 		t.Logf("fw-a defer: %v\nfw-b defer: %v", da, db)
-		if n := a.deferCount(t, a.A, "acked_in_time"); n < 220 {
-			t.Errorf("fw-a: %d first packets acknowledged in time, want at least 220 (110 SYNs, 110 UDP)", n)
+		// Every SYN is a new flow; a UDP socket may get a source port whose
+		// flow from an earlier request is still tracked (not new: not
+		// queued), so the UDP requests are not counted.
+		if n := a.deferCount(t, a.A, "acked_in_time"); n < 110 {
+			t.Errorf("fw-a: %d first packets acknowledged in time, want at least 110 (the SYNs)", n)
 		}
 		if n := a.deferCount(t, a.B, "acked_in_time"); n < 110 {
 			t.Errorf("fw-b: %d SYN-ACKs acknowledged in time, want at least 110", n)
