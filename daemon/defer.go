@@ -70,7 +70,6 @@ type held struct {
 	id    uint32
 	start time.Time
 	state atomic.Uint32
-	timer *time.Timer
 }
 
 // packet handles one queued packet on the queue's reading goroutine.
