@@ -173,8 +173,6 @@ func (e *env) topology() error {
 			return err
 		}
 	}
-	// nf_conntrack loads with the first conntrack rule: load the rules
-	// once so that the sysctls above exist (they are set again per mode).
 	return nil
 }
 
