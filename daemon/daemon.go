@@ -233,7 +233,7 @@ func (d *Daemon) Reload(path string) {
 	for name, pair := range map[string][2]any{
 		"node": {cfg.Node, d.cfg.Node}, "control": {cfg.Control, d.cfg.Control},
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
-		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
+		"failover": {cfg.Failover, d.cfg.Failover}, "defer": {cfg.Defer, d.cfg.Defer}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
 		"log.flows": {[2]string{cfg.Log.Flows, cfg.Log.FlowsFormat}, [2]string{d.cfg.Log.Flows, d.cfg.Log.FlowsFormat}},
 		"api":       {cfg.API, d.cfg.API},
 	} {
