@@ -34,6 +34,8 @@ func daemonByName(b *bench, name string) (daemon, error) {
 	switch name {
 	case "ctsyncd":
 		return &ctsyncd{b: b}, nil
+	case "ctsyncd_inject":
+		return &ctsyncd{b: b, inject: true}, nil
 	case "conntrackd":
 		return &conntrackd{}, nil
 	case "conntrackd_rr":
@@ -41,7 +43,7 @@ func daemonByName(b *bench, name string) (daemon, error) {
 	case "none":
 		return none{}, nil
 	}
-	return nil, fmt.Errorf("unknown daemon %q (ctsyncd, conntrackd, conntrackd_rr, none)", name)
+	return nil, fmt.Errorf("unknown daemon %q (ctsyncd, ctsyncd_inject, conntrackd, conntrackd_rr, none)", name)
 }
 
 // waitReady polls ready every 100 ms for 30 s while p runs.
@@ -62,7 +64,12 @@ func waitReady(s *step, p *proc, log string, ready func() bool) {
 
 // --- ctsyncd ---
 
-type ctsyncd struct{ b *bench }
+// ctsyncd is ctsyncd; inject runs it with sync.inject (the peer's flows
+// written into the kernel as they arrive; a takeover then runs no commit).
+type ctsyncd struct {
+	b      *bench
+	inject bool
+}
 
 func (c *ctsyncd) start(s *step, ns *netnstest.NS, name, self, peer, dir string, _ int) *proc {
 	s.Helper()
@@ -84,13 +91,14 @@ interface = "sync0"
 listen = "%s:3780"
 peers = ["%s:3780"]
 key_file = %q
+inject = %v
 
 [failover]
 commit_timeout = %q
 
 [log]
 level = "warn"
-`, name, filepath.Join(dir, "ctsyncd.sock"), self, peer, c.b.keyFile, c.b.commitTimeout)
+`, name, filepath.Join(dir, "ctsyncd.sock"), self, peer, c.b.keyFile, c.inject, c.b.commitTimeout)
 	path := filepath.Join(dir, "ctsyncd.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		s.Fatal(err)
@@ -139,6 +147,12 @@ func (c *ctsyncd) internal(dir string) (int, error) {
 
 func (c *ctsyncd) external(dir string) (int, error) {
 	v, err := c.status(dir, "status")
+	if c.inject && err == nil {
+		// Received is not yet in the kernel while the injector has work.
+		if st, err := c.status(dir, "stats"); err != nil || num(st, "inject.pending") > 0 {
+			return 0, err
+		}
+	}
 	return int(num(v, "sync.external_flows")), err
 }
 
@@ -153,6 +167,10 @@ func (c *ctsyncd) commit(_ *netnstest.NS, dir string) error {
 		return err
 	}
 	defer f.Close()
+	if c.inject {
+		fmt.Fprintln(f, "inject mode: no commit")
+		return nil
+	}
 	if err := control.Do(filepath.Join(dir, "ctsyncd.sock"), control.Request{Command: "commit"}, f); err != nil {
 		fmt.Fprintln(f, err)
 		return err
