@@ -2,18 +2,12 @@ module github.com/ctsyncd/ctsyncd
 
 go 1.26.0
 
-// github.com/mdlayher/netlink is pinned at v1.9.0: v1.10+ make ti-mo/conntrack's
-// Get (on a hit) and StatsGlobal hang forever (upstream PR #315). CI checks the
-// resolved version (scripts/check-netlink-version.sh).
-require github.com/mdlayher/netlink v1.9.0
-
 require (
 	github.com/BurntSushi/toml v1.6.0
 	github.com/hashicorp/memberlist v0.7.0
+	github.com/mdlayher/netlink v1.11.2
 	github.com/ti-mo/conntrack v0.6.0
 	github.com/ti-mo/netfilter v0.5.3
-	github.com/vishvananda/netlink v1.3.1
-	github.com/vishvananda/netns v0.0.5
 	github.com/vmihailenco/msgpack/v5 v5.4.1
 	golang.org/x/net v0.57.0
 	golang.org/x/sync v0.22.0
@@ -30,9 +24,10 @@ require (
 	github.com/hashicorp/go-multierror v1.1.1 // indirect
 	github.com/hashicorp/go-sockaddr v1.0.7 // indirect
 	github.com/hashicorp/golang-lru v1.0.2 // indirect
-	github.com/mdlayher/socket v0.5.1 // indirect
+	github.com/mdlayher/socket v0.6.0 // indirect
 	github.com/miekg/dns v1.1.73 // indirect
 	github.com/pkg/errors v0.9.1 // indirect
 	github.com/sean-/seed v0.0.0-20170313163322-e2103e2c3529 // indirect
+	github.com/vishvananda/netns v0.0.5 // indirect
 	github.com/vmihailenco/tagparser/v2 v2.0.0 // indirect
 )

@@ -216,6 +216,19 @@ type Failover struct {
 	// ReadyFile, if set, is an absolute path written when this node is
 	// in sync and removed when it is not, for keepalived's track_file.
 	ReadyFile string `toml:"ready_file"`
+	// RulesetInterval is how often this node digests its netfilter
+	// ruleset (`nft -j list ruleset`, counters and handles left out) to
+	// compare it with its peers'; it also does at start and on every
+	// ruleset change. "0s" turns the comparison off. Default 30s.
+	RulesetInterval Duration `toml:"ruleset_interval"`
+	// RequireSameRuleset keeps this node unready (ready_file, /readyz)
+	// while its ruleset differs from a live peer's. Default false: a
+	// difference is a warning in status and the log.
+	RequireSameRuleset bool `toml:"require_same_ruleset"`
+	// RulesetIgnoreTables are tables ("FAMILY NAME", e.g. "inet local")
+	// left out of the comparison: rules that are meant to differ per
+	// node. Default [].
+	RulesetIgnoreTables []string `toml:"ruleset_ignore_tables"`
 }
 
 // Defer holds the first packet of each new flow (sent to an NFQUEUE by
@@ -333,6 +346,9 @@ func Default() *Config {
 			PurgeTimeout:  mustDuration(defaultPurgeTimeout),
 			CommitTimeout: mustDuration(defaultCommitTimeout),
 			MinTimeout:    mustDuration(defaultMinTimeout),
+
+			RulesetInterval:     mustDuration("30s"),
+			RulesetIgnoreTables: []string{},
 		},
 		Defer: Defer{
 			Timeout:    mustDuration(defaultDeferTimeout),

@@ -133,8 +133,9 @@ key_file = "/etc/ctsyncd/sync.key"
 [sync]
 disabled = true
 `, func(c *Config) bool { return c.Sync.Disabled }},
-		// The configuration DESIGN.md §3 says must be accepted: group is
-		// set but unused with udp.
+		// The minimal configuration operators rely on (docs/ARCHITECTURE.md,
+		// "Operator contracts") must be accepted: group is set but unused
+		// with udp.
 		{"design-contract", `
 [node]
 name = "fw-a"
@@ -425,6 +426,9 @@ func TestErrors(t *testing.T) {
 		{"commit-negative", base + "[failover]\ncommit_timeout = \"-1s\"\n", 6, "failover.commit_timeout", "negative"},
 		{"min-negative", base + "[failover]\nmin_timeout = \"-1s\"\n", 6, "failover.min_timeout", "negative"},
 		{"ready-relative", base + "[failover]\nready_file = \"ready\"\n", 6, "failover.ready_file", "not an absolute file path"},
+		{"ruleset-interval-short", base + "[failover]\nruleset_interval = \"100ms\"\n", 6, "failover.ruleset_interval", "too short"},
+		{"require-ruleset-off", base + "[failover]\nruleset_interval = \"0s\"\nrequire_same_ruleset = true\n", 7, "failover.require_same_ruleset", "needs the ruleset comparison"},
+		{"ruleset-ignore-bad", base + "[failover]\nruleset_ignore_tables = [\"local\"]\n", 6, "failover.ruleset_ignore_tables", "is not \"FAMILY NAME\""},
 		{"log-level", base + "[log]\nlevel = \"trace\"\n", 6, "log.level", `"trace" is not one of debug, info, warn, error`},
 		{"log-format", base + "[log]\nformat = \"logfmt\"\n", 6, "log.format", `"logfmt" is not one of text, json`},
 		{"flows-relative", base + "[log]\nflows = \"flows.log\"\n", 6, "log.flows", "not an absolute file path"},

@@ -147,6 +147,20 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 	v.durRange("failover.purge_timeout", f.PurgeTimeout, time.Second, maxKernelTimeout)
 	v.durRange("failover.commit_timeout", f.CommitTimeout, time.Second, 0)
 	v.durRange("failover.min_timeout", f.MinTimeout, 0, maxKernelTimeout)
+	switch d := f.RulesetInterval.Duration; {
+	case d < 0:
+		v.add("failover.ruleset_interval", "negative duration %s", d)
+	case d > 0 && d < time.Second:
+		v.add("failover.ruleset_interval", "%s is too short: at least 1s (\"0s\" turns the comparison off)", d)
+	}
+	if f.RequireSameRuleset && f.RulesetInterval.Duration == 0 {
+		v.add("failover.require_same_ruleset", "needs the ruleset comparison: ruleset_interval is \"0s\"")
+	}
+	for i, t := range f.RulesetIgnoreTables {
+		if fs := strings.Fields(t); len(fs) != 2 || !slices.Contains([]string{"ip", "ip6", "inet", "arp", "bridge", "netdev"}, fs[0]) {
+			v.addElem("failover.ruleset_ignore_tables", i, "%q is not \"FAMILY NAME\" (family ip, ip6, inet, arp, bridge or netdev)", t)
+		}
+	}
 	if r := f.ReadyFile; r != "" {
 		if !filepath.IsAbs(r) || strings.HasSuffix(r, "/") {
 			v.add("failover.ready_file", "%q is not an absolute file path", r)

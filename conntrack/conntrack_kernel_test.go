@@ -367,7 +367,11 @@ func TestKernelWatch(t *testing.T) {
 		}
 		keys = append(keys, fl.Key)
 		select {
-		case first = <-items:
+		case it, ok := <-items:
+			if !ok {
+				t.Fatal("the watch ended")
+			}
+			first = it
 		case <-time.After(100 * time.Millisecond):
 			continue
 		}
@@ -384,7 +388,10 @@ func TestKernelWatch(t *testing.T) {
 	}
 	destroyed := 0
 	for destroyed < len(keys) {
-		it := <-items
+		it, ok := <-items
+		if !ok {
+			t.Fatal("the watch ended")
+		}
 		if it.err != nil {
 			t.Fatal(it.err)
 		}
@@ -453,5 +460,96 @@ func TestKernelWatch(t *testing.T) {
 		ocancel()
 		<-overrun
 		t.Fatal("no ErrOverrun from a watch that did not read 20000 events")
+	}
+}
+
+// TestKernelExpect creates expectations on a master with the ftp helper,
+// sees their NEW and DESTROY events with WatchExpect, reads one with
+// GetExpect and lists them filtered.
+func TestKernelExpect(t *testing.T) {
+	_, h := mixedTable(t, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	spec, _ := ParseFilter(strings.Fields("-p tcp -s 10.30.0.1 -d 10.30.0.2 --sport 40000 --dport 21 --state ESTABLISHED -u SEEN_REPLY,ASSURED --helper ftp"))
+	master, err := FlowFrom(spec, 3000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Create(ctx, &master); err != nil {
+		t.Fatal(err)
+	}
+	exp := func(port uint16) Expect {
+		e := Expect{Master: master.Orig, MasterProto: master.Proto, Timeout: 300}
+		e.Family, e.Proto = master.Family, master.Proto
+		e.Tuple = flow.Tuple{Src: master.Orig.Src, Dst: master.Orig.Dst, DstPort: port}
+		e.Mask = flow.Tuple{Src: [16]byte{255, 255, 255, 255}, Dst: [16]byte{255, 255, 255, 255}, SrcPort: 0xffff, DstPort: 0xffff}
+		return e
+	}
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	events := make(chan ExpectEvent, 64)
+	go func() {
+		defer close(events)
+		for ev, err := range h.WatchExpect(wctx, Filter{Proto: flow.ProtoTCP}, WatchOptions{}) {
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			events <- ev
+		}
+	}()
+	var ports []uint16
+	for port := uint16(50000); ; port++ {
+		e := exp(port)
+		if err := h.CreateExpect(ctx, &e); err != nil {
+			t.Fatal(err)
+		}
+		ports = append(ports, port)
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				t.Fatal("the expectation watch ended")
+			}
+			if ev.Type != kernel.EventNew || ev.Expect.Master != master.Orig {
+				t.Fatalf("first expectation event %v %s", ev.Type, ev.Expect.String())
+			}
+		case <-time.After(100 * time.Millisecond):
+			continue
+		}
+		break
+	}
+	e := exp(ports[0])
+	if err := h.CreateExpect(ctx, &e); !errors.Is(err, ErrExists) {
+		t.Fatalf("second create: %v, want ErrExists", err)
+	}
+	got, err := h.GetExpect(ctx, e.ExpectKey)
+	if err != nil || got.Tuple != e.Tuple || got.Helper != "ftp" {
+		t.Fatalf("GetExpect = %s, %v", got.String(), err)
+	}
+	f := Filter{OrigDst: netip.MustParsePrefix("10.30.0.2/32"), Proto: flow.ProtoTCP}
+	n := 0
+	for x, err := range h.ListExpect(ctx, f) {
+		if err != nil || x.Master != master.Orig {
+			t.Fatalf("ListExpect: %v %v", x, err)
+		}
+		n++
+	}
+	if n != len(ports) {
+		t.Fatalf("ListExpect found %d, created %d", n, len(ports))
+	}
+	if d, err := h.DeleteExpectMatching(ctx, f); err != nil || d != len(ports) {
+		t.Fatalf("DeleteExpectMatching = %d, %v; want %d", d, err, len(ports))
+	}
+	for destroyed := 0; destroyed < len(ports); {
+		ev, ok := <-events
+		if !ok {
+			t.Fatal("the expectation watch ended")
+		}
+		if ev.Type == kernel.EventDestroy {
+			destroyed++
+		}
+	}
+	if _, err := h.GetExpect(ctx, e.ExpectKey); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetExpect after delete: %v", err)
 	}
 }

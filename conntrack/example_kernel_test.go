@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log"
+	"net/netip"
 	"os"
 	"os/exec"
 	"strings"
@@ -150,3 +151,5 @@ func ExampleHandle_Update() {
 	// Output:
 	// mark=0x142
 }
+
+func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

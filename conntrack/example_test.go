@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"log"
-	"net/netip"
 	"net/url"
 
 	"github.com/ctsyncd/ctsyncd/conntrack"
@@ -55,5 +54,3 @@ func ExampleHandle_Watch() {
 		fmt.Println(ev.Type, conntrack.FormatFlow(&ev.Flow, false))
 	}
 }
-
-func mustPrefix(s string) netip.Prefix { return netip.MustParsePrefix(s) }

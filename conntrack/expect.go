@@ -142,3 +142,31 @@ func (h *Handle) FlushExpect(ctx context.Context) error {
 	}
 	return w.FlushExpect(ctx)
 }
+
+// GetExpect reads the expectation with k's expected tuple and zone.
+func (h *Handle) GetExpect(ctx context.Context, k flow.ExpectKey) (Expect, error) {
+	e, err := h.table.GetExpect(ctx, k)
+	return e, wrapErr(err)
+}
+
+// ExpectEvent is one change of the expectation table: kernel.EventNew or
+// kernel.EventDestroy.
+type ExpectEvent struct {
+	Type   EventType
+	PortID uint32
+	Expect Expect
+}
+
+// WatchExpect streams the expectation events that match f (see
+// CheckExpect) as Watch does for flows: until ctx ends or the loop stops,
+// with (ExpectEvent{}, ErrOverrun) when events were lost.
+func (h *Handle) WatchExpect(ctx context.Context, f Filter, opts WatchOptions) iter.Seq2[ExpectEvent, error] {
+	return func(yield func(ExpectEvent, error) bool) {
+		h.watch(ctx, opts, true, func(it watchItem) bool {
+			if it.err == nil && !f.MatchExpect(&it.xev.Expect) {
+				return true
+			}
+			return yield(it.xev, it.err)
+		})
+	}
+}

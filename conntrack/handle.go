@@ -102,8 +102,9 @@ func (h *Handle) closeNS() {
 	}
 }
 
-// Close closes the handle's sockets. A List or Watch still running ends
-// with an error. Safe to call twice.
+// Close closes the handle's sockets. List and Watch run on sockets of their
+// own, which their context (or the end of the loop) closes. Safe to call
+// twice.
 func (h *Handle) Close() error {
 	err := h.table.Close()
 	h.mu.Lock()

@@ -71,6 +71,7 @@ type WatchOptions struct {
 
 type watchItem struct {
 	ev  Event
+	xev ExpectEvent
 	err error
 }
 
@@ -85,62 +86,78 @@ type watchItem struct {
 // sequence with (Event{}, err).
 func (h *Handle) Watch(ctx context.Context, f Filter, opts WatchOptions) iter.Seq2[Event, error] {
 	return func(yield func(Event, error) bool) {
-		types := opts.Types
-		if types == 0 {
-			types = EventsAll
+		h.watch(ctx, opts, false, func(it watchItem) bool {
+			if it.err == nil && !f.Match(&it.ev.Flow) {
+				return true
+			}
+			return yield(it.ev, it.err)
+		})
+	}
+}
+
+// watch runs a listener (of flow events, or of expectation events when
+// expect is set) and passes its items to yield until yield returns false,
+// ctx ends or the socket fails.
+func (h *Handle) watch(ctx context.Context, opts WatchOptions, expect bool, yield func(watchItem) bool) {
+	types := opts.Types
+	if types == 0 {
+		types = EventsAll
+	}
+	q := opts.Queue
+	if q <= 0 {
+		q = 4096
+	}
+	l, err := kernel.Listen(kernel.ListenOptions{NetNS: h.nsfd, ReadBuffer: opts.ReadBuffer, Expectations: expect})
+	if err != nil {
+		yield(watchItem{err: fmt.Errorf("watch conntrack events: %w", err)})
+		return
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	ch := make(chan watchItem, q)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(ch)
+		w := &watchHandler{ctx: ctx, ch: ch, types: types, l: l, expect: expect}
+		var hd kernel.Handler = w
+		if expect {
+			hd = &expectWatchHandler{w}
 		}
-		q := opts.Queue
-		if q <= 0 {
-			q = 4096
+		if err := l.Run(ctx, hd); err != nil {
+			select {
+			case ch <- watchItem{err: fmt.Errorf("watch conntrack events: %w", err)}:
+			case <-ctx.Done():
+			}
 		}
-		l, err := kernel.Listen(kernel.ListenOptions{NetNS: h.nsfd, ReadBuffer: opts.ReadBuffer})
-		if err != nil {
-			yield(Event{}, fmt.Errorf("watch conntrack events: %w", err))
+	}()
+	defer func() {
+		cancel()
+		for range ch { // let the reader finish
+		}
+		wg.Wait()
+	}()
+	for it := range ch {
+		if !yield(it) {
 			return
-		}
-		ctx, cancel := context.WithCancel(ctx)
-		ch := make(chan watchItem, q)
-		var wg sync.WaitGroup
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer close(ch)
-			err := l.Run(ctx, &watchHandler{ctx: ctx, ch: ch, f: &f, types: types, l: l})
-			if err != nil {
-				select {
-				case ch <- watchItem{err: fmt.Errorf("watch conntrack events: %w", err)}:
-				case <-ctx.Done():
-				}
-			}
-		}()
-		defer func() {
-			cancel()
-			for range ch { // let the reader finish
-			}
-			wg.Wait()
-		}()
-		for it := range ch {
-			if !yield(it.ev, it.err) {
-				return
-			}
 		}
 	}
 }
 
 // watchHandler passes a Listener's events on to Watch's loop.
 type watchHandler struct {
-	ctx   context.Context
-	ch    chan<- watchItem
-	f     *Filter
-	types EventMask
-	l     *kernel.Listener
+	ctx    context.Context
+	ch     chan<- watchItem
+	types  EventMask
+	l      *kernel.Listener
+	expect bool // expectation events only; flow events are dropped
 	// reported is the listener's overruns + malformed datagrams already
 	// reported; touched only by the listener's goroutine.
 	reported uint64
 }
 
 func (w *watchHandler) Event(ev *kernel.Event) {
-	if w.types&(1<<ev.Type) == 0 || !w.f.Match(&ev.Flow) {
+	if w.expect || w.types&(1<<ev.Type) == 0 {
 		return
 	}
 	select {
@@ -167,3 +184,16 @@ func (w *watchHandler) Overrun() {
 
 // IsOverrun reports whether err is Watch's overrun error value.
 func IsOverrun(err error) bool { return errors.Is(err, kernel.ErrOverrun) }
+
+// expectWatchHandler adds expectation events to a watchHandler.
+type expectWatchHandler struct{ *watchHandler }
+
+func (w *expectWatchHandler) ExpectEvent(ev *kernel.ExpectEvent) {
+	if w.types&(1<<ev.Type) == 0 {
+		return
+	}
+	select {
+	case w.ch <- watchItem{xev: ExpectEvent{Type: ev.Type, PortID: ev.PortID, Expect: ev.Expect}}:
+	case <-w.ctx.Done():
+	}
+}

@@ -36,7 +36,7 @@ func (a apiFlows) List(ctx context.Context, src api.Source, f api.Filter, fn fun
 		var stop error
 		dctx, cancel := context.WithCancel(ctx)
 		defer cancel()
-		err := kernel.Dump(dctx, kernel.DumpOptions{NetNS: d.netns}, func(fl *flow.Flow) {
+		err := d.kern.Dump(dctx, kernel.DumpOptions{NetNS: d.netns}, func(fl *flow.Flow) {
 			if stop != nil || !ff.Match(fl, "") {
 				return
 			}
@@ -93,7 +93,7 @@ func (a apiFlows) matching(ctx context.Context, f api.Filter) ([]flow.Flow, erro
 		return nil, &api.ParamError{Param: "origin", Problem: "the kernel's flows have no origin; origin filters source=external"}
 	}
 	var out []flow.Flow
-	err := kernel.Dump(ctx, kernel.DumpOptions{NetNS: a.d.netns}, func(fl *flow.Flow) {
+	err := a.d.kern.Dump(ctx, kernel.DumpOptions{NetNS: a.d.netns}, func(fl *flow.Flow) {
 		if ff.Match(fl, "") {
 			c := *fl
 			if fl.Extra != nil {

@@ -184,6 +184,10 @@ type Status struct {
 	// expectations (absent when sync.expectations is off).
 	InternalExpectations *int `json:"internal_expectations,omitempty"`
 	ExternalExpectations *int `json:"external_expectations,omitempty"`
+	// Ruleset is the ruleset guard's state (failover.ruleset_interval).
+	Ruleset *RulesetStatus `json:"ruleset,omitempty"`
+	// Warnings are conditions an operator should look at.
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 func (d *Daemon) status() Status {
@@ -210,6 +214,8 @@ func (d *Daemon) status() Status {
 			s.ExternalExpectations = &x
 		}
 	}
+	s.Ruleset = d.rulesetStatus()
+	s.Warnings = append(s.Warnings, d.rulesetWarnings()...)
 	s.Role = "unknown (no keepalived notify yet)"
 	if st := d.coord.State(); st != "" {
 		s.Role = string(st)

@@ -46,6 +46,9 @@ type Options struct {
 	// whose conntrack table the daemon follows (in-process tests). Its
 	// sysctls are then the caller's job. 0: the daemon's own namespace.
 	NetNS int
+	// Kernel, when set, replaces the kernel (root-free tests); nil: the
+	// real one.
+	Kernel Kernel
 }
 
 // Daemon is one running ctsyncd.
@@ -63,7 +66,8 @@ type Daemon struct {
 	key      *[ctsync.KeyLen]byte // nil: insecure or no sync
 	node     *ctsync.Node         // nil without sync
 	links    *ctsync.Links        // nil unless there are redundant sync links
-	writer   *kernel.Writer
+	writer   TableWriter
+	kern     Kernel
 
 	// ownPorts are the netlink port ids of this daemon's write sockets:
 	// events they caused are never replicated as local state.
@@ -78,9 +82,10 @@ type Daemon struct {
 	lastCommit atomic.Pointer[failover.Report]
 	lastRec    atomic.Pointer[reconcileReport]
 
-	listener *kernel.Listener
+	listener Events
 	ctl      *control.Server
 	flowLog  *flowlog.Writer // nil unless [log] flows is set
+	rs       rulesetGuard    // the ruleset guard's state (ruleset.go)
 	api      *apiServer      // nil unless api.listen is set
 	apiClose func()
 
@@ -121,8 +126,12 @@ func New(opts Options) (*Daemon, error) {
 		logLevel: opts.LogLevel,
 		version:  opts.Version,
 		netns:    opts.NetNS,
+		kern:     opts.Kernel,
 		resyncCh: make(chan struct{}, 1),
 		ready:    make(chan struct{}),
+	}
+	if d.kern == nil {
+		d.kern = osKernel{}
 	}
 	d.filter.Store(flt)
 	if d.key, err = loadKey(cfg.Sync); err != nil {
@@ -268,7 +277,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.cfg.Sync.Expectations {
 		d.iexp = cache.NewInternalExpect()
 	}
-	l, err := kernel.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns,
+	l, err := d.kern.Listen(kernel.ListenOptions{ReadBuffer: int(d.cfg.Kernel.EventBuffer), NetNS: d.netns,
 		Expectations: d.cfg.Sync.Expectations})
 	if err != nil {
 		d.ctl.Close()
@@ -276,7 +285,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.listener = l
 	if d.netns == 0 {
-		if err := kernel.EnsureEvents(); err != nil {
+		if err := d.kern.EnsureEvents(); err != nil {
 			l.Close()
 			d.ctl.Close()
 			return err
@@ -293,7 +302,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	// The writer's sockets are known before any event is read, so that
 	// events caused by our own writes (commit) are never taken as local.
-	w, err := kernel.NewWriter(kernel.WriterOptions{
+	w, err := d.kern.NewWriter(kernel.WriterOptions{
 		Sockets: d.cfg.Kernel.WriteSockets, Batch: d.cfg.Kernel.WriteBatch, NetNS: d.netns,
 		MinTimeout: uint32(d.cfg.Failover.MinTimeout.Seconds()),
 	})
@@ -358,7 +367,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	if d.cfg.Filter.IgnoreOwn() {
 		g.Go(func() error {
-			return kernel.WatchAddrs(ctx, d.netns, func(addrs []netip.Addr) {
+			return d.kern.WatchAddrs(ctx, d.netns, func(addrs []netip.Addr) {
 				d.filter.Load().SetOwn(addrs)
 				d.log.Debug("own addresses", "count", len(addrs))
 			})
@@ -367,6 +376,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error { return d.reconciler(ctx) })
 	if d.flowLog != nil {
 		g.Go(func() error { return d.flushFlowLog(ctx) })
+	}
+	if d.rulesetEnabled() {
+		g.Go(func() error { return d.guardRuleset(ctx) })
 	}
 	if d.cfg.Sync.MinAge.Duration > 0 && !d.cfg.Sync.Disabled {
 		g.Go(func() error { return d.promoteAged(ctx) })
@@ -490,7 +502,7 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 	n := 0
 	flt := d.filter.Load()
 	skip := d.injectedOnly()
-	err := kernel.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, func(f *flow.Flow) {
+	err := d.kern.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, func(f *flow.Flow) {
 		if flt.Match(f) && (skip == nil || !skip(f.Key)) {
 			r.Add(f)
 			n++

@@ -29,9 +29,6 @@ func (d *Daemon) acceptHelper(helper string) bool {
 	return len(h) == 0 || slices.Contains(h, helper)
 }
 
-// expectationsOn reports whether the daemon follows expectations.
-func (d *Daemon) expectationsOn() bool { return d.iexp != nil }
-
 // ExpectEvent implements kernel.ExpectHandler; it runs on the listener
 // goroutine.
 func (d *Daemon) ExpectEvent(ev *kernel.ExpectEvent) {
@@ -85,7 +82,7 @@ func (d *Daemon) reconcileExpects(ctx context.Context, reason string) error {
 	}
 	r := d.iexp.BeginReconcile()
 	n := 0
-	err := kernel.DumpExpect(ctx, kernel.DumpOptions{NetNS: d.netns}, func(e *flow.Expect) {
+	err := d.kern.DumpExpect(ctx, kernel.DumpOptions{NetNS: d.netns}, func(e *flow.Expect) {
 		if !d.acceptHelper(e.Helper) {
 			return
 		}
@@ -134,7 +131,7 @@ func (d *Daemon) purgeExpects(ctx context.Context) error {
 		return nil
 	}
 	dump := func(ctx context.Context, fn func(*flow.Expect)) error {
-		return kernel.DumpExpect(ctx, kernel.DumpOptions{NetNS: d.netns}, fn)
+		return d.kern.DumpExpect(ctx, kernel.DumpOptions{NetNS: d.netns}, fn)
 	}
 	n, err := failover.PurgeExpects(ctx, dump, d.writer, func(e *flow.Expect) bool { return d.acceptHelper(e.Helper) },
 		d.cfg.Failover.PurgeTimeout.Duration)

@@ -101,7 +101,7 @@ func (d *Daemon) purge(ctx context.Context) (failover.PurgeReport, error) {
 	d.kernelMu.Lock()
 	defer d.kernelMu.Unlock()
 	dump := func(ctx context.Context, fn func(*flow.Flow)) error {
-		return kernel.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, fn)
+		return d.kern.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, fn)
 	}
 	rep, err := failover.Purge(ctx, dump, d.writer, d.filter.Load().Match, d.cfg.Failover.PurgeTimeout.Duration)
 	d.log.Info("purge done", "seen", rep.Seen, "matched", rep.Matched, "capped", rep.Capped, "failed", rep.Failed)
@@ -136,7 +136,9 @@ func (d *Daemon) flushKernel(ctx context.Context) error {
 // FAULT, so a lone survivor still takes over.
 func (d *Daemon) readiness(ctx context.Context) error {
 	path := d.cfg.Failover.ReadyFile
-	ready := d.node == nil
+	requireSame := d.cfg.Failover.RequireSameRuleset && d.rulesetEnabled()
+	synced := d.node == nil
+	ready := synced && !requireSame
 	if err := failover.WriteReady(path, ready); err != nil {
 		return fmt.Errorf("failover.ready_file: %w", err)
 	}
@@ -153,20 +155,37 @@ func (d *Daemon) readiness(ctx context.Context) error {
 			return nil
 		case <-t.C:
 		}
-		up, synced := 0, 0
-		for _, p := range d.node.Stats() {
-			if p.Up {
-				up++
-				if p.BulksReceived > 0 {
-					synced++
+		if !synced {
+			up, n := 0, 0
+			for _, p := range d.node.Stats() {
+				if p.Up {
+					up++
+					if p.BulksReceived > 0 {
+						n++
+					}
 				}
 			}
+			if (up > 0 && n == up) || (up == 0 && time.Since(start) > grace) {
+				synced = true
+				d.log.Info("initial sync complete", "peers_synced", n)
+			}
 		}
-		if (up > 0 && synced == up) || (up == 0 && time.Since(start) > grace) {
-			if err := failover.WriteReady(path, true); err != nil {
+		same, why := true, ""
+		if requireSame {
+			same, why = d.rulesetSame()
+		}
+		if want := synced && same; want != ready {
+			ready = want
+			if err := failover.WriteReady(path, ready); err != nil {
 				return fmt.Errorf("failover.ready_file: %w", err)
 			}
-			d.log.Info("initial sync complete: ready for keepalived", "peers_synced", synced, "file", path)
+			if ready {
+				d.log.Info("ready for keepalived", "file", path)
+			} else {
+				d.log.Warn("not ready for keepalived (failover.require_same_ruleset)", "why", why, "file", path)
+			}
+		}
+		if synced && !requireSame {
 			return nil
 		}
 	}

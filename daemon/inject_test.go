@@ -15,15 +15,15 @@ import (
 	"github.com/ctsyncd/ctsyncd/kernel"
 )
 
-// fakeKernel records what the injector writes.
-type fakeKernel struct {
+// fakeInjectKernel records what the injector writes.
+type fakeInjectKernel struct {
 	mu      sync.Mutex
 	commits [][]flow.Flow
 	deletes [][]flow.Key
 	table   map[flow.Key]flow.Flow
 }
 
-func (k *fakeKernel) Commit(_ context.Context, fs []flow.Flow, _ []time.Duration) ([]kernel.Result, error) {
+func (k *fakeInjectKernel) Commit(_ context.Context, fs []flow.Flow, _ []time.Duration) ([]kernel.Result, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.commits = append(k.commits, append([]flow.Flow(nil), fs...))
@@ -42,7 +42,7 @@ func (k *fakeKernel) Commit(_ context.Context, fs []flow.Flow, _ []time.Duration
 	return res, nil
 }
 
-func (k *fakeKernel) Delete(_ context.Context, keys []flow.Key) ([]kernel.Result, error) {
+func (k *fakeInjectKernel) Delete(_ context.Context, keys []flow.Key) ([]kernel.Result, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	k.deletes = append(k.deletes, append([]flow.Key(nil), keys...))
@@ -57,7 +57,7 @@ func (k *fakeKernel) Delete(_ context.Context, keys []flow.Key) ([]kernel.Result
 	return res, nil
 }
 
-func (k *fakeKernel) state(key flow.Key) (uint8, bool) {
+func (k *fakeInjectKernel) state(key flow.Key) (uint8, bool) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	f, ok := k.table[key]
@@ -75,7 +75,7 @@ func testTCP(n int, st uint8) flow.Flow {
 }
 
 func TestInjectorUrgentIsSynchronous(t *testing.T) {
-	k := &fakeKernel{table: map[flow.Key]flow.Flow{}}
+	k := &fakeInjectKernel{table: map[flow.Key]flow.Flow{}}
 	in := newInjector(k, slog.New(slog.DiscardHandler), 0, nil)
 	f := testTCP(1, flow.TCPSynSent)
 	in.applied("fw-a", []cache.Change{{Flow: f}}, true)
@@ -88,7 +88,7 @@ func TestInjectorUrgentIsSynchronous(t *testing.T) {
 }
 
 func TestInjectorCoalescesAndDeletes(t *testing.T) {
-	k := &fakeKernel{table: map[flow.Key]flow.Flow{}}
+	k := &fakeInjectKernel{table: map[flow.Key]flow.Flow{}}
 	in := newInjector(k, slog.New(slog.DiscardHandler), 0, nil)
 	a, b := testTCP(1, flow.TCPSynSent), testTCP(2, flow.TCPSynSent)
 	est := testTCP(1, flow.TCPEstablished)
@@ -126,7 +126,7 @@ func TestInjectorCoalescesAndDeletes(t *testing.T) {
 
 // A full pending map is written by the caller: the bound holds.
 func TestInjectorBound(t *testing.T) {
-	k := &fakeKernel{table: map[flow.Key]flow.Flow{}}
+	k := &fakeInjectKernel{table: map[flow.Key]flow.Flow{}}
 	in := newInjector(k, slog.New(slog.DiscardHandler), 10, nil)
 	for i := range 25 {
 		in.applied("fw-a", []cache.Change{{Flow: testTCP(i, flow.TCPSynSent)}}, false)
@@ -141,7 +141,7 @@ func TestInjectorBound(t *testing.T) {
 
 // A peer's removal of a flow this node sees itself is not written.
 func TestInjectorKeepsLocalFlows(t *testing.T) {
-	k := &fakeKernel{table: map[flow.Key]flow.Flow{}}
+	k := &fakeInjectKernel{table: map[flow.Key]flow.Flow{}}
 	mine, theirs := testTCP(1, flow.TCPEstablished), testTCP(2, flow.TCPEstablished)
 	k.table[mine.Key], k.table[theirs.Key] = mine, theirs
 	in := newInjector(k, slog.New(slog.DiscardHandler), 0, func(key flow.Key) bool { return key == mine.Key })

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -113,21 +114,16 @@ type outcome struct {
 	err error
 }
 
-// waitSeq waits until the coordinator has accepted n calls.
+// waitSeq waits, in a synctest bubble, until every goroutine of the test
+// is blocked, and checks that the coordinator has accepted n calls by then.
 func waitSeq(t *testing.T, c *Coordinator, n uint64) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c.mu.Lock()
-		s := c.seq
-		c.mu.Unlock()
-		if s >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d of %d calls arrived", s, n)
-		}
-		time.Sleep(time.Millisecond)
+	synctest.Wait()
+	c.mu.Lock()
+	s := c.seq
+	c.mu.Unlock()
+	if s != n {
+		t.Fatalf("%d calls accepted once all were blocked, want %d", s, n)
 	}
 }
 
@@ -237,95 +233,104 @@ func TestCoordinatorConcurrent(t *testing.T) {
 }
 
 func TestCoordinatorDuplicateMasterJoins(t *testing.T) {
-	a := &fakeActions{started: make(chan State, 10), gate: make(chan struct{})}
-	c := newTestCoordinator(t, a)
-	first := handleAsync(c, notify(Group, Master))
-	<-a.started
-	second := handleAsync(c, notify(Instance, Master))
-	waitSeq(t, c, 2)
-	a.gate <- struct{}{}
-	r1, r2 := <-first, <-second
-	if r1.err != nil || r2.err != nil {
-		t.Fatal(r1.err, r2.err)
-	}
-	if r1.r.Outcome != Applied || r2.r.Outcome != Joined {
-		t.Errorf("outcomes %s, %s; want applied, joined", r1.r.Outcome, r2.r.Outcome)
-	}
-	if r1.r.Report == nil || r1.r.Report != r2.r.Report {
-		t.Errorf("the joined call did not get the same report")
-	}
-	if s := a.steps(); s != "MASTER" {
-		t.Errorf("steps %q, want one commit", s)
-	}
-	// The same state again, nothing running: a duplicate with the last report.
-	r, err := c.Handle(context.Background(), notify(Group, Master))
-	if err != nil || r.Outcome != Duplicate || r.Report == nil || r.Report.Created != r1.r.Report.Created {
-		t.Errorf("repeat: %+v %v", r, err)
-	}
+	// In a bubble: the waits for the calls to arrive take no real time.
+	synctest.Test(t, func(t *testing.T) {
+		a := &fakeActions{started: make(chan State, 10), gate: make(chan struct{})}
+		c := newTestCoordinator(t, a)
+		first := handleAsync(c, notify(Group, Master))
+		<-a.started
+		second := handleAsync(c, notify(Instance, Master))
+		waitSeq(t, c, 2)
+		a.gate <- struct{}{}
+		r1, r2 := <-first, <-second
+		if r1.err != nil || r2.err != nil {
+			t.Fatal(r1.err, r2.err)
+		}
+		if r1.r.Outcome != Applied || r2.r.Outcome != Joined {
+			t.Errorf("outcomes %s, %s; want applied, joined", r1.r.Outcome, r2.r.Outcome)
+		}
+		if r1.r.Report == nil || r1.r.Report != r2.r.Report {
+			t.Errorf("the joined call did not get the same report")
+		}
+		if s := a.steps(); s != "MASTER" {
+			t.Errorf("steps %q, want one commit", s)
+		}
+		// The same state again, nothing running: a duplicate with the last report.
+		r, err := c.Handle(context.Background(), notify(Group, Master))
+		if err != nil || r.Outcome != Duplicate || r.Report == nil || r.Report.Created != r1.r.Report.Created {
+			t.Errorf("repeat: %+v %v", r, err)
+		}
+	})
 }
 
 func TestCoordinatorLastWins(t *testing.T) {
-	a := &fakeActions{started: make(chan State, 10), gate: make(chan struct{})}
-	c := newTestCoordinator(t, a)
-	m := handleAsync(c, notify(Group, Master))
-	<-a.started
-	// While the commit runs: BACKUP, FAULT, BACKUP. The commit finishes;
-	// then only the newest, BACKUP, runs.
-	b1 := handleAsync(c, notify(Group, Backup))
-	waitSeq(t, c, 2)
-	f := handleAsync(c, notify(Group, Fault))
-	waitSeq(t, c, 3)
-	b2 := handleAsync(c, notify(Instance, Backup))
-	waitSeq(t, c, 4)
-	if r := <-b1; r.r.Outcome != Superseded || r.err != nil {
-		t.Errorf("first BACKUP: %+v", r)
-	}
-	if r := <-f; r.r.Outcome != Superseded || r.err != nil {
-		t.Errorf("FAULT: %+v", r)
-	}
-	a.gate <- struct{}{} // the commit ends
-	if r := <-m; r.r.Outcome != Applied || r.err != nil {
-		t.Errorf("MASTER: %+v", r)
-	}
-	if s := <-a.started; s != Backup {
-		t.Fatalf("next step %s", s)
-	}
-	a.gate <- struct{}{}
-	if r := <-b2; r.r.Outcome != Applied || r.err != nil {
-		t.Errorf("last BACKUP: %+v", r)
-	}
-	if s := a.steps(); s != "MASTER BACKUP" {
-		t.Errorf("steps %q", s)
-	}
-	if c.State() != Backup {
-		t.Errorf("state %s", c.State())
-	}
+	// In a bubble: the waits for the calls to arrive take no real time.
+	synctest.Test(t, func(t *testing.T) {
+		a := &fakeActions{started: make(chan State, 10), gate: make(chan struct{})}
+		c := newTestCoordinator(t, a)
+		m := handleAsync(c, notify(Group, Master))
+		<-a.started
+		// While the commit runs: BACKUP, FAULT, BACKUP. The commit finishes;
+		// then only the newest, BACKUP, runs.
+		b1 := handleAsync(c, notify(Group, Backup))
+		waitSeq(t, c, 2)
+		f := handleAsync(c, notify(Group, Fault))
+		waitSeq(t, c, 3)
+		b2 := handleAsync(c, notify(Instance, Backup))
+		waitSeq(t, c, 4)
+		if r := <-b1; r.r.Outcome != Superseded || r.err != nil {
+			t.Errorf("first BACKUP: %+v", r)
+		}
+		if r := <-f; r.r.Outcome != Superseded || r.err != nil {
+			t.Errorf("FAULT: %+v", r)
+		}
+		a.gate <- struct{}{} // the commit ends
+		if r := <-m; r.r.Outcome != Applied || r.err != nil {
+			t.Errorf("MASTER: %+v", r)
+		}
+		if s := <-a.started; s != Backup {
+			t.Fatalf("next step %s", s)
+		}
+		a.gate <- struct{}{}
+		if r := <-b2; r.r.Outcome != Applied || r.err != nil {
+			t.Errorf("last BACKUP: %+v", r)
+		}
+		if s := a.steps(); s != "MASTER BACKUP" {
+			t.Errorf("steps %q", s)
+		}
+		if c.State() != Backup {
+			t.Errorf("state %s", c.State())
+		}
+	})
 }
 
 func TestCoordinatorBackToRunning(t *testing.T) {
-	// MASTER runs, BACKUP queued, MASTER again: the BACKUP is dropped and
-	// the second MASTER joins the running commit.
-	a := &fakeActions{started: make(chan State, 10), gate: make(chan struct{})}
-	c := newTestCoordinator(t, a)
-	m1 := handleAsync(c, notify(Group, Master))
-	<-a.started
-	b := handleAsync(c, notify(Group, Backup))
-	waitSeq(t, c, 2)
-	m2 := handleAsync(c, notify(Group, Master))
-	waitSeq(t, c, 3)
-	if r := <-b; r.r.Outcome != Superseded {
-		t.Errorf("BACKUP: %+v", r)
-	}
-	a.gate <- struct{}{}
-	if r := <-m1; r.r.Outcome != Applied {
-		t.Errorf("first MASTER %+v", r)
-	}
-	if r := <-m2; r.r.Outcome != Joined {
-		t.Errorf("second MASTER %+v", r)
-	}
-	if s := a.steps(); s != "MASTER" || c.State() != Master {
-		t.Errorf("steps %q, state %s", s, c.State())
-	}
+	// In a bubble: the waits for the calls to arrive take no real time.
+	synctest.Test(t, func(t *testing.T) {
+		// MASTER runs, BACKUP queued, MASTER again: the BACKUP is dropped and
+		// the second MASTER joins the running commit.
+		a := &fakeActions{started: make(chan State, 10), gate: make(chan struct{})}
+		c := newTestCoordinator(t, a)
+		m1 := handleAsync(c, notify(Group, Master))
+		<-a.started
+		b := handleAsync(c, notify(Group, Backup))
+		waitSeq(t, c, 2)
+		m2 := handleAsync(c, notify(Group, Master))
+		waitSeq(t, c, 3)
+		if r := <-b; r.r.Outcome != Superseded {
+			t.Errorf("BACKUP: %+v", r)
+		}
+		a.gate <- struct{}{}
+		if r := <-m1; r.r.Outcome != Applied {
+			t.Errorf("first MASTER %+v", r)
+		}
+		if r := <-m2; r.r.Outcome != Joined {
+			t.Errorf("second MASTER %+v", r)
+		}
+		if s := a.steps(); s != "MASTER" || c.State() != Master {
+			t.Errorf("steps %q, state %s", s, c.State())
+		}
+	})
 }
 
 func TestCoordinatorFailureRetries(t *testing.T) {
@@ -372,21 +377,23 @@ func TestCoordinatorCallerGone(t *testing.T) {
 }
 
 func TestCoordinatorClose(t *testing.T) {
-	a := &fakeActions{started: make(chan State, 10), gate: make(chan struct{})}
-	c := NewCoordinator(a, nil)
-	m := handleAsync(c, notify(Group, Master))
-	<-a.started
-	b := handleAsync(c, notify(Group, Backup))
-	waitSeq(t, c, 2)
-	c.Close() // cancels the running commit; the queued BACKUP fails
-	if r := <-m; !errors.Is(r.err, context.Canceled) {
-		t.Errorf("running step: %v", r.err)
-	}
-	if r := <-b; !errors.Is(r.err, ErrClosed) {
-		t.Errorf("queued step: %v", r.err)
-	}
-	if _, err := c.Handle(context.Background(), notify(Group, Master)); !errors.Is(err, ErrClosed) {
-		t.Errorf("after Close: %v", err)
-	}
-	c.Close()
+	synctest.Test(t, func(t *testing.T) {
+		a := &fakeActions{started: make(chan State, 10), gate: make(chan struct{})}
+		c := NewCoordinator(a, nil)
+		m := handleAsync(c, notify(Group, Master))
+		<-a.started
+		b := handleAsync(c, notify(Group, Backup))
+		waitSeq(t, c, 2)
+		c.Close() // cancels the running commit; the queued BACKUP fails
+		if r := <-m; !errors.Is(r.err, context.Canceled) {
+			t.Errorf("running step: %v", r.err)
+		}
+		if r := <-b; !errors.Is(r.err, ErrClosed) {
+			t.Errorf("queued step: %v", r.err)
+		}
+		if _, err := c.Handle(context.Background(), notify(Group, Master)); !errors.Is(err, ErrClosed) {
+			t.Errorf("after Close: %v", err)
+		}
+		c.Close()
+	})
 }

@@ -13,7 +13,7 @@ import (
 // into f without allocating, except for the rare attributes kept in
 // flow.Extra. It replaces ti-mo's decoder on the hot paths (events, dumps),
 // where ti-mo's allocations per attribute were most of the CPU; it is
-// checked against ti-mo (FromConntrack) on real tables in the kernel tier
+// checked against ti-mo (internal/timoconv) on real tables in the kernel tier
 // and by fuzzing. ok is false when the message has no usable original tuple.
 func decodeFlow(m netlink.Message, f *flow.Flow) bool {
 	*f = flow.Flow{}

@@ -11,11 +11,12 @@ import (
 
 	"github.com/ctsyncd/ctsyncd/flow"
 	"github.com/ctsyncd/ctsyncd/internal/netnstest"
+	"github.com/ctsyncd/ctsyncd/internal/timoconv"
 )
 
 // TestKernelDecodeMatchesTimo decodes every record of a real table, with
 // the rare attributes present, both with decodeFlow and with ti-mo's
-// decoder (FromConntrack), and requires the same flow.
+// decoder (timoconv.FromConntrack), and requires the same flow.
 func TestKernelDecodeMatchesTimo(t *testing.T) {
 	ns := netnstest.New(t)
 	ns.Nft(t, labelRuleset)
@@ -43,7 +44,7 @@ func TestKernelDecodeMatchesTimo(t *testing.T) {
 		if err := ce.Unmarshal(m); err != nil || ce.Flow == nil {
 			t.Fatalf("ti-mo: %v", err)
 		}
-		theirs, ok := FromConntrack(ce.Flow)
+		theirs, ok := timoconv.FromConntrack(ce.Flow)
 		if !ok {
 			t.Fatal("FromConntrack refused a record")
 		}

@@ -7,6 +7,7 @@ import (
 	"github.com/ti-mo/conntrack"
 
 	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/internal/timoconv"
 )
 
 // The writer's create messages decode back to the flow they carry, and the
@@ -29,7 +30,7 @@ func TestDecodeFlowRoundTrip(t *testing.T) {
 		if err := ce.Unmarshal(m); err != nil {
 			t.Fatalf("flow %d: ti-mo: %v", i, err)
 		}
-		timo, _ := FromConntrack(ce.Flow)
+		timo, _ := timoconv.FromConntrack(ce.Flow)
 		if !got.Equal(&timo) {
 			t.Errorf("flow %d: ours %s, ti-mo %s", i, got.String(), timo.String())
 		}
@@ -74,7 +75,7 @@ func BenchmarkDecodeFlow(b *testing.B) {
 		for b.Loop() {
 			var ce conntrack.Event
 			ce.Unmarshal(m)
-			FromConntrack(ce.Flow)
+			timoconv.FromConntrack(ce.Flow)
 		}
 	})
 }

@@ -18,17 +18,10 @@ const (
 	batchSlotSize = 32 << 10 // an event datagram is a few hundred bytes
 )
 
-// mmsghdr is struct mmsghdr.
-type mmsghdr struct {
-	hdr unix.Msghdr
-	len uint32
-	_   [4]byte
-}
-
 type batchReader struct {
 	buf  []byte
 	iov  [batchSlots]unix.Iovec
-	msgs [batchSlots]mmsghdr
+	msgs [batchSlots]unix.Mmsghdr // its layout per GOARCH (32-bit: no padding)
 }
 
 func newBatchReader() *batchReader {
@@ -36,8 +29,8 @@ func newBatchReader() *batchReader {
 	for i := range r.msgs {
 		r.iov[i].Base = &r.buf[i*batchSlotSize]
 		r.iov[i].SetLen(batchSlotSize)
-		r.msgs[i].hdr.Iov = &r.iov[i]
-		r.msgs[i].hdr.SetIovlen(1)
+		r.msgs[i].Hdr.Iov = &r.iov[i]
+		r.msgs[i].Hdr.SetIovlen(1)
 	}
 	return r
 }
@@ -54,8 +47,8 @@ func (s *rawSocket) recvBatch(r *batchReader, fn func(m netlink.Message) error, 
 	)
 	err := s.rc.Read(func(fd uintptr) bool {
 		for i := range r.msgs {
-			r.msgs[i].hdr.Flags = 0
-			r.msgs[i].len = 0
+			r.msgs[i].Hdr.Flags = 0
+			r.msgs[i].Len = 0
 		}
 		r1, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&r.msgs[0])),
 			batchSlots, unix.MSG_DONTWAIT, 0, 0)
@@ -79,10 +72,10 @@ func (s *rawSocket) recvBatch(r *batchReader, fn func(m netlink.Message) error, 
 	}
 	for i := range n {
 		m := &r.msgs[i]
-		if m.hdr.Flags&unix.MSG_TRUNC != 0 {
+		if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
 			return fmt.Errorf("%w: a datagram longer than %d bytes was cut short", ErrMalformed, batchSlotSize)
 		}
-		if err := parseMessages(r.buf[i*batchSlotSize:i*batchSlotSize+int(m.len)], fn); err != nil {
+		if err := parseMessages(r.buf[i*batchSlotSize:i*batchSlotSize+int(m.Len)], fn); err != nil {
 			return err
 		}
 	}

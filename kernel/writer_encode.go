@@ -127,7 +127,8 @@ func commitStatus(f *flow.Flow) uint32 {
 }
 
 // tcpFlags is the per-direction flag byte committed for TCP: the sender's
-// flags plus BE_LIBERAL, as a standby has no window data (DESIGN §6).
+// flags plus BE_LIBERAL, as a standby has no window data
+// (docs/ARCHITECTURE.md, "Kernel facts learned the hard way").
 func tcpFlags(v uint8) uint8 {
 	return v&^flow.TCPFlagExpChallengeAck | flow.TCPFlagBeLiberal
 }

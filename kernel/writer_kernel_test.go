@@ -21,6 +21,7 @@ import (
 
 	"github.com/ctsyncd/ctsyncd/flow"
 	"github.com/ctsyncd/ctsyncd/internal/netnstest"
+	"github.com/ctsyncd/ctsyncd/internal/timoconv"
 )
 
 // Kernel tier: each test writes into a fresh network namespace.
@@ -89,7 +90,7 @@ func dumpTable(t *testing.T, ns *netnstest.NS) map[flow.Key]flow.Flow {
 // kernelTCPFlags reads the flag bytes of every TCP flow with ti-mo. The
 // kernel sends struct nf_ct_tcp_flags {flags, mask} with mask 0; ti-mo
 // decodes it as one big-endian uint16, so the flags are the high byte.
-// (FromConntrack takes the low byte, the mask: kernel/convert.go's
+// (FromConntrack takes the low byte, the mask: internal/timoconv/convert.go's
 // tcpFlagsByte reads the wrong byte, so Dump reports TCP flags as 0.)
 func kernelTCPFlags(t *testing.T, ns *netnstest.NS) map[flow.Key][2]uint8 {
 	t.Helper()
@@ -108,7 +109,7 @@ func kernelTCPFlags(t *testing.T, ns *netnstest.NS) map[flow.Key][2]uint8 {
 	out := map[flow.Key][2]uint8{}
 	for i := range all {
 		if tcp := all[i].ProtoInfo.TCP; tcp != nil {
-			f, _ := FromConntrack(&all[i])
+			f, _ := timoconv.FromConntrack(&all[i])
 			out[f.Key] = [2]uint8{uint8(tcp.OriginalFlags >> 8), uint8(tcp.ReplyFlags >> 8)}
 		}
 	}
@@ -874,7 +875,7 @@ func TestWriterUpdatesForeignEntry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	foreign := ToConntrack(&f)
+	foreign := timoconv.ToConntrack(&f)
 	foreign.Status = conntrack.Status(flow.StatusConfirmed | flow.StatusSeenReply | flow.StatusAssured)
 	foreign.Timeout, foreign.Mark = 100, 0
 	foreign.ProtoInfo.TCP.OriginalFlags, foreign.ProtoInfo.TCP.ReplyFlags = 0, 0

@@ -354,7 +354,20 @@ func TestWriterSeamErrnoPerFlow(t *testing.T) {
 		return 0
 	}
 	answer := func(r fakeReq) (unix.Errno, *flow.Flow) { return want(idx[r.key]), nil }
-	a, b := newFakeConn(answer), newFakeConn(answer)
+	// Each socket answers its first request only once the other has one,
+	// so that both carry batches whatever the scheduling.
+	aSeen, bSeen := make(chan struct{}), make(chan struct{})
+	var aOnce, bOnce sync.Once
+	a := newFakeConn(func(r fakeReq) (unix.Errno, *flow.Flow) {
+		aOnce.Do(func() { close(aSeen) })
+		<-bSeen
+		return answer(r)
+	})
+	b := newFakeConn(func(r fakeReq) (unix.Errno, *flow.Flow) {
+		bOnce.Do(func() { close(bSeen) })
+		<-aSeen
+		return answer(r)
+	})
 	w := fakeWriter(WriterOptions{Batch: 64}, 1<<20, a, b)
 	res, err := w.Delete(context.Background(), keys)
 	if err != nil {

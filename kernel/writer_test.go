@@ -12,6 +12,7 @@ import (
 
 	"github.com/ctsyncd/ctsyncd/flow"
 	"github.com/ctsyncd/ctsyncd/internal/flowgen"
+	"github.com/ctsyncd/ctsyncd/internal/timoconv"
 )
 
 // testFlows returns n distinct flows of internal/flowgen's fixed mix (per
@@ -65,7 +66,7 @@ func TestEncodeCreateDecodesWithTiMo(t *testing.T) {
 				t.Errorf("nfgen_family %d, want %d", m.Data[0], f.Family)
 			}
 			c := ev.Flow
-			got, ok := FromConntrack(c)
+			got, ok := timoconv.FromConntrack(c)
 			if !ok {
 				t.Fatal("no tuple")
 			}
@@ -213,7 +214,7 @@ func TestEncodeNAT(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			b := appendCreate(nil, &tt.f, 60, 1, netlink.Request|netlink.Create)
 			_, ev := decodeOne(t, b)
-			got, _ := FromConntrack(ev.Flow)
+			got, _ := timoconv.FromConntrack(ev.Flow)
 			if want := tt.f.Orig.Invert(tt.f.Proto); got.Reply != want {
 				t.Errorf("reply tuple is not the inverse")
 			}
@@ -265,7 +266,7 @@ func TestEncodeUpdateGetDelete(t *testing.T) {
 		}
 		if msg == msgCTDelete {
 			_, ev := decodeOne(t, b)
-			got, _ := FromConntrack(ev.Flow)
+			got, _ := timoconv.FromConntrack(ev.Flow)
 			if got.Key != f.Key {
 				t.Errorf("delete key %+v, want %+v", got.Key, f.Key)
 			}

@@ -22,14 +22,39 @@ id=$$
 NS_C=ctd-client-$id NS_S=ctd-server-$id NS_A=ctd-fwa-$id NS_B=ctd-fwb-$id NS_SW=ctd-sw-$id
 work=$(mktemp -d /tmp/ctsyncd-demo.XXXXXX)
 pids=()
+# kill_ns NS: kills every process left in namespace NS. A process that exits
+# meanwhile (a keepalived child following its parent) is not an error.
+kill_ns() {
+  local p
+  for p in $(ip netns pids "$1" 2>/dev/null || true); do kill -9 "$p" 2>/dev/null || true; done
+}
+# wait_for SECONDS WHAT COMMAND...: runs COMMAND every 0.1 s until it
+# succeeds; after SECONDS the demo stops, saying what it waited for.
+wait_for() {
+  local secs=$1 what=$2 i; shift 2
+  for ((i = 0; i < secs * 10; i++)); do
+    if "$@"; then return 0; fi
+    sleep 0.1
+  done
+  echo "demo: gave up after ${secs}s waiting for $what" >&2
+  return 1
+}
 cleanup() {
   set +e
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
-  for n in $NS_A $NS_B; do
-    [ -f "$work/$n.keepalived.pid" ] && kill "$(cat "$work/$n.keepalived.pid")" 2>/dev/null
+  for n in $NS_C $NS_S $NS_A $NS_B $NS_SW; do kill_ns "$n"; done
+  for _ in $(seq 50); do
+    [ -z "$(for n in $NS_C $NS_S $NS_A $NS_B $NS_SW; do ip netns pids "$n" 2>/dev/null; done)" ] && break
+    sleep 0.1
   done
-  sleep 0.3
-  for n in $NS_C $NS_S $NS_A $NS_B $NS_SW; do ip netns pids "$n" 2>/dev/null | xargs -r kill -9 2>/dev/null; ip netns del "$n" 2>/dev/null; done
+  for n in $NS_C $NS_S $NS_A $NS_B $NS_SW; do ip netns del "$n" 2>/dev/null; done
+  # veth ends still in this namespace (a setup that stopped half way)
+  for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E "^(v${id}[xy][0-9]+|s[ab]${id})\$"); do
+    ip link del "$l" 2>/dev/null
+  done
+  if [ "${status:-1}" -ne 0 ] && [ -d "$work" ]; then
+    for f in "$work"/*.log; do echo "--- $f"; tail -n 20 "$f"; done >&2
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -139,18 +164,22 @@ step "starting ctsyncd and keepalived on both firewalls"
 inns $NS_A "$work/ctsyncd" --config "$work/a.toml" 2>"$work/a.log" & pids+=($!)
 inns $NS_B "$work/ctsyncd" --config "$work/b.toml" 2>"$work/b.log" & pids+=($!)
 ctl() { "$work/ctsyncctl" --socket "$work/$1.sock" "${@:2}"; }
-for fw in a b; do for _ in $(seq 100); do ctl $fw status >/dev/null 2>&1 && break; sleep 0.1; done; done
+ctl_up() { ctl "$1" status >/dev/null 2>&1; }
+for fw in a b; do wait_for 20 "ctsyncd on fw-$fw" ctl_up $fw; done
 start_keepalived() {
   local fw=$1 ns=$NS_A; [ "$fw" = b ] && ns=$NS_B
   inns "$ns" keepalived -P -n -l -G -f "$work/$fw.keepalived.conf" -p "$work/$ns.keepalived.pid" \
     -r "$work/$ns.vrrp.pid" >"$work/$fw.keepalived.log" 2>&1 &
   pids+=($!)
 }
+# master: the firewalls holding the client-side VIP on a link that is up.
+master() { for n in $NS_A $NS_B; do ip -n "$n" -4 addr show dev lan0 up | grep -q 10.0.1.1/ && echo "$n"; done; return 0; }
+is_master() { [ "$(master)" = "$1" ]; }
 start_keepalived a
-sleep 1.5   # fw-a wins the first election
+wait_for 30 "fw-a to become VRRP master" is_master $NS_A   # fw-a wins the first election
 start_keepalived b
-master() { for n in $NS_A $NS_B; do ip -n "$n" -4 addr show lan0 | grep -q 10.0.1.1/ && echo "$n"; done; }
-for _ in $(seq 100); do [ "$(master)" = "$NS_A" ] && break; sleep 0.1; done
+sleep 1   # fw-b joins as backup (nopreempt: fw-a stays master)
+is_master $NS_A || { echo "demo: fw-a lost mastership to $(master) before the failure" >&2; exit 1; }
 echo "VRRP master: $(master)"
 
 step "a live TCP stream client → server through fw-a (one line every 50 ms, echoed back)"
@@ -159,23 +188,29 @@ sleep 0.3
 ( i=0; while sleep 0.05; do i=$((i+1)); echo "$i"; done ) |
   inns $NS_C socat -t 30 - TCP:10.0.2.10:8080 >"$work/echo.txt" 2>"$work/socat.err" & pids+=($!)
 stream_pid=$!
-sleep 2
-echo "lines echoed so far: $(wc -l <"$work/echo.txt")"
+echoed() { wc -l <"$work/echo.txt"; }
+wait_for 20 "the stream's first echoes" test -s "$work/echo.txt"
+replicated() { ctl b dump external 2>/dev/null | grep -q 8080; }
+wait_for 20 "the stream's flow to reach fw-b's external cache" replicated
+sleep 1
+echo "lines echoed so far: $(echoed)"
 echo "fw-b's external cache (replicated from fw-a):"
 ctl b dump external | grep 8080 || true
 
 step "fw-a dies: keepalived and ctsyncd killed, links down"
-before=$(wc -l <"$work/echo.txt")
-kill -9 "$(cat "$work/$NS_A.keepalived.pid")" 2>/dev/null || true
-ip netns pids $NS_A | xargs -r kill -9
+before=$(echoed)
+kill_ns $NS_A   # keepalived (parent and VRRP child) and ctsyncd
 for l in lan0 lan1 sync0; do ip -n $NS_A link set "$l" down; done
-for _ in $(seq 100); do [ "$(master)" = "$NS_B" ] && break; sleep 0.1; done
+wait_for 30 "fw-b to become VRRP master" is_master $NS_B || true
 echo "VRRP master: $(master)"
-sleep 3
-after=$(wc -l <"$work/echo.txt")
+# The stream goes on through fw-b if the state was there: wait for 20 more
+# lines (one second of stream), at most 15 s.
+grown() { [ "$(echoed)" -gt "$((before + 20))" ]; }
+wait_for 15 "the stream to go on through fw-b" grown || true
+after=$(echoed)
 
 step "result"
-echo "lines echoed before the failure: $before, three seconds after it: $after"
+echo "lines echoed before the failure: $before, after it: $after"
 if [ "$after" -gt "$((before + 20))" ] && kill -0 $stream_pid 2>/dev/null; then
   echo "the TCP stream SURVIVED the failover: it now flows through fw-b"
   gap=$(awk 'NR>1 && $1!=prev+1 {print "missing lines", prev+1, "to", $1-1} {prev=$1}' "$work/echo.txt" | head -3)

@@ -4,7 +4,7 @@ package sync
 // message type is mapped to what the node does with it (dispatch).
 //
 // To add a message type: append its number in wire.go (ONLY APPEND, and
-// move msgTypeEnd), give it an encoding in appendBody/decodeBody (or a
+// move msgTypeEnd, name it in msgTypeNames), give it an encoding in appendBody/decodeBody (or a
 // codec of its own), then add a case to dispatch below that calls a method
 // in a file of its own. Messages of epochs not (yet) accepted never reach
 // dispatch.
@@ -72,7 +72,7 @@ func (n *Node) handle(p Packet) {
 		return
 	}
 	var m *message
-	if h.Type >= msgTypeEnd && h.Flags&flagStreamExt == 0 {
+	if !known(h.Type) && h.Flags&flagStreamExt == 0 {
 		m = &message{Type: h.Type} // a newer peer's message beside the stream: ignored
 	} else {
 		m, err = decodeBody(h.Type, body)
@@ -140,6 +140,8 @@ func (n *Node) dispatch(pr *peer, m *message, size int64, now time.Time) {
 		n.requestedBulk(now)
 	case MsgHello:
 		// Known already; nothing to do.
+	case MsgNodeInfo:
+		n.receiveInfo(pr, m, now)
 	default:
 		if m.Seq != 0 {
 			// A newer peer's stream message (flagStreamExt): take its

@@ -204,6 +204,7 @@ func (n *Node) verifyResponse(h *header, m *message, src string, now time.Time) 
 		ackedOut: next - 1, lastProgress: now}
 	pr.acked, pr.ackKnown = 0, false
 	n.log.Info("peer epoch accepted", "peer", pr.name, "addr", src, "epoch", fmt.Sprintf("%016x", h.Epoch))
+	n.sendInfo() // the new epoch learns our version and ruleset at once
 	pr.rx.resyncWanted = true
 	n.requestResync(pr, now)
 	n.sendAck(pr)

@@ -261,6 +261,8 @@ type Node struct {
 	scratch      []byte
 	out          []byte
 	lastTwinWarn time.Time // a datagram from another node with our name was logged
+	info         *NodeInfo // what this node announces (NODE_INFO); nil: nothing yet
+	lastInfo     time.Time // when NODE_INFO was last sent
 
 	derive       bucket              // key derivations for epochs not accepted
 	hsGlobal     bucket              // CHALLENGEs and RESPONSEs sent
@@ -406,6 +408,9 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-hb.C:
 			n.mu.Lock()
 			n.sendAll(&message{Type: MsgHeartbeat, Seq: n.nextSeq - 1})
+			if n.now().Sub(n.lastInfo) >= nodeInfoEvery {
+				n.sendInfo()
+			}
 			n.mu.Unlock()
 		case <-n.bulkReq:
 			n.mu.Lock()

@@ -32,6 +32,7 @@ type peer struct {
 	ackKnown     bool
 	resendBudget bucket // bytes of resends (Options.ResendRate)
 	stats        PeerStats
+	info         *NodeInfo // the peer's last NODE_INFO (nodeinfo.go)
 }
 
 // rxState is the receive state of one origin's stream.

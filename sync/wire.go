@@ -91,19 +91,20 @@ type MsgType uint8
 
 // Message types. ONLY APPEND: a number, once used, keeps its meaning.
 const (
-	MsgData          MsgType = 1              // a batch of flow changes, sequenced
-	MsgAck           MsgType = 2              // cumulative: every message up to Seq arrived
-	MsgNack          MsgType = 3              // these sequence ranges are missing
-	MsgHeartbeat     MsgType = 4              // alive; Seq is the last sequence number sent
-	MsgBulkBegin     MsgType = 5              // a full copy of the sender's table begins, sequenced
-	MsgBulkEnd       MsgType = 6              // the bulk ends: drop what it did not refresh, sequenced
-	MsgResyncRequest MsgType = 7              // please send a bulk
-	MsgHello         MsgType = 8              // a node announces itself (name)
-	MsgChallenge     MsgType = 9              // prove you hold the key and live in your epoch
-	MsgResponse      MsgType = 10             // the answer to a challenge
-	MsgExpect        MsgType = 11             // a batch of expectation changes, sequenced (expect.go)
-	MsgDataNow       MsgType = 12             // DATA sent ahead of the batch (first-packet defer, urgent.go): acknowledge at once
-	msgTypeEnd               = MsgDataNow + 1 // one past the last known type; move it when appending
+	MsgData          MsgType = 1  // a batch of flow changes, sequenced
+	MsgAck           MsgType = 2  // cumulative: every message up to Seq arrived
+	MsgNack          MsgType = 3  // these sequence ranges are missing
+	MsgHeartbeat     MsgType = 4  // alive; Seq is the last sequence number sent
+	MsgBulkBegin     MsgType = 5  // a full copy of the sender's table begins, sequenced
+	MsgBulkEnd       MsgType = 6  // the bulk ends: drop what it did not refresh, sequenced
+	MsgResyncRequest MsgType = 7  // please send a bulk
+	MsgHello         MsgType = 8  // a node announces itself (name)
+	MsgChallenge     MsgType = 9  // prove you hold the key and live in your epoch
+	MsgResponse      MsgType = 10 // the answer to a challenge
+	MsgExpect        MsgType = 11 // a batch of expectation changes, sequenced (expect.go)
+	MsgDataNow       MsgType = 12 // DATA sent ahead of the batch (first-packet defer, urgent.go): acknowledge at once
+	// 13..16: see below. MsgNodeInfo (17) is in nodeinfo.go.
+	msgTypeEnd = MsgNodeInfo + 1 // one past the last known type; move it when appending
 
 	// Numbers taken by work landing next, so that branches do not collide:
 	// 13..16 DIGEST, DIGEST_REQUEST,
@@ -115,6 +116,12 @@ const (
 	firstStreamExt = MsgExpect
 )
 
+// known reports whether this version knows messages of type t (numbers
+// reserved for others are not known until their code lands).
+func known(t MsgType) bool {
+	return t > 0 && t < msgTypeEnd && msgTypeNames[t] != ""
+}
+
 // streamExt reports whether messages of type t are stream messages sent
 // with flagStreamExt.
 func streamExt(t MsgType) bool { return t == MsgExpect || t == MsgDataNow }
@@ -123,11 +130,11 @@ var msgTypeNames = [...]string{
 	MsgData: "DATA", MsgAck: "ACK", MsgNack: "NACK", MsgHeartbeat: "HEARTBEAT",
 	MsgBulkBegin: "BULK_BEGIN", MsgBulkEnd: "BULK_END", MsgResyncRequest: "RESYNC_REQUEST",
 	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE", MsgExpect: "EXPECT",
-	MsgDataNow: "DATA_NOW",
+	MsgDataNow: "DATA_NOW", MsgNodeInfo: "NODE_INFO",
 }
 
 func (t MsgType) String() string {
-	if t > 0 && t < msgTypeEnd {
+	if known(t) {
 		return msgTypeNames[t]
 	}
 	return fmt.Sprintf("MsgType(%d)", uint8(t))
@@ -201,7 +208,7 @@ func parseHeader(b []byte) (header, error) {
 	if h.Flags&^(flagSealed|flagStreamExt) != 0 || b[5]|b[6]|b[7] != 0 {
 		return header{}, fmt.Errorf("%w: reserved header bits set", ErrMalformed)
 	}
-	if h.Flags&flagStreamExt != 0 && (h.Type < firstStreamExt || (h.Type < msgTypeEnd && !streamExt(h.Type))) {
+	if h.Flags&flagStreamExt != 0 && (h.Type < firstStreamExt || (known(h.Type) && !streamExt(h.Type))) {
 		return header{}, fmt.Errorf("%w: %s is not an extension stream message", ErrMalformed, h.Type)
 	}
 	if h.To == 0 && h.ToEpoch != 0 {
@@ -242,6 +249,10 @@ type message struct {
 	Name    string
 	Nonce   []byte
 	Expects []cache.ExpectChange
+	Info    *NodeInfo // NODE_INFO (nodeinfo.go)
+	// infoBudget bounds an encoded NODE_INFO body (the sender's MTU less
+	// the header and the seal); 0: maxInfoBody.
+	infoBudget int
 }
 
 // appendBody appends the encoded body of m to b.
@@ -256,6 +267,13 @@ func appendBody(b []byte, m *message) []byte {
 	}
 	if m.Type == MsgExpect {
 		return appendExpectBody(b, m)
+	}
+	if m.Type == MsgNodeInfo {
+		budget := m.infoBudget
+		if budget <= 0 {
+			budget = maxInfoBody
+		}
+		return appendNodeInfo(b, m.Info, budget)
 	}
 	buf := bytes.NewBuffer(b)
 	e := msgpack.NewEncoder(buf)
@@ -309,6 +327,8 @@ func decodeBody(t MsgType, b []byte) (*message, error) {
 		err = decodeControl(b, m)
 	case MsgExpect:
 		err = decodeExpectBody(b, m)
+	case MsgNodeInfo:
+		err = decodeNodeInfo(b, m)
 	default:
 		if t >= firstStreamExt {
 			err = decodeUnknownStream(b, m)

@@ -166,6 +166,10 @@ func sampleMessages() []*message {
 		{Type: MsgHello, Name: "fw-a"},
 		{Type: MsgChallenge, Name: "fw-a", Nonce: nonce},
 		{Type: MsgResponse, Name: "fw-b", Nonce: nonce, Seq: 17},
+		{Type: MsgNodeInfo, Info: &NodeInfo{Version: "ctsyncd test", Caps: []string{"expect", "node-info"},
+			Ruleset: bytes.Repeat([]byte{9}, rulesetSumLen),
+			Parts:   map[string][partHashLen]byte{"table inet filter": {1}, "chain inet filter forward": {2, 3}}}},
+		{Type: MsgNodeInfo, Info: &NodeInfo{Version: "v", Truncated: true}},
 	}
 }
 

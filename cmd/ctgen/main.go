@@ -31,6 +31,7 @@ import (
 
 	"github.com/ctsyncd/ctsyncd/flow"
 	"github.com/ctsyncd/ctsyncd/internal/flowgen"
+	"github.com/ctsyncd/ctsyncd/internal/timoconv"
 	"github.com/ctsyncd/ctsyncd/kernel"
 )
 
@@ -112,7 +113,7 @@ func run(n, offset int, mode string, sockets, batch int, netns string, flush boo
 		start := time.Now()
 		for i := range flows {
 			f := &flows[i]
-			cf := kernel.ToConntrack(f)
+			cf := timoconv.ToConntrack(f)
 			cf.Status = conntrack.Status(f.Status&^(flow.StatusSrcNAT|flow.StatusDstNAT|flow.StatusSrcNATDone|flow.StatusDstNATDone) | flow.StatusConfirmed)
 			cf.Timeout = max(f.Timeout, 30)
 			if err := c.Create(cf); err != nil {

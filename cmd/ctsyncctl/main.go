@@ -50,6 +50,11 @@ Commands:
                           runs locally, no daemon needed:
                             ctsyncctl keygen > /etc/ctsyncd/sync.key
                             chmod 600 /etc/ctsyncd/sync.key
+  ct VERB [OPTIONS]       read and change the conntrack table directly, like
+                          conntrack(8), in this namespace or --netns NAME;
+                          no daemon needed (ctsyncctl ct --help): list, get,
+                          count, create, update, delete, flush, events,
+                          stats, expect list|create|delete|flush
 
 Options:
 `

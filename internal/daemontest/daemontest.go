@@ -58,6 +58,7 @@ type Proc struct {
 	Socket string
 	Config string
 	cmd    *exec.Cmd
+	bin    string // the ctsyncd binary
 	logs   *bytes.Buffer
 	done   chan error
 	ctl    string
@@ -68,6 +69,12 @@ type Proc struct {
 func Start(t testing.TB, ns *netnstest.NS, name, cfg string) *Proc {
 	t.Helper()
 	d, c := Binaries(t)
+	return StartWith(t, ns, name, cfg, d, c)
+}
+
+// StartWith is Start with other binaries (an earlier version, BuildAt).
+func StartWith(t testing.TB, ns *netnstest.NS, name, cfg, d, c string) *Proc {
+	t.Helper()
 	dir := t.TempDir()
 	p := &Proc{t: t, NS: ns, Name: name, Dir: dir, Socket: filepath.Join(dir, "ctsyncd.sock"),
 		Config: filepath.Join(dir, "ctsyncd.toml"), ctl: c}
@@ -82,6 +89,7 @@ func Start(t testing.TB, ns *netnstest.NS, name, cfg string) *Proc {
 
 func (p *Proc) start(bin string) {
 	p.t.Helper()
+	p.bin = bin
 	p.cmd = p.NS.Cmd(bin, "--config", p.Config, "--log-level", "debug")
 	p.logs = &bytes.Buffer{}
 	p.cmd.Stderr = &lockedWriter{w: p.logs}
@@ -110,8 +118,48 @@ func (p *Proc) start(bin string) {
 // Restart starts the daemon again with the same config after Stop or Kill.
 func (p *Proc) Restart() {
 	p.t.Helper()
-	d, _ := Binaries(p.t)
-	p.start(d)
+	p.start(p.bin)
+}
+
+// BuildAt builds ctsyncd and ctsyncctl as they were at commit (of the
+// repository the test runs in) and returns their paths. It fails the test
+// when the commit is not in the repository's history (a shallow clone).
+func BuildAt(t testing.TB, commit string) (ctsyncd, ctsyncctl string) {
+	t.Helper()
+	top, err := exec.Command("git", "rev-parse", "--show-toplevel").Output()
+	if err != nil {
+		t.Fatalf("BuildAt %s: not in a git checkout: %v", commit, err)
+	}
+	repo := strings.TrimSpace(string(top))
+	if out, err := exec.Command("git", "-C", repo, "cat-file", "-e", commit+"^{commit}").CombinedOutput(); err != nil {
+		t.Fatalf("BuildAt: commit %s is not in this clone's history (a shallow clone?): %v %s", commit, err, out)
+	}
+	src := t.TempDir()
+	archive := exec.Command("git", "-C", repo, "archive", "--format=tar", commit)
+	untar := exec.Command("tar", "-x", "-C", src)
+	pipe, err := archive.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	untar.Stdin = pipe
+	if err := untar.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := archive.Run(); err != nil {
+		t.Fatalf("git archive %s: %v", commit, err)
+	}
+	if err := untar.Wait(); err != nil {
+		t.Fatalf("untar %s: %v", commit, err)
+	}
+	bin := t.TempDir()
+	for _, name := range []string{"ctsyncd", "ctsyncctl"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, name), "./cmd/"+name)
+		cmd.Dir = src
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("build %s at %s: %v\n%s", name, commit, err, out)
+		}
+	}
+	return filepath.Join(bin, "ctsyncd"), filepath.Join(bin, "ctsyncctl")
 }
 
 type lockedWriter struct {

@@ -6,7 +6,7 @@
 // inside a network namespace (see InNetns).
 //
 // The package also has a TFTP read (RRQ) server and client for the same
-// purpose (tftp.go).
+// purpose, in this file.
 package ftptest
 
 import (

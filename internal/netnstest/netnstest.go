@@ -5,7 +5,7 @@
 //
 // Tests that need it call New, which skips the test when not run as root,
 // and fails it instead when CI=true: a skipped kernel test in CI is a
-// failure (DESIGN.md §4).
+// failure (docs/ARCHITECTURE.md, "Test tiers").
 package netnstest
 
 import (
@@ -182,7 +182,8 @@ func (ns *NS) Do(t testing.TB, fn func()) {
 //	client 10.0.1.2/24 fd00:1::2/64 — fw 10.0.1.1, fd00:1::1 | 10.0.2.1, fd00:2::1 — server 10.0.2.2/24 fd00:2::2/64
 //
 // fw gets a forward chain that uses conntrack (without a conntrack-using
-// rule the kernel tracks nothing, DESIGN.md §6).
+// rule the kernel tracks nothing: docs/ARCHITECTURE.md, "Kernel facts
+// learned the hard way").
 func Router(t testing.TB) (client, fw, server *NS) {
 	t.Helper()
 	client, fw, server = New(t), New(t), New(t)

@@ -3,5 +3,6 @@
 package cluster
 
 // raceEnabled: the race detector slows netlink-heavy work several times;
-// scenarios with 100k+ flows run only without it (DESIGN.md §4).
+// scenarios with 100k+ flows run only without it (docs/ARCHITECTURE.md,
+// "Test tiers").
 const raceEnabled = true

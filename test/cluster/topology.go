@@ -63,8 +63,8 @@ const (
 	SyncBv6 = "fd00:200::2"
 )
 
-// WaitTimeout is the deadline of the convergence waits (DESIGN.md §4: 60 s
-// or more).
+// WaitTimeout is the deadline of the convergence waits (docs/ARCHITECTURE.md,
+// "Test tiers": a minute or more).
 const WaitTimeout = 60 * time.Second
 
 // Options configure New. The zero value is a pair with no NAT and no

@@ -1,4 +1,7 @@
-package kernel
+// Package timoconv converts between ti-mo/conntrack flows and ctsyncd's
+// flows. Only tests and tools use it (the ti-mo cross-checks of the
+// kernel package, cmd/ctgen): it keeps ti-mo/conntrack out of the daemon.
+package timoconv
 
 import (
 	"github.com/ti-mo/conntrack"
