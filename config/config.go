@@ -36,15 +36,17 @@ import (
 // Config is the whole configuration. The comment on each field gives its
 // default; Default returns a Config with all of them applied.
 type Config struct {
-	Node     Node     `toml:"node"`
-	Control  Control  `toml:"control"`
-	Kernel   Kernel   `toml:"kernel"`
-	Sync     Sync     `toml:"sync"`
-	Filter   Filter   `toml:"filter"`
-	Failover Failover `toml:"failover"`
-	Defer    Defer    `toml:"defer"`
-	Log      Log      `toml:"log"`
-	API      API      `toml:"api"`
+	Node    Node    `toml:"node"`
+	Control Control `toml:"control"`
+	Kernel  Kernel  `toml:"kernel"`
+	Sync    Sync    `toml:"sync"`
+	Filter  Filter  `toml:"filter"`
+	// PeerPolicy is what a peer may put into this node's kernel.
+	PeerPolicy PeerPolicy `toml:"peer_policy"`
+	Failover   Failover   `toml:"failover"`
+	Defer      Defer      `toml:"defer"`
+	Log        Log        `toml:"log"`
+	API        API        `toml:"api"`
 
 	// Path is the file the config was loaded from (the name given to
 	// Parse); it is not a TOML key.
@@ -153,6 +155,42 @@ type Sync struct {
 	// from peers, to those of the named helpers ("ftp", "sip", "tftp").
 	// Empty (the default): every helper.
 	ExpectationHelpers []string `toml:"expectation_helpers"`
+	// MaxBufferBytes bounds the memory held per peer for its messages
+	// received ahead of a gap. Default 16MiB, 64KiB..4GiB.
+	MaxBufferBytes ByteSize `toml:"max_buffer_bytes"`
+	// MaxPeers bounds the peers accepted (and the origins kept in the
+	// external cache). Default 64, 1..4096.
+	MaxPeers int `toml:"max_peers"`
+	// MaxFlowsPerOrigin bounds the flows kept per peer; new ones beyond
+	// it are refused and counted. Default 2097152, 1..67108864.
+	MaxFlowsPerOrigin int `toml:"max_flows_per_origin"`
+	// ResendRate bounds the bytes per second resent to one peer on its
+	// NACKs. Default 8MiB, 64KiB..1GiB.
+	ResendRate ByteSize `toml:"resend_rate"`
+}
+
+// PeerPolicy is the receive policy for peers' flows (package peerpolicy):
+// what a peer may put into this node's kernel. The node's own [filter]
+// applies to peers' flows too.
+type PeerPolicy struct {
+	// Helpers are the conntrack helpers a peer's flow may carry; a flow
+	// with another helper is refused. Default none: list the helpers this
+	// node itself uses, e.g. ["ftp", "sip"].
+	Helpers []string `toml:"helpers"`
+	// Mark and Labels are "allow" (default), "strip" (cleared), "refuse"
+	// (a flow carrying one is refused) or "require" (a flow without one
+	// is refused).
+	Mark   string `toml:"mark"`
+	Labels string `toml:"labels"`
+	// Zone and NAT are "allow" (default), "refuse" or "require".
+	Zone string `toml:"zone"`
+	NAT  string `toml:"nat"`
+	// TimeoutFactor multiplies the per-protocol and per-state caps on a
+	// peer's flow's timeout (Linux's default timeouts). Default 1, 1..1000.
+	TimeoutFactor int `toml:"timeout_factor"`
+	// KeepFixedTimeout keeps the FIXED_TIMEOUT status bit of peers'
+	// flows. Default false: cleared.
+	KeepFixedTimeout bool `toml:"keep_fixed_timeout"`
 }
 
 // Link is one more dedicated sync link (see Sync.Link).
@@ -291,6 +329,12 @@ const (
 	defaultMinTimeout        = "30s"
 	defaultDeferTimeout      = "20ms"
 	defaultDeferMaxPending   = 4096
+	defaultMaxBufferBytes    = 16 << 20
+	defaultMaxPeers          = 64
+	defaultMaxFlowsPerOrigin = 2 << 20
+	defaultResendRate        = 8 << 20
+	defaultPolicyMode        = "allow"
+	defaultTimeoutFactor     = 1
 )
 
 var (
@@ -331,6 +375,15 @@ func Default() *Config {
 			PeerTimeout:        mustDuration(defaultPeerTimeout),
 			Expectations:       true,
 			ExpectationHelpers: []string{},
+			MaxBufferBytes:     defaultMaxBufferBytes,
+			MaxPeers:           defaultMaxPeers,
+			MaxFlowsPerOrigin:  defaultMaxFlowsPerOrigin,
+			ResendRate:         defaultResendRate,
+		},
+		PeerPolicy: PeerPolicy{
+			Helpers: []string{},
+			Mark:    defaultPolicyMode, Labels: defaultPolicyMode, Zone: defaultPolicyMode, NAT: defaultPolicyMode,
+			TimeoutFactor: defaultTimeoutFactor,
 		},
 		Filter: Filter{
 			Protocols:          append([]string(nil), defaultProtocols...),

@@ -195,6 +195,17 @@ func TestDefaults(t *testing.T) {
 		{"sync.peer_timeout", c.Sync.PeerTimeout.Duration, 5 * time.Second},
 		{"sync.expectations", c.Sync.Expectations, true},
 		{"sync.expectation_helpers", c.Sync.ExpectationHelpers, []string{}},
+		{"sync.max_buffer_bytes", c.Sync.MaxBufferBytes, ByteSize(16 << 20)},
+		{"sync.max_peers", c.Sync.MaxPeers, 64},
+		{"sync.max_flows_per_origin", c.Sync.MaxFlowsPerOrigin, 2 << 20},
+		{"sync.resend_rate", c.Sync.ResendRate, ByteSize(8 << 20)},
+		{"peer_policy.helpers", c.PeerPolicy.Helpers, []string{}},
+		{"peer_policy.mark", c.PeerPolicy.Mark, "allow"},
+		{"peer_policy.labels", c.PeerPolicy.Labels, "allow"},
+		{"peer_policy.zone", c.PeerPolicy.Zone, "allow"},
+		{"peer_policy.nat", c.PeerPolicy.NAT, "allow"},
+		{"peer_policy.timeout_factor", c.PeerPolicy.TimeoutFactor, 1},
+		{"peer_policy.keep_fixed_timeout", c.PeerPolicy.KeepFixedTimeout, false},
 		{"filter.protocols", c.Filter.Protocols, []string{"tcp", "udp", "icmp", "icmpv6", "sctp", "dccp", "gre"}},
 		{"filter.ignore_addresses", c.Filter.IgnoreAddresses, []string{"127.0.0.0/8", "::1/128"}},
 		{"filter.tcp_states", c.Filter.TCPStates, []string{"syn_sent", "syn_recv", "established", "fin_wait", "close_wait", "last_ack", "time_wait"}},
@@ -390,6 +401,10 @@ func TestErrors(t *testing.T) {
 		{"mtu-small", base + "mtu = 100\n", 5, "sync.mtu", "100 is out of range 576..65000"},
 		{"mtu-large", base + "mtu = 65536\n", 5, "sync.mtu", "out of range"},
 		{"resend-queue", base + "resend_queue = 0\n", 5, "sync.resend_queue", "out of range"},
+		{"max-peers", base + "max_peers = 0\n", 5, "sync.max_peers", "out of range"},
+		{"resend-rate", base + "resend_rate = \"1KiB\"\n", 5, "sync.resend_rate", "out of range"},
+		{"policy-zone", "[peer_policy]\nzone = \"strip\"\n", 2, "peer_policy.zone", "not one of allow, refuse, require"},
+		{"policy-helper", "[peer_policy]\nhelpers = [\"ftp\", \"a b\"]\n", 2, "peer_policy.helpers", "not a conntrack helper name"},
 		{"ack-negative", base + "ack_interval = \"-50ms\"\n", 5, "sync.ack_interval", "negative duration -50ms"},
 		{"ack-zero", base + "ack_interval = \"0s\"\n", 5, "sync.ack_interval", "too short"},
 		{"heartbeat-long", base + "heartbeat_interval = \"2m\"\n", 5, "sync.heartbeat_interval", "too long"},
@@ -510,8 +525,8 @@ f.toml:9: log.level: "verbose" is not one of debug, info, warn, error`
 	// Unknown keys are reported before values are checked, all of them,
 	// but not the keys below an unknown table.
 	_, err = Parse("f.toml", []byte("[sync]\nbogus = 1\n[extra]\na = 1\nb = 2\n[log]\nlevl = \"x\"\n"))
-	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, link, expectations, expectation_helpers\n" +
-		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [failover], [defer], [log], [api]\n" +
+	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, link, expectations, expectation_helpers, max_buffer_bytes, max_peers, max_flows_per_origin, resend_rate\n" +
+		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [peer_policy], [failover], [defer], [log], [api]\n" +
 		"f.toml:7: log.levl: unknown key; did you mean level?"
 	if err == nil || err.Error() != want {
 		t.Fatalf("got\n%v\nwant\n%s", err, want)

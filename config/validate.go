@@ -141,6 +141,7 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 
 	c.Sync.validate(v)
 	c.Filter.validate(v)
+	c.PeerPolicy.validate(v)
 
 	// [failover]
 	f := c.Failover
@@ -293,6 +294,14 @@ func (s Sync) validate(v *validator) {
 			v.addElem("sync.expectation_helpers", i, "%q is not a conntrack helper name (1 to 15 of a-z, 0-9, -, _; e.g. \"ftp\", \"sip\", \"tftp\")", h)
 		}
 	}
+	if s.MaxBufferBytes < 64<<10 || s.MaxBufferBytes > 4<<30 {
+		v.add("sync.max_buffer_bytes", "%d is out of range 64KiB..4GiB", int64(s.MaxBufferBytes))
+	}
+	v.intRange("sync.max_peers", s.MaxPeers, 1, 4096)
+	v.intRange("sync.max_flows_per_origin", s.MaxFlowsPerOrigin, 1, 1<<26)
+	if s.ResendRate < 64<<10 || s.ResendRate > 1<<30 {
+		v.add("sync.resend_rate", "%d is out of range 64KiB..1GiB", int64(s.ResendRate))
+	}
 	if s.HeartbeatInterval.Duration > 0 && s.PeerTimeout.Duration >= 0 && s.PeerTimeout.Duration <= s.HeartbeatInterval.Duration {
 		key := "sync.peer_timeout"
 		if !v.inFile(key) && v.inFile("sync.heartbeat_interval") {
@@ -301,6 +310,24 @@ func (s Sync) validate(v *validator) {
 		v.add(key, "peer_timeout (%s) must be longer than heartbeat_interval (%s); 3 to 5 heartbeats is usual",
 			s.PeerTimeout.Duration, s.HeartbeatInterval.Duration)
 	}
+}
+
+var (
+	policyModes        = []string{"allow", "strip", "refuse", "require"}
+	policyModesNoStrip = []string{"allow", "refuse", "require"}
+)
+
+func (p PeerPolicy) validate(v *validator) {
+	for i, h := range p.Helpers {
+		if !validHelperName(h) {
+			v.addElem("peer_policy.helpers", i, "%q is not a conntrack helper name (1 to 15 of a-z, 0-9, -, _; e.g. \"ftp\", \"sip\")", h)
+		}
+	}
+	v.oneOf("peer_policy.mark", p.Mark, policyModes)
+	v.oneOf("peer_policy.labels", p.Labels, policyModes)
+	v.oneOf("peer_policy.zone", p.Zone, policyModesNoStrip)
+	v.oneOf("peer_policy.nat", p.NAT, policyModesNoStrip)
+	v.intRange("peer_policy.timeout_factor", p.TimeoutFactor, 1, 1000)
 }
 
 func (f Filter) validate(v *validator) {

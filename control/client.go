@@ -2,6 +2,7 @@ package control
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -22,6 +23,11 @@ func Do(path string, req Request, out io.Writer) error {
 		return err
 	}
 	if _, err := c.Write(append(b, '\n')); err != nil {
+		// The daemon may have answered and closed before reading (e.g.
+		// "busy"): its answer is still there to read.
+		if rerr := ReadResponse(c, out); errors.Is(rerr, ErrFailed) {
+			return rerr
+		}
 		return fmt.Errorf("send to ctsyncd: %w", err)
 	}
 	return ReadResponse(c, out)

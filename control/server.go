@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Handler serves one request, writing what it has to say to out. Returning
@@ -19,11 +21,14 @@ type Handler func(ctx context.Context, req *Request, out *Writer) error
 
 // Writer streams an answer's data frames.
 type Writer struct {
-	bw  *bufio.Writer
-	err error
+	bw      *bufio.Writer
+	conn    net.Conn
+	timeout time.Duration
+	err     error
 }
 
-// Write sends p as a data frame.
+// Write sends p as a data frame. A client that reads nothing for the
+// server's write timeout makes it fail (and the handler should return).
 func (w *Writer) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
@@ -31,6 +36,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 	total := len(p)
 	for len(p) > 0 {
 		n := min(len(p), maxFrame)
+		w.conn.SetWriteDeadline(time.Now().Add(w.timeout))
 		if w.err = writeFrame(w.bw, frameData, p[:n]); w.err != nil {
 			return 0, w.err
 		}
@@ -45,12 +51,25 @@ type ServerOptions struct {
 	Mode os.FileMode // socket file mode, e.g. 0600
 	GID  int         // group of the socket file; -1 leaves it
 	Log  *slog.Logger
+	// WriteTimeout bounds each write to a client: one that reads nothing
+	// for that long is dropped. Default DefaultWriteTimeout.
+	WriteTimeout time.Duration
+	// MaxConns bounds the connections served at once; more are answered
+	// with an error and closed. Default DefaultMaxConns.
+	MaxConns int
 }
+
+// Defaults of ServerOptions.
+const (
+	DefaultWriteTimeout = 10 * time.Second
+	DefaultMaxConns     = 16
+)
 
 // Server listens on the control socket.
 type Server struct {
-	opts ServerOptions
-	ln   *net.UnixListener
+	opts  ServerOptions
+	ln    *net.UnixListener
+	slots chan struct{} // one per connection served
 }
 
 // Listen creates the control socket. A stale socket file left by a dead
@@ -73,17 +92,49 @@ func Listen(opts ServerOptions) (*Server, error) {
 		return nil, fmt.Errorf("control socket: %w", err)
 	}
 	ln.SetUnlinkOnClose(true)
-	if err := os.Chmod(opts.Path, opts.Mode); err != nil {
+	if err := setPerm(opts.Path, opts.Mode, opts.GID); err != nil {
 		ln.Close()
-		return nil, fmt.Errorf("control socket %s: chmod: %w", opts.Path, err)
+		return nil, fmt.Errorf("control socket %s: %w", opts.Path, err)
 	}
-	if opts.GID >= 0 {
-		if err := os.Chown(opts.Path, -1, opts.GID); err != nil {
-			ln.Close()
-			return nil, fmt.Errorf("control socket %s: chown: %w", opts.Path, err)
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = DefaultMaxConns
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{opts: opts, ln: ln, slots: make(chan struct{}, opts.MaxConns)}, nil
+}
+
+// setPerm sets the socket file's mode and group through a file descriptor
+// opened without following a symbolic link (O_PATH|O_NOFOLLOW), after
+// checking it is a socket of ours: a path swapped for a link between bind
+// and here is not followed.
+func setPerm(path string, mode os.FileMode, gid int) error {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open: %w", err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFSOCK || int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("not the socket just created (mode %#o, uid %d)", st.Mode, st.Uid)
+	}
+	// fchmod does not work on an O_PATH descriptor; its /proc link does.
+	if err := unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), uint32(mode.Perm())); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	if gid >= 0 {
+		if err := unix.Fchownat(fd, "", -1, gid, unix.AT_EMPTY_PATH); err != nil {
+			return fmt.Errorf("chown: %w", err)
 		}
 	}
-	return &Server{opts: opts, ln: ln}, nil
+	return nil
 }
 
 // Serve answers requests until ctx ends, then closes the socket (removing
@@ -105,9 +156,20 @@ func (s *Server) Serve(ctx context.Context, h Handler) error {
 			}
 			return fmt.Errorf("control socket accept: %w", err)
 		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			// Full: say so without waiting for the client, and close.
+			c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+			writeFrame(c, frameError, []byte(fmt.Sprintf("busy: %d control connections already", s.opts.MaxConns)))
+			c.Close()
+			s.opts.Log.Warn("control connection refused: too many", "max", s.opts.MaxConns)
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer func() { <-s.slots }()
 			s.serveConn(ctx, c, h)
 		}()
 	}
@@ -123,7 +185,10 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, h Handler) {
 	br := bufio.NewReaderSize(c, 4096)
 	line, err := readLine(br)
 	bw := bufio.NewWriterSize(c, 64<<10)
-	defer bw.Flush()
+	defer func() {
+		c.SetWriteDeadline(time.Now().Add(s.opts.WriteTimeout))
+		bw.Flush()
+	}()
 	if err != nil {
 		writeFrame(bw, frameError, []byte(err.Error()))
 		return
@@ -134,7 +199,7 @@ func (s *Server) serveConn(ctx context.Context, c *net.UnixConn, h Handler) {
 		writeFrame(bw, frameError, []byte(err.Error()))
 		return
 	}
-	w := &Writer{bw: bw}
+	w := &Writer{bw: bw, conn: c, timeout: s.opts.WriteTimeout}
 	err = h(ctx, req, w)
 	if w.err != nil {
 		s.opts.Log.Debug("control client went away", "command", req.Command, "err", w.err)

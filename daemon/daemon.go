@@ -61,6 +61,7 @@ type Daemon struct {
 	started  time.Time
 
 	filter   atomic.Pointer[filter.Filter] // replaced whole on SIGHUP
+	policy   *policyRef                    // receive policy for peers' flows; replaced on SIGHUP
 	internal *cache.Internal
 	external *cache.External      // nil without sync
 	key      *[ctsync.KeyLen]byte // nil: insecure or no sync
@@ -134,6 +135,12 @@ func New(opts Options) (*Daemon, error) {
 		d.kern = osKernel{}
 	}
 	d.filter.Store(flt)
+	d.policy = &policyRef{}
+	pol, err := d.newPolicy(cfg.PeerPolicy)
+	if err != nil {
+		return nil, err
+	}
+	d.policy.p.Store(pol)
 	if d.key, err = loadKey(cfg.Sync); err != nil {
 		return nil, err
 	}
@@ -236,6 +243,14 @@ func (d *Daemon) Reload(path string) {
 			d.filter.Store(flt)
 			d.log.Info("reload: filters applied; resynchronizing the internal cache")
 			d.requestResync()
+		}
+	}
+	if !reflect.DeepEqual(cfg.PeerPolicy, d.cfg.PeerPolicy) {
+		if pol, err := d.newPolicy(cfg.PeerPolicy); err != nil {
+			d.log.Error("reload: peer policy not applied", "err", err)
+		} else {
+			d.policy.p.Store(pol)
+			d.log.Info("reload: peer policy applied to flows received and committed from now on")
 		}
 	}
 	var needRestart []string

@@ -78,6 +78,7 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 	}
 	rep, err := failover.Commit(ctx, d.external, d.writer, failover.CommitOptions{
 		Timeout: d.cfg.Failover.CommitTimeout.Duration,
+		Admit:   d.policy.Admit,
 	})
 	if err == nil {
 		// Masters first, then their expectations.

@@ -2,10 +2,13 @@ package daemon
 
 import (
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/ctsyncd/ctsyncd/cache"
 	"github.com/ctsyncd/ctsyncd/config"
+	"github.com/ctsyncd/ctsyncd/flow"
+	"github.com/ctsyncd/ctsyncd/peerpolicy"
 	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
 
@@ -30,12 +33,12 @@ func (d *Daemon) newTransport() (ctsync.Transport, error) {
 		if len(c.Link) > 0 {
 			return d.newLinks()
 		}
-		return ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers})
+		return ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers, Interface: c.Interface})
 	case "multicast":
 		return ctsync.NewMulticast(ctsync.MulticastOptions{Group: c.Group, Interface: c.Interface})
 	case "gossip":
 		return ctsync.NewGossip(ctsync.GossipOptions{
-			NodeName: d.cfg.Node.Name, Listen: c.Listen, Seeds: c.Peers, Key: d.key,
+			NodeName: d.cfg.Node.Name, Listen: c.Listen, Seeds: c.Peers, Key: d.key, Interface: c.Interface,
 			Logger: d.log.With("part", "memberlist"),
 		})
 	}
@@ -47,13 +50,13 @@ func (d *Daemon) newTransport() (ctsync.Transport, error) {
 func (d *Daemon) newLinks() (ctsync.Transport, error) {
 	c := d.cfg.Sync
 	names := []string{c.Interface}
-	first, err := ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers})
+	first, err := ctsync.NewUDP(ctsync.UDPOptions{Listen: c.Listen, Peers: c.Peers, Interface: c.Interface})
 	if err != nil {
 		return nil, fmt.Errorf("link %s: %w", c.Interface, err)
 	}
 	trs := []ctsync.Transport{first}
 	for _, l := range c.Link {
-		tr, err := ctsync.NewUDP(ctsync.UDPOptions{Listen: l.Listen, Peers: l.Peers})
+		tr, err := ctsync.NewUDP(ctsync.UDPOptions{Listen: l.Listen, Peers: l.Peers, Interface: l.Interface})
 		if err != nil {
 			for _, t := range trs {
 				t.Close()
@@ -85,9 +88,48 @@ func (d *Daemon) newNode(tr ctsync.Transport) (*ctsync.Node, error) {
 		AckInterval:       c.AckInterval.Duration,
 		HeartbeatInterval: c.HeartbeatInterval.Duration,
 		PeerTimeout:       c.PeerTimeout.Duration,
+		MaxBufferBytes:    int64(c.MaxBufferBytes),
+		MaxPeers:          c.MaxPeers,
+		MaxFlowsPerOrigin: c.MaxFlowsPerOrigin,
+		ResendRate:        int(c.ResendRate),
+		Policy:            d.policy,
 		Logger:            d.log.With("part", "sync"),
 		Applied:           d.injectHook(),
 	}, d.internal, d.external, tr)
+}
+
+// currentFilter is the daemon's filter as it is now (replaced on reload),
+// for the receive policy.
+type currentFilter struct{ d *Daemon }
+
+func (c currentFilter) Match(f *flow.Flow) bool { return c.d.filter.Load().Match(f) }
+
+// newPolicy builds the receive policy of the config's [peer_policy]; the
+// daemon's own filter applies to peers' flows too.
+func (d *Daemon) newPolicy(c config.PeerPolicy) (*peerpolicy.Policy, error) {
+	var opt peerpolicy.Options
+	opt.Filter = currentFilter{d}
+	opt.Helpers = c.Helpers
+	for _, m := range []struct {
+		key        string
+		val        string
+		strippable bool
+		dst        *peerpolicy.Mode
+	}{
+		{"peer_policy.mark", c.Mark, true, &opt.Mark},
+		{"peer_policy.labels", c.Labels, true, &opt.Labels},
+		{"peer_policy.zone", c.Zone, false, &opt.Zone},
+		{"peer_policy.nat", c.NAT, false, &opt.NAT},
+	} {
+		mode, err := peerpolicy.ParseMode(m.val, m.strippable)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", m.key, err)
+		}
+		*m.dst = mode
+	}
+	opt.TimeoutFactor = uint32(c.TimeoutFactor)
+	opt.KeepFixedTimeout = c.KeepFixedTimeout
+	return peerpolicy.New(opt)
 }
 
 // SyncStatus is the replication part of `ctsyncctl status`.
@@ -99,6 +141,10 @@ type SyncStatus struct {
 	PeersUp       int    `json:"peers_up"`
 	// Links is the state of each sync link when there are several.
 	Links []ctsync.LinkStatus `json:"links,omitempty"`
+	// PeerInfo is each peer's version and capabilities (NODE_INFO); a peer
+	// missing here runs a version older than NODE_INFO, or was not heard
+	// from yet.
+	PeerInfo map[string]ctsync.NodeInfo `json:"peer_info,omitempty"`
 }
 
 func (d *Daemon) syncStatus() *SyncStatus {
@@ -108,6 +154,9 @@ func (d *Daemon) syncStatus() *SyncStatus {
 	s := &SyncStatus{NodeStatus: d.node.Status(), Transport: d.cfg.Sync.Transport, ExternalFlows: d.external.Len()}
 	if d.links != nil {
 		s.Links = d.links.Status()
+	}
+	if pi := d.node.PeerInfo(); len(pi) > 0 {
+		s.PeerInfo = pi
 	}
 	for _, p := range d.node.Stats() {
 		s.Peers++
@@ -121,5 +170,21 @@ func (d *Daemon) syncStatus() *SyncStatus {
 // externalView is one line of `dump external`.
 func externalLine(e *cache.ExternalEntry, now time.Time) (string, uint32) {
 	elapsed := uint32(max(0, now.Sub(e.Received)/time.Second))
-	return e.Origin, e.Flow.Timeout - min(e.Flow.Timeout, elapsed)
+	return ctsync.Escape(e.Origin), e.Flow.Timeout - min(e.Flow.Timeout, elapsed)
+}
+
+// policyRef is the current receive policy, replaced whole on reload.
+type policyRef struct {
+	p atomic.Pointer[peerpolicy.Policy]
+}
+
+// Admit applies the current policy (see peerpolicy.Policy.Admit). New
+// always sets one; without one (a Daemon not made by New) every flow is
+// admitted, as sync and failover do without a policy.
+func (r *policyRef) Admit(origin string, f *flow.Flow) bool {
+	if r == nil {
+		return true
+	}
+	p := r.p.Load()
+	return p == nil || p.Admit(origin, f)
 }

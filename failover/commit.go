@@ -60,6 +60,10 @@ type CommitOptions struct {
 	// MaxFailures is how many failures the report describes one by one
 	// (the others are only counted by errno). Default DefaultMaxFailures.
 	MaxFailures int
+	// Admit, when set, is the receive policy applied once more at commit
+	// (package peerpolicy): it may sanitize the flow; a flow it refuses is
+	// not written and leaves the cache (Report.Refused).
+	Admit func(origin string, f *flow.Flow) bool
 }
 
 // Failure describes one flow that could not be committed.
@@ -89,6 +93,9 @@ type Report struct {
 	// original tuple is the committed flow's reply tuple, e.g. a server's
 	// reply to the SNAT address delivered locally.
 	Cleared int `json:"cleared,omitempty"`
+	// Refused counts the flows CommitOptions.Admit refused (removed from
+	// the cache, not written).
+	Refused int `json:"refused,omitempty"`
 	// Seconds is the duration of the whole commit; FirstChunkSeconds the
 	// time until the first (least idle) chunk was in the kernel.
 	Seconds           float64 `json:"seconds"`
@@ -237,11 +244,24 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 	write := func(chunk []cache.ExternalEntry) error {
 		flows, age = flows[:0], age[:0]
 		now := time.Now()
+		var refused []flow.Key
 		for i := range chunk {
 			e := &chunk[i]
-			flows = append(flows, e.Flow)
+			f := e.Flow
+			if opt.Admit != nil && !opt.Admit(e.Origin, &f) {
+				rep.Refused++
+				refused = append(refused, f.Key)
+				continue
+			}
+			flows = append(flows, f)
 			age = append(age, now.Sub(e.Received))
 			rep.keys.order = append(rep.keys.order, e.Flow.Key)
+		}
+		if len(refused) > 0 {
+			rep.Removed += ext.Remove(refused)
+		}
+		if len(flows) == 0 {
+			return nil
 		}
 		res, err := w.Commit(ctx, flows, age)
 		done = done[:0]

@@ -8,10 +8,12 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"syscall"
 )
 
 // KeyLen is the length of the pre-shared key.
@@ -25,17 +27,29 @@ const maxKeyFile = 4096
 
 // LoadKey reads a pre-shared key file: 32 bytes written as 64 hexadecimal
 // characters; surrounding whitespace and a trailing newline are ignored. A
-// file readable or writable by group or others is refused.
+// file readable or writable by group or others, owned by another user than
+// this process's (or root), not a regular file, or a symbolic link (it is
+// opened with O_NOFOLLOW) is refused.
 func LoadKey(path string) ([KeyLen]byte, error) {
 	var key [KeyLen]byte
-	f, err := os.Open(path)
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
 	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return key, fmt.Errorf("%w: %s is a symbolic link; name the key file itself", ErrKeyFile, path)
+		}
 		return key, fmt.Errorf("%w: %w", ErrKeyFile, err)
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil {
 		return key, fmt.Errorf("%w: %w", ErrKeyFile, err)
+	}
+	if !st.Mode().IsRegular() {
+		return key, fmt.Errorf("%w: %s is not a regular file", ErrKeyFile, path)
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && sys.Uid != 0 && int(sys.Uid) != os.Geteuid() {
+		return key, fmt.Errorf("%w: %s: owned by uid %d, not by root or this process's user (uid %d); chown it",
+			ErrKeyFile, path, sys.Uid, os.Geteuid())
 	}
 	if perm := st.Mode().Perm(); perm&0o077 != 0 {
 		return key, fmt.Errorf("%w: %s: mode %04o lets group or others access the key; chmod 600 it",

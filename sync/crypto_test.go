@@ -45,6 +45,24 @@ func TestLoadKey(t *testing.T) {
 			t.Errorf("%s: err = %v, want ErrKeyFile mentioning %q", name, err, c.want)
 		}
 	}
+	// A symbolic link to a good key file is refused (O_NOFOLLOW).
+	link := filepath.Join(dir, "link.key")
+	if err := os.Symlink(p, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadKey(link); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Errorf("symlink: %v, want refused", err)
+	}
+	// A key file owned by another user is refused (needs root to chown).
+	if os.Geteuid() == 0 {
+		other := write("other-owner.key", good, 0o600)
+		if err := os.Chown(other, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := LoadKey(other); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+			t.Errorf("other owner: %v, want refused", err)
+		}
+	}
 	if _, err := LoadKey(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: %v", err)
 	}

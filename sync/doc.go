@@ -32,13 +32,25 @@
 // With a pre-shared key, each node derives a key per start (its random
 // epoch) with HKDF-SHA256 over the pre-shared key, its node id and the
 // epoch, and seals every datagram body with AES-256-GCM under a counter
-// nonce, the header as associated data. A receiver authenticates before it
-// decodes. It accepts a peer's epoch only after the peer answered a fresh
-// random challenge sealed under that epoch, so a capture replayed to a
-// restarted receiver is never accepted; within an accepted epoch a replay
-// window drops repeated and too old counters. Every drop is counted by
-// kind in PeerStats.Drops. Without a key the node runs insecure: the same
-// protocol, unauthenticated.
+// nonce, the header as associated data. A message for one peer (ACK,
+// NACK, RESYNC_REQUEST, CHALLENGE, RESPONSE, resends) names that peer's
+// node id and epoch in the header; every other node drops it, so a
+// datagram captured on its way to one peer cannot be replayed to another.
+// A receiver authenticates before it decodes. It accepts a peer's epoch
+// only after the peer answered a fresh random challenge sealed under that
+// epoch and addressed to the challenger's own epoch; challenges are kept
+// per (node, epoch), several at once, so a replayed datagram of an old
+// epoch cannot crowd out the challenge of the current one. Within an
+// accepted epoch a replay window drops repeated and too old counters.
+// Replies go only to addresses the transport knows as peers (or to every
+// peer), never to a datagram's unauthenticated source. Key derivations for
+// unknown epochs, CHALLENGEs and RESPONSEs are rate limited; what a peer
+// can make a node hold or send is bounded (Options: MaxDatagramIn,
+// MaxBufferBytes, MaxPeers, MaxFlowsPerOrigin, ResendRate,
+// MinBulkInterval), and an Options.Policy decides what of a peer's flows
+// enters the external cache. Every drop is counted by kind in
+// PeerStats.Drops. Without a key the node runs insecure: the same
+// protocol, unauthenticated. docs/SECURITY.md has the threat model.
 //
 // Accepting a peer's epoch (its first contact, or its return after a
 // restart) makes the receiver ask that peer for a bulk, so a node that
@@ -65,5 +77,7 @@
 // message type to its handler; handshake.go: epoch keys, challenges and
 // responses; receive.go: in-order delivery, ACK and NACK; send.go: batching,
 // sealing, NACK repair; bulk.go: bulk transfers; ring.go: the resend queue;
-// wire.go: the wire codec; crypto.go: keys, sealing, the replay window.
+// wire.go: the wire codec; crypto.go: keys, sealing, the replay window;
+// limit.go: rate limits; names.go: node name checks and escaping;
+// expect.go: expectation replication.
 package sync

@@ -27,6 +27,9 @@ type GossipOptions struct {
 	// their gossip port is derived the same way. The transport keeps
 	// trying to join them while it knows no other member.
 	Seeds []string
+	// Interface, when set, binds the data channel's socket to that
+	// interface (SO_BINDTODEVICE); memberlist's own sockets are not.
+	Interface string
 	// Key, when set, encrypts memberlist's own gossip with a key derived
 	// from it (the data channel is sealed by the Node anyway).
 	Key *[KeyLen]byte
@@ -81,7 +84,7 @@ func NewGossip(opt GossipOptions) (*Gossip, error) {
 		g.seeds = append(g.seeds, gossipAddr(ap))
 	}
 
-	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(laddr))
+	conn, err := listenUDP(laddr, opt.Interface)
 	if err != nil {
 		return nil, fmt.Errorf("gossip: listen: %w", err)
 	}

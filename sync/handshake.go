@@ -180,6 +180,14 @@ func (n *Node) verifyResponse(h *header, m *message, src string, now time.Time) 
 	delete(n.challenges, k)
 	aead := n.keys[k]
 	delete(n.keys, k)
+	if aead == nil && n.opt.Key != nil {
+		a, err := epochAEAD(n.opt.Key, h.Node, h.Epoch)
+		if err != nil {
+			n.statsFor(h.Node, src).Drops.Auth++
+			return
+		}
+		aead = a
+	}
 	if !ok {
 		pr = &peer{id: h.Node}
 		if s, ok := n.anon[src]; ok {

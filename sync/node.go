@@ -161,7 +161,10 @@ type DropStats struct {
 	Duplicate  uint64 `json:"duplicate"`  // stream message applied already
 	Window     uint64 `json:"window"`     // stream message too far ahead to buffer
 	// NotForUs counts datagrams addressed to another node or to an earlier
-	// epoch of this one (a capture replayed across receivers).
+	// epoch of this one: a capture replayed across receivers, or (normal)
+	// replies between two other nodes that went to every peer (multicast
+	// with three nodes or more, or a sender whose address the transport
+	// does not know as a peer).
 	NotForUs uint64 `json:"not_for_us"`
 	// RateLimited counts datagrams dropped by a rate limit before they were
 	// answered or cost a key derivation.

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/ctsyncd/ctsyncd/cache"
@@ -234,214 +235,228 @@ var testKey = [KeyLen]byte{0: 0xc7, 31: 0x5c}
 // TestLossyNetwork: 30% loss, duplication and reordering; NACKs repair it
 // without a full resync.
 func TestLossyNetwork(t *testing.T) {
-	net := NewMemNetwork(7)
-	net.SetFaults(0.3, 0.1, 0.2)
-	a := start(t, net, testOptions("a", &testKey), nil)
-	b := start(t, net, testOptions("b", &testKey), nil)
-	for i := range 300 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-	}
-	established(t, a, b)
-	for round := range 20 {
-		churn(a.in, round, 500)
-		time.Sleep(5 * time.Millisecond)
-	}
-	converged(t, a, b, 15*time.Second)
-	sa, sb := a.n.Stats()["b"], b.n.Stats()["a"]
-	t.Logf("a→b: %+v", sa)
-	t.Logf("b←a: %+v", sb)
-	if sa.Resends == 0 || sb.NacksOut == 0 {
-		t.Errorf("no repairs by NACK: resends %d, nacks %d", sa.Resends, sb.NacksOut)
-	}
-	if sa.FullResyncs != 0 || sb.FullResyncs != 0 {
-		t.Errorf("full resyncs: sender %d, receiver %d; want 0", sa.FullResyncs, sb.FullResyncs)
-	}
-	if sb.Drops.Duplicate == 0 {
-		t.Errorf("no duplicates seen")
-	}
-	if d := sumDrops(b.n.Stats()); d.Auth+d.Malformed+d.Replay+d.OldEpoch != 0 && d.Replay == 0 {
-		t.Errorf("unexpected drops: %+v", d)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(7)
+		net.SetFaults(0.3, 0.1, 0.2)
+		a := start(t, net, testOptions("a", &testKey), nil)
+		b := start(t, net, testOptions("b", &testKey), nil)
+		for i := range 300 {
+			f := tcpFlow(i)
+			a.in.Upsert(&f)
+		}
+		established(t, a, b)
+		for round := range 20 {
+			churn(a.in, round, 500)
+			time.Sleep(5 * time.Millisecond)
+		}
+		converged(t, a, b, 15*time.Second)
+		sa, sb := a.n.Stats()["b"], b.n.Stats()["a"]
+		t.Logf("a→b: %+v", sa)
+		t.Logf("b←a: %+v", sb)
+		if sa.Resends == 0 || sb.NacksOut == 0 {
+			t.Errorf("no repairs by NACK: resends %d, nacks %d", sa.Resends, sb.NacksOut)
+		}
+		if sa.FullResyncs != 0 || sb.FullResyncs != 0 {
+			t.Errorf("full resyncs: sender %d, receiver %d; want 0", sa.FullResyncs, sb.FullResyncs)
+		}
+		if sb.Drops.Duplicate == 0 {
+			t.Errorf("no duplicates seen")
+		}
+		if d := sumDrops(b.n.Stats()); d.Auth+d.Malformed+d.Replay+d.OldEpoch != 0 && d.Replay == 0 {
+			t.Errorf("unexpected drops: %+v", d)
+		}
+	})
 }
 
 // TestGapBeyondResendQueue: a partition longer than the resend queue ends in
 // a full resync, after which the receiver equals the sender, including a
 // flow destroyed inside the gap.
 func TestGapBeyondResendQueue(t *testing.T) {
-	net := NewMemNetwork(8)
-	opt := testOptions("a", &testKey)
-	opt.ResendQueue = 16
-	a := start(t, net, opt, nil)
-	b := start(t, net, testOptions("b", &testKey), nil)
-	for i := range 50 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-	}
-	established(t, a, b)
-	converged(t, a, b, 10*time.Second)
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(8)
+		opt := testOptions("a", &testKey)
+		opt.ResendQueue = 16
+		a := start(t, net, opt, nil)
+		b := start(t, net, testOptions("b", &testKey), nil)
+		for i := range 50 {
+			f := tcpFlow(i)
+			a.in.Upsert(&f)
+		}
+		established(t, a, b)
+		converged(t, a, b, 10*time.Second)
 
-	net.Partition("a", "b", false)
-	gone := tcpFlow(3)
-	a.in.Delete(gone.Key)
-	for i := 100; i < 160; i++ {
-		f := tcpFlow(i)
+		net.Partition("a", "b", false)
+		gone := tcpFlow(3)
+		a.in.Delete(gone.Key)
+		for i := 100; i < 160; i++ {
+			f := tcpFlow(i)
+			a.in.Upsert(&f)
+			time.Sleep(time.Millisecond)
+		}
+		f := tcpFlow(4)
+		f.TCP.State = flow.TCPTimeWait
 		a.in.Upsert(&f)
-		time.Sleep(time.Millisecond)
-	}
-	f := tcpFlow(4)
-	f.TCP.State = flow.TCPTimeWait
-	a.in.Upsert(&f)
-	time.Sleep(100 * time.Millisecond)
-	net.Partition("a", "b", true)
+		time.Sleep(100 * time.Millisecond)
+		net.Partition("a", "b", true)
 
-	converged(t, a, b, 15*time.Second)
-	if _, ok := b.ex.Get("a", gone.Key); ok {
-		t.Fatal("flow destroyed inside the gap survives on the receiver")
-	}
-	sa, sb := a.n.Stats()["b"], b.n.Stats()["a"]
-	t.Logf("a→b: %+v", sa)
-	t.Logf("b←a: %+v", sb)
-	if sa.FullResyncs+sb.FullResyncs == 0 {
-		t.Error("no full resync counted")
-	}
-	if sb.BulksReceived < 2 {
-		t.Errorf("bulks received %d, want the initial one and the resync", sb.BulksReceived)
-	}
+		converged(t, a, b, 15*time.Second)
+		if _, ok := b.ex.Get("a", gone.Key); ok {
+			t.Fatal("flow destroyed inside the gap survives on the receiver")
+		}
+		sa, sb := a.n.Stats()["b"], b.n.Stats()["a"]
+		t.Logf("a→b: %+v", sa)
+		t.Logf("b←a: %+v", sb)
+		if sa.FullResyncs+sb.FullResyncs == 0 {
+			t.Error("no full resync counted")
+		}
+		if sb.BulksReceived < 2 {
+			t.Errorf("bulks received %d, want the initial one and the resync", sb.BulksReceived)
+		}
+	})
 }
 
 // TestDelayedNewAfterDestroy: a NEW delayed past its DESTROY does not bring
 // the flow back.
 func TestDelayedNewAfterDestroy(t *testing.T) {
-	net := NewMemNetwork(9)
-	a := start(t, net, testOptions("a", &testKey), nil)
-	b := start(t, net, testOptions("b", &testKey), nil)
-	established(t, a, b)
-	eventually(t, 5*time.Second, "initial bulk", func() bool { return b.n.Stats()["a"].BulksReceived > 0 })
-	time.Sleep(50 * time.Millisecond)
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(9)
+		a := start(t, net, testOptions("a", &testKey), nil)
+		b := start(t, net, testOptions("b", &testKey), nil)
+		established(t, a, b)
+		eventually(t, 5*time.Second, "initial bulk", func() bool { return b.n.Stats()["a"].BulksReceived > 0 })
+		time.Sleep(50 * time.Millisecond)
 
-	held := make(chan []byte, 1)
-	net.SetFilter(func(from, to string, p []byte) bool {
-		if from == "a" && to == "b" && MsgType(p[3]) == MsgData {
-			select {
-			case held <- append([]byte(nil), p...):
-				return false // hold back the first DATA: the NEW
-			default:
+		held := make(chan []byte, 1)
+		net.SetFilter(func(from, to string, p []byte) bool {
+			if from == "a" && to == "b" && MsgType(p[3]) == MsgData {
+				select {
+				case held <- append([]byte(nil), p...):
+					return false // hold back the first DATA: the NEW
+				default:
+				}
 			}
+			return true
+		})
+		f := tcpFlow(1)
+		a.in.Upsert(&f)
+		var newDgram []byte
+		select {
+		case newDgram = <-held:
+		case <-time.After(5 * time.Second):
+			t.Fatal("NEW never sent")
 		}
-		return true
+		a.in.Delete(f.Key)
+		// The DESTROY arrives, the gap is NACKed and repaired with the flow's
+		// current state: gone.
+		eventually(t, 5*time.Second, "the gap to be repaired", func() bool {
+			return b.n.Stats()["a"].FlowsIn >= 2 && b.n.Stats()["a"].Pending == 0
+		})
+		if err := net.Inject("a", "b", newDgram); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Millisecond)
+		if _, ok := b.ex.Get("a", f.Key); ok {
+			t.Fatal("delayed NEW resurrected a destroyed flow")
+		}
+		if d := b.n.Stats()["a"].Drops; d.Duplicate == 0 {
+			t.Errorf("delayed NEW not counted as a duplicate: %+v", d)
+		}
 	})
-	f := tcpFlow(1)
-	a.in.Upsert(&f)
-	var newDgram []byte
-	select {
-	case newDgram = <-held:
-	case <-time.After(5 * time.Second):
-		t.Fatal("NEW never sent")
-	}
-	a.in.Delete(f.Key)
-	// The DESTROY arrives, the gap is NACKed and repaired with the flow's
-	// current state: gone.
-	eventually(t, 5*time.Second, "the gap to be repaired", func() bool {
-		return b.n.Stats()["a"].FlowsIn >= 2 && b.n.Stats()["a"].Pending == 0
-	})
-	if err := net.Inject("a", "b", newDgram); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(100 * time.Millisecond)
-	if _, ok := b.ex.Get("a", f.Key); ok {
-		t.Fatal("delayed NEW resurrected a destroyed flow")
-	}
-	if d := b.n.Stats()["a"].Drops; d.Duplicate == 0 {
-		t.Errorf("delayed NEW not counted as a duplicate: %+v", d)
-	}
 }
 
 // TestCoalesce: several changes to one flow before the node sends go out as
 // one change carrying the latest state.
 func TestCoalesce(t *testing.T) {
-	net := NewMemNetwork(1)
-	rx := net.Endpoint("rx")
-	in := cache.NewInternal(nil)
-	n, err := New(Options{NodeName: "a"}, in, cache.NewExternal(), net.Endpoint("a"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	f := tcpFlow(1)
-	for _, st := range []uint8{flow.TCPSynSent, flow.TCPSynRecv, flow.TCPEstablished, flow.TCPFinWait} {
-		f.TCP.State = st
-		in.Upsert(&f)
-	}
-	n.mu.Lock()
-	n.sendChanges()
-	n.mu.Unlock()
-	if len(rx.Packets()) != 1 {
-		t.Fatalf("%d datagrams, want 1", len(rx.Packets()))
-	}
-	p := <-rx.Packets()
-	h, err := parseHeader(p.Data)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := decodeBody(h.Type, p.Data[HeaderLen:])
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(m.Changes) != 1 || m.Changes[0].Flow.TCP.State != flow.TCPFinWait {
-		t.Fatalf("message carries %+v, want one change in FIN_WAIT", m.Changes)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(1)
+		rx := net.Endpoint("rx")
+		in := cache.NewInternal(nil)
+		n, err := New(Options{NodeName: "a"}, in, cache.NewExternal(), net.Endpoint("a"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := tcpFlow(1)
+		for _, st := range []uint8{flow.TCPSynSent, flow.TCPSynRecv, flow.TCPEstablished, flow.TCPFinWait} {
+			f.TCP.State = st
+			in.Upsert(&f)
+		}
+		n.mu.Lock()
+		n.sendChanges()
+		n.mu.Unlock()
+		if len(rx.Packets()) != 1 {
+			t.Fatalf("%d datagrams, want 1", len(rx.Packets()))
+		}
+		p := <-rx.Packets()
+		h, err := parseHeader(p.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := decodeBody(h.Type, p.Data[HeaderLen:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Changes) != 1 || m.Changes[0].Flow.TCP.State != flow.TCPFinWait {
+			t.Fatalf("message carries %+v, want one change in FIN_WAIT", m.Changes)
+		}
+	})
 }
 
 // TestWrongKey: a receiver with another key applies nothing and counts
 // authentication drops.
 func TestWrongKey(t *testing.T) {
-	net := NewMemNetwork(10)
-	other := testKey
-	other[5] = 1
-	a := start(t, net, testOptions("a", &testKey), nil)
-	b := start(t, net, testOptions("b", &other), nil)
-	for i := range 20 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-	}
-	eventually(t, 5*time.Second, "auth drops", func() bool { return sumDrops(b.n.Stats()).Auth > 5 })
-	if n := b.ex.Len(); n != 0 {
-		t.Fatalf("receiver with the wrong key applied %d flows", n)
-	}
-	if b.n.Stats()["a"].Epoch != 0 {
-		t.Fatal("receiver with the wrong key accepted the sender")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(10)
+		other := testKey
+		other[5] = 1
+		a := start(t, net, testOptions("a", &testKey), nil)
+		b := start(t, net, testOptions("b", &other), nil)
+		for i := range 20 {
+			f := tcpFlow(i)
+			a.in.Upsert(&f)
+		}
+		eventually(t, 5*time.Second, "auth drops", func() bool { return sumDrops(b.n.Stats()).Auth > 5 })
+		if n := b.ex.Len(); n != 0 {
+			t.Fatalf("receiver with the wrong key applied %d flows", n)
+		}
+		if b.n.Stats()["a"].Epoch != 0 {
+			t.Fatal("receiver with the wrong key accepted the sender")
+		}
+	})
 }
 
 // TestInsecureAgainstSecure: a sealed datagram is refused by an insecure
 // node and vice versa.
 func TestInsecureAgainstSecure(t *testing.T) {
-	net := NewMemNetwork(11)
-	a := start(t, net, testOptions("a", &testKey), nil)
-	b := start(t, net, testOptions("b", nil), nil)
-	f := tcpFlow(1)
-	a.in.Upsert(&f)
-	eventually(t, 5*time.Second, "auth drops on both", func() bool {
-		return sumDrops(b.n.Stats()).Auth > 0 && sumDrops(a.n.Stats()).Auth > 0
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(11)
+		a := start(t, net, testOptions("a", &testKey), nil)
+		b := start(t, net, testOptions("b", nil), nil)
+		f := tcpFlow(1)
+		a.in.Upsert(&f)
+		eventually(t, 5*time.Second, "auth drops on both", func() bool {
+			return sumDrops(b.n.Stats()).Auth > 0 && sumDrops(a.n.Stats()).Auth > 0
+		})
+		if b.ex.Len() != 0 {
+			t.Fatal("insecure node applied sealed flows")
+		}
 	})
-	if b.ex.Len() != 0 {
-		t.Fatal("insecure node applied sealed flows")
-	}
 }
 
 // TestInsecure: without a key the protocol works the same.
 func TestInsecure(t *testing.T) {
-	net := NewMemNetwork(12)
-	net.SetFaults(0.1, 0.05, 0.1)
-	a := start(t, net, testOptions("a", nil), nil)
-	b := start(t, net, testOptions("b", nil), nil)
-	for i := range 100 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-		b.in.Upsert(&f) // b has its own flows too
-	}
-	converged(t, a, b, 10*time.Second)
-	converged(t, b, a, 10*time.Second)
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(12)
+		net.SetFaults(0.1, 0.05, 0.1)
+		a := start(t, net, testOptions("a", nil), nil)
+		b := start(t, net, testOptions("b", nil), nil)
+		for i := range 100 {
+			f := tcpFlow(i)
+			a.in.Upsert(&f)
+			b.in.Upsert(&f) // b has its own flows too
+		}
+		converged(t, a, b, 10*time.Second)
+		converged(t, b, a, 10*time.Second)
+	})
 }
 
 // captureAToB starts nodes a and b on net, replicates 40 flows from a to b
@@ -482,107 +497,113 @@ func captureAToB(t *testing.T, net *MemNetwork) (*tnode, *tnode, [][]byte) {
 // restarts, the captured epoch cannot pass the challenge; after the sender
 // restarts, its old epoch is refused as old.
 func TestReplay(t *testing.T) {
-	net := NewMemNetwork(13)
-	a, b, captured := captureAToB(t, net)
-	t.Logf("captured %d datagrams", len(captured))
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(13)
+		a, b, captured := captureAToB(t, net)
+		t.Logf("captured %d datagrams", len(captured))
 
-	// 1. Replayed to the running receiver.
-	before := sumDrops(b.n.Stats())
-	for _, p := range captured {
-		net.Inject("a", "b", p)
-	}
-	eventually(t, 5*time.Second, "replay drops", func() bool {
-		return sumDrops(b.n.Stats()).Replay-before.Replay >= uint64(len(captured))/2
+		// 1. Replayed to the running receiver.
+		before := sumDrops(b.n.Stats())
+		for _, p := range captured {
+			net.Inject("a", "b", p)
+		}
+		eventually(t, 5*time.Second, "replay drops", func() bool {
+			return sumDrops(b.n.Stats()).Replay-before.Replay >= uint64(len(captured))/2
+		})
+		converged(t, a, b, 5*time.Second)
+
+		// 2. The receiver restarts (fresh state) while the sender is gone: the
+		// capture triggers challenges nobody can answer.
+		a.stop()
+		b.stop()
+		b2 := start(t, net, testOptions("b", &testKey), nil)
+		for _, p := range captured {
+			net.Inject("a", "b", p)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if n := b2.ex.Len(); n != 0 {
+			t.Fatalf("restarted receiver applied %d replayed flows", n)
+		}
+		if d := sumDrops(b2.n.Stats()); d.Unverified == 0 {
+			t.Errorf("no unverified drops: %+v", d)
+		}
+		if b2.n.Stats()["a"].Epoch != 0 {
+			t.Fatal("restarted receiver accepted the replayed epoch")
+		}
+
+		// 3. The sender restarts with a new epoch: the receiver accepts that
+		// one only, and the old capture still applies nothing.
+		a2 := start(t, net, testOptions("a", &testKey), a.in)
+		established(t, a2, b2)
+		converged(t, a2, b2, 10*time.Second)
+		want := externalTable(b2.ex, "a")
+		for _, p := range captured {
+			net.Inject("a", "b", p)
+		}
+		time.Sleep(200 * time.Millisecond)
+		if got := externalTable(b2.ex, "a"); got != want {
+			t.Fatalf("replay of the old epoch changed the cache:\n%s", diff(got, want))
+		}
+		if got := b2.n.Stats()["a"].Epoch; got != a2.n.Epoch() {
+			t.Fatalf("accepted epoch %x, want the new %x", got, a2.n.Epoch())
+		}
 	})
-	converged(t, a, b, 5*time.Second)
-
-	// 2. The receiver restarts (fresh state) while the sender is gone: the
-	// capture triggers challenges nobody can answer.
-	a.stop()
-	b.stop()
-	b2 := start(t, net, testOptions("b", &testKey), nil)
-	for _, p := range captured {
-		net.Inject("a", "b", p)
-	}
-	time.Sleep(200 * time.Millisecond)
-	if n := b2.ex.Len(); n != 0 {
-		t.Fatalf("restarted receiver applied %d replayed flows", n)
-	}
-	if d := sumDrops(b2.n.Stats()); d.Unverified == 0 {
-		t.Errorf("no unverified drops: %+v", d)
-	}
-	if b2.n.Stats()["a"].Epoch != 0 {
-		t.Fatal("restarted receiver accepted the replayed epoch")
-	}
-
-	// 3. The sender restarts with a new epoch: the receiver accepts that
-	// one only, and the old capture still applies nothing.
-	a2 := start(t, net, testOptions("a", &testKey), a.in)
-	established(t, a2, b2)
-	converged(t, a2, b2, 10*time.Second)
-	want := externalTable(b2.ex, "a")
-	for _, p := range captured {
-		net.Inject("a", "b", p)
-	}
-	time.Sleep(200 * time.Millisecond)
-	if got := externalTable(b2.ex, "a"); got != want {
-		t.Fatalf("replay of the old epoch changed the cache:\n%s", diff(got, want))
-	}
-	if got := b2.n.Stats()["a"].Epoch; got != a2.n.Epoch() {
-		t.Fatalf("accepted epoch %x, want the new %x", got, a2.n.Epoch())
-	}
 }
 
 // TestMalformed: truncated and garbage datagrams are counted as malformed.
 func TestMalformed(t *testing.T) {
-	net := NewMemNetwork(14)
-	b := start(t, net, testOptions("b", nil), nil)
-	good := seal(nil, header{Type: MsgData, Node: NodeID("x"), Epoch: 1, Counter: 1},
-		appendBody(nil, &message{Type: MsgData, Seq: 1, Changes: []cache.Change{{Flow: tcpFlow(1)}}}), nil)
-	net.Inject("x", "b", good[:20])                                   // truncated header
-	net.Inject("x", "b", good[:len(good)-3])                          // truncated body
-	net.Inject("x", "b", []byte("GET / HTTP/1.1\r\nHost: b\r\n\r\n")) // garbage
-	eventually(t, 5*time.Second, "3 malformed drops", func() bool { return sumDrops(b.n.Stats()).Malformed == 3 })
-	if b.ex.Len() != 0 {
-		t.Fatal("applied a malformed datagram")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(14)
+		b := start(t, net, testOptions("b", nil), nil)
+		good := seal(nil, header{Type: MsgData, Node: NodeID("x"), Epoch: 1, Counter: 1},
+			appendBody(nil, &message{Type: MsgData, Seq: 1, Changes: []cache.Change{{Flow: tcpFlow(1)}}}), nil)
+		net.Inject("x", "b", good[:20])                                   // truncated header
+		net.Inject("x", "b", good[:len(good)-3])                          // truncated body
+		net.Inject("x", "b", []byte("GET / HTTP/1.1\r\nHost: b\r\n\r\n")) // garbage
+		eventually(t, 5*time.Second, "3 malformed drops", func() bool { return sumDrops(b.n.Stats()).Malformed == 3 })
+		if b.ex.Len() != 0 {
+			t.Fatal("applied a malformed datagram")
+		}
+	})
 }
 
 // TestThreeNodes: every node gets every other node's flows, per origin;
 // a restarted node gets them back and its peers drop what it no longer has.
 func TestThreeNodes(t *testing.T) {
-	net := NewMemNetwork(15)
-	net.SetFaults(0.05, 0.02, 0.05)
-	var ns []*tnode
-	for i, name := range []string{"a", "b", "c"} {
-		tn := start(t, net, testOptions(name, &testKey), nil)
-		for j := range 50 {
-			f := tcpFlow(1000*i + j)
-			tn.in.Upsert(&f)
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(15)
+		net.SetFaults(0.05, 0.02, 0.05)
+		var ns []*tnode
+		for i, name := range []string{"a", "b", "c"} {
+			tn := start(t, net, testOptions(name, &testKey), nil)
+			for j := range 50 {
+				f := tcpFlow(1000*i + j)
+				tn.in.Upsert(&f)
+			}
+			ns = append(ns, tn)
 		}
-		ns = append(ns, tn)
-	}
-	for _, x := range ns {
-		for _, y := range ns {
-			if x != y {
-				converged(t, x, y, 10*time.Second)
+		for _, x := range ns {
+			for _, y := range ns {
+				if x != y {
+					converged(t, x, y, 10*time.Second)
+				}
 			}
 		}
-	}
-	// a restarts with half of its flows gone.
-	ns[0].stop()
-	in := ns[0].in
-	for j := range 25 {
-		in.Delete(tcpFlow(j).Key)
-	}
-	ns[0] = start(t, net, testOptions("a", &testKey), in)
-	for _, x := range ns {
-		for _, y := range ns {
-			if x != y {
-				converged(t, x, y, 10*time.Second)
+		// a restarts with half of its flows gone.
+		ns[0].stop()
+		in := ns[0].in
+		for j := range 25 {
+			in.Delete(tcpFlow(j).Key)
+		}
+		ns[0] = start(t, net, testOptions("a", &testKey), in)
+		for _, x := range ns {
+			for _, y := range ns {
+				if x != y {
+					converged(t, x, y, 10*time.Second)
+				}
 			}
 		}
-	}
+	})
 }
 
 // TestRunStops: Run returns when its context ends and leaves no goroutine.
@@ -606,87 +627,102 @@ func TestRunStops(t *testing.T) {
 // TestOnDemand: Bulk resends the table to peers whose copy was flushed, and
 // RequestResync asks peers for theirs.
 func TestOnDemand(t *testing.T) {
-	net := NewMemNetwork(17)
-	a := start(t, net, testOptions("a", &testKey), nil)
-	b := start(t, net, testOptions("b", &testKey), nil)
-	for i := range 200 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-	}
-	established(t, a, b)
-	converged(t, a, b, 10*time.Second)
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(17)
+		a := start(t, net, testOptions("a", &testKey), nil)
+		b := start(t, net, testOptions("b", &testKey), nil)
+		for i := range 200 {
+			f := tcpFlow(i)
+			a.in.Upsert(&f)
+		}
+		established(t, a, b)
+		converged(t, a, b, 10*time.Second)
 
-	b.ex.Flush("")
-	a.n.Bulk()
-	converged(t, a, b, 10*time.Second)
+		b.ex.Flush("")
+		a.n.Bulk()
+		converged(t, a, b, 10*time.Second)
 
-	b.ex.Flush("a")
-	b.n.RequestResync()
-	converged(t, a, b, 10*time.Second)
-	if got := b.n.Stats()["a"].BulksReceived; got < 3 {
-		t.Errorf("bulks received %d, want 3", got)
-	}
+		// The explicit bulk must be over: a request while it runs is served
+		// by it, and its BULK_BEGIN may have arrived before the flush.
+		eventually(t, 10*time.Second, "a's bulk to end", func() bool {
+			st := b.ex.Stats()
+			return a.n.Status().BulkTotal == 0 && st.BulksBegun == st.BulksEnded
+		})
+		b.ex.Flush("a")
+		b.n.RequestResync()
+		converged(t, a, b, 10*time.Second)
+		if got := b.n.Stats()["a"].BulksReceived; got < 3 {
+			t.Errorf("bulks received %d, want 3", got)
+		}
+	})
 }
 
 // TestLargeTable: a table of 20000 flows over a network losing 10%.
 func TestLargeTable(t *testing.T) {
-	net := NewMemNetwork(18)
-	net.SetFaults(0.1, 0.01, 0.05)
-	a := start(t, net, testOptions("a", &testKey), nil)
-	for i := range 20000 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-	}
-	b := start(t, net, testOptions("b", &testKey), nil)
-	converged(t, a, b, 15*time.Second)
-	t.Logf("a→b: %+v", a.n.Stats()["b"])
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(18)
+		net.SetFaults(0.1, 0.01, 0.05)
+		a := start(t, net, testOptions("a", &testKey), nil)
+		for i := range 20000 {
+			f := tcpFlow(i)
+			a.in.Upsert(&f)
+		}
+		b := start(t, net, testOptions("b", &testKey), nil)
+		converged(t, a, b, 15*time.Second)
+		t.Logf("a→b: %+v", a.n.Stats()["b"])
+	})
 }
 
 // TestPeerDiesFlowsStay: the flows of a peer that died stay in the
 // external cache, and the peer shows as down.
 func TestPeerDiesFlowsStay(t *testing.T) {
-	net := NewMemNetwork(19)
-	a := start(t, net, testOptions("a", &testKey), nil)
-	b := start(t, net, testOptions("b", &testKey), nil)
-	for i := range 30 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-	}
-	established(t, a, b)
-	converged(t, a, b, 10*time.Second)
-	a.stop()
-	time.Sleep(1200 * time.Millisecond) // past PeerTimeout
-	if b.n.Stats()["a"].Up {
-		t.Error("dead peer still up")
-	}
-	if n := b.ex.Len(); n != 30 {
-		t.Fatalf("a dead: %d flows of it kept, want 30", n)
-	}
+	// In a synctest bubble: the wait past PeerTimeout costs no real time.
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(19)
+		a := start(t, net, testOptions("a", &testKey), nil)
+		b := start(t, net, testOptions("b", &testKey), nil)
+		for i := range 30 {
+			f := tcpFlow(i)
+			a.in.Upsert(&f)
+		}
+		established(t, a, b)
+		converged(t, a, b, 10*time.Second)
+		a.stop()
+		time.Sleep(1200 * time.Millisecond) // past PeerTimeout
+		if b.n.Stats()["a"].Up {
+			t.Error("dead peer still up")
+		}
+		if n := b.ex.Len(); n != 30 {
+			t.Fatalf("a dead: %d flows of it kept, want 30", n)
+		}
+	})
 }
 
 // TestTransportClosed: Run ends with ErrClosed when the transport closes.
 func TestTransportClosed(t *testing.T) {
-	net := NewMemNetwork(20)
-	tr := net.Endpoint("a")
-	n, err := New(testOptions("a", nil), cache.NewInternal(nil), cache.NewExternal(), tr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- n.Run(context.Background()) }()
-	time.Sleep(20 * time.Millisecond)
-	tr.Close()
-	select {
-	case err := <-done:
-		if !errors.Is(err, ErrClosed) {
-			t.Fatalf("Run = %v, want ErrClosed", err)
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(20)
+		tr := net.Endpoint("a")
+		n, err := New(testOptions("a", nil), cache.NewInternal(nil), cache.NewExternal(), tr)
+		if err != nil {
+			t.Fatal(err)
 		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Run did not return")
-	}
-	if st := n.Status(); st.Secure || st.Name != "a" || st.LastSeq != 0 {
-		t.Errorf("Status = %+v", st)
-	}
+		done := make(chan error, 1)
+		go func() { done <- n.Run(context.Background()) }()
+		time.Sleep(20 * time.Millisecond)
+		tr.Close()
+		select {
+		case err := <-done:
+			if !errors.Is(err, ErrClosed) {
+				t.Fatalf("Run = %v, want ErrClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("Run did not return")
+		}
+		if st := n.Status(); st.Secure || st.Name != "a" || st.LastSeq != 0 {
+			t.Errorf("Status = %+v", st)
+		}
+	})
 }
 
 // BenchmarkReplicate measures flows replicated per second between two
@@ -749,40 +785,42 @@ func TestResendQueue(t *testing.T) {
 // TestThreeNodesChurn: three nodes change their tables at once over a
 // lossy network; each ends with the others' tables.
 func TestThreeNodesChurn(t *testing.T) {
-	net := NewMemNetwork(22)
-	net.SetFaults(0.2, 0.05, 0.1)
-	var ns []*tnode
-	for _, name := range []string{"a", "b", "c"} {
-		ns = append(ns, start(t, net, testOptions(name, &testKey), nil))
-	}
-	done := make(chan struct{})
-	for i, tn := range ns {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			for round := range 10 {
-				for j := range 200 {
-					f := tcpFlow(10000*i + j)
-					f.Mark = uint32(round)
-					if (j+round)%5 == 0 {
-						tn.in.Delete(f.Key)
-					} else {
-						tn.in.Upsert(&f)
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(22)
+		net.SetFaults(0.2, 0.05, 0.1)
+		var ns []*tnode
+		for _, name := range []string{"a", "b", "c"} {
+			ns = append(ns, start(t, net, testOptions(name, &testKey), nil))
+		}
+		done := make(chan struct{})
+		for i, tn := range ns {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				for round := range 10 {
+					for j := range 200 {
+						f := tcpFlow(10000*i + j)
+						f.Mark = uint32(round)
+						if (j+round)%5 == 0 {
+							tn.in.Delete(f.Key)
+						} else {
+							tn.in.Upsert(&f)
+						}
 					}
+					time.Sleep(5 * time.Millisecond)
 				}
-				time.Sleep(5 * time.Millisecond)
-			}
-		}()
-	}
-	for range ns {
-		<-done
-	}
-	for _, x := range ns {
-		for _, y := range ns {
-			if x != y {
-				converged(t, x, y, 15*time.Second)
+			}()
+		}
+		for range ns {
+			<-done
+		}
+		for _, x := range ns {
+			for _, y := range ns {
+				if x != y {
+					converged(t, x, y, 15*time.Second)
+				}
 			}
 		}
-	}
+	})
 }
 
 // TestReplayToRestartedReceiverSenderAlive: the receiver restarts while the
@@ -790,22 +828,24 @@ func TestThreeNodesChurn(t *testing.T) {
 // epoch by challenge, and the sender's datagrams captured before are
 // refused as replays (acceptance marks every earlier counter as seen).
 func TestReplayToRestartedReceiverSenderAlive(t *testing.T) {
-	net := NewMemNetwork(23)
-	a, b, captured := captureAToB(t, net)
+	synctest.Test(t, func(t *testing.T) {
+		net := NewMemNetwork(23)
+		a, b, captured := captureAToB(t, net)
 
-	b.stop()
-	b2 := start(t, net, testOptions("b", &testKey), nil)
-	established(t, a, b2)
-	converged(t, a, b2, 10*time.Second)
-	want := externalTable(b2.ex, "a")
-	for _, p := range captured {
-		net.Inject("a", "b", p)
-	}
-	eventually(t, 5*time.Second, "replay drops", func() bool {
-		d := b2.n.Stats()["a"].Drops
-		return d.Replay+d.NotForUs >= uint64(len(captured)) // what a sent b's earlier epoch alone is not for b2
+		b.stop()
+		b2 := start(t, net, testOptions("b", &testKey), nil)
+		established(t, a, b2)
+		converged(t, a, b2, 10*time.Second)
+		want := externalTable(b2.ex, "a")
+		for _, p := range captured {
+			net.Inject("a", "b", p)
+		}
+		eventually(t, 5*time.Second, "replay drops", func() bool {
+			d := b2.n.Stats()["a"].Drops
+			return d.Replay+d.NotForUs >= uint64(len(captured)) // what a sent b's earlier epoch alone is not for b2
+		})
+		if got := externalTable(b2.ex, "a"); got != want {
+			t.Fatalf("replayed capture changed the restarted receiver's cache:\n%s", diff(got, want))
+		}
 	})
-	if got := externalTable(b2.ex, "a"); got != want {
-		t.Fatalf("replayed capture changed the restarted receiver's cache:\n%s", diff(got, want))
-	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"slices"
 	"sync"
 	"syscall"
@@ -33,15 +34,49 @@ func setBuffers(c syscall.Conn) {
 	})
 }
 
-// reuseAddr lets several sockets bind the group port (SO_REUSEADDR), as
-// conntrackd's multicast channel does.
-var reuseAddr = net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
-	var serr error
-	err := c.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEADDR, 1)
-	})
-	return errors.Join(err, serr)
-}}
+// listenGroup opens the multicast transport's socket by hand: Go's
+// ListenPacket binds a multicast address as the wildcard address with
+// SO_REUSEADDR, which lets a socket of any user share the port. This one
+// is bound to the group address itself, on the interface only
+// (SO_BINDTODEVICE: only datagrams that arrived on it reach the socket, and
+// what it sends leaves by it whatever the routing table says), without
+// SO_REUSEADDR or SO_REUSEPORT: no other socket can bind the port on the
+// wildcard or the group address.
+func listenGroup(group netip.AddrPort, ifi *net.Interface) (net.PacketConn, error) {
+	family := unix.AF_INET
+	var sa unix.Sockaddr
+	if group.Addr().Is4() {
+		sa = &unix.SockaddrInet4{Port: int(group.Port()), Addr: group.Addr().As4()}
+	} else {
+		family = unix.AF_INET6
+		sa = &unix.SockaddrInet6{Port: int(group.Port()), Addr: group.Addr().As16(), ZoneId: uint32(ifi.Index)}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, unix.IPPROTO_UDP)
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	if family == unix.AF_INET6 {
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 1); err != nil {
+			unix.Close(fd)
+			return nil, fmt.Errorf("IPV6_V6ONLY: %w", err)
+		}
+	}
+	if err := unix.BindToDevice(fd, ifi.Name); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind to device %s: %w", ifi.Name, err)
+	}
+	if err := unix.Bind(fd, sa); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("bind %v: %w", group, err)
+	}
+	f := os.NewFile(uintptr(fd), "multicast "+group.String())
+	defer f.Close() // FilePacketConn dups it
+	c, err := net.FilePacketConn(f)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
 
 // Socket buffer sizes asked for (see setBuffers).
 const (
@@ -57,6 +92,31 @@ type UDPOptions struct {
 	// Peers are the peers' addresses; Send sends to each. Datagrams from
 	// other IP addresses are dropped before any decoding.
 	Peers []string
+	// Interface, when set, binds the socket to that interface
+	// (SO_BINDTODEVICE): only datagrams that arrived on it are read, and
+	// what is sent leaves by it.
+	Interface string
+}
+
+// listenUDP opens a UDP socket on laddr, bound to the interface ifname
+// when it is set.
+func listenUDP(laddr netip.AddrPort, ifname string) (*net.UDPConn, error) {
+	var lc net.ListenConfig
+	if ifname != "" {
+		lc.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) { serr = unix.BindToDevice(int(fd), ifname) })
+			if serr != nil {
+				serr = fmt.Errorf("bind to device %s: %w", ifname, serr)
+			}
+			return errors.Join(err, serr)
+		}
+	}
+	c, err := lc.ListenPacket(context.Background(), "udp", laddr.String())
+	if err != nil {
+		return nil, err
+	}
+	return c.(*net.UDPConn), nil
 }
 
 // UDP is a unicast UDP transport: Send sends one datagram to each peer.
@@ -86,7 +146,7 @@ func NewUDP(opt UDPOptions) (*UDP, error) {
 		t.peers = append(t.peers, ap)
 		t.allow[ap.Addr()] = true
 	}
-	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(laddr))
+	conn, err := listenUDP(laddr, opt.Interface)
 	if err != nil {
 		return nil, fmt.Errorf("udp: listen: %w", err)
 	}
@@ -214,7 +274,12 @@ type MulticastOptions struct {
 }
 
 // Multicast is a multicast UDP transport: Send sends once to the group;
-// SendTo (replies) goes by unicast from the same socket.
+// SendTo goes by unicast from the same socket. The socket is bound to the
+// group address on the interface (SO_BINDTODEVICE), without SO_REUSEADDR:
+// it receives only the group's datagrams from the sync link, and no other
+// socket can bind the group's port. A Node's replies go to the group too
+// (a datagram's source is no transport peer), so there is no unicast for
+// a local socket bound to this node's address and port to take.
 type Multicast struct {
 	group netip.AddrPort
 	ifi   *net.Interface
@@ -244,7 +309,7 @@ func NewMulticast(opt MulticastOptions) (*Multicast, error) {
 	t := &Multicast{group: group, ifi: ifi}
 	gaddr := &net.UDPAddr{IP: group.Addr().AsSlice()}
 	if group.Addr().Is4() {
-		t.conn, err = reuseAddr.ListenPacket(context.Background(), "udp4", fmt.Sprintf("0.0.0.0:%d", group.Port()))
+		t.conn, err = listenGroup(group, ifi)
 		if err != nil {
 			return nil, fmt.Errorf("multicast: listen: %w", err)
 		}
@@ -258,7 +323,7 @@ func NewMulticast(opt MulticastOptions) (*Multicast, error) {
 		)
 		t.p4 = p
 	} else {
-		t.conn, err = reuseAddr.ListenPacket(context.Background(), "udp6", fmt.Sprintf("[::]:%d", group.Port()))
+		t.conn, err = listenGroup(group, ifi)
 		if err != nil {
 			return nil, fmt.Errorf("multicast: listen: %w", err)
 		}

@@ -439,7 +439,7 @@ func decodeControl(b []byte, m *message) error {
 		return err
 	}
 	for range n - want {
-		if err := d.Skip(); err != nil {
+		if err := skipValue(r, 0); err != nil {
 			return err
 		}
 	}
@@ -447,6 +447,102 @@ func decodeControl(b []byte, m *message) error {
 		return fmt.Errorf("%d trailing bytes", r.Len())
 	}
 	return nil
+}
+
+// maxSkipDepth bounds the nesting of an unknown element.
+const maxSkipDepth = 8
+
+// skipValue skips one msgpack element of r, checking every length against
+// what is left before skipping it: an unknown element costs no allocation
+// whatever it claims (msgpack's own Skip allocates what a string claims).
+func skipValue(r *bytes.Reader, depth int) error {
+	if depth > maxSkipDepth {
+		return fmt.Errorf("element nested over %d deep", maxSkipDepth)
+	}
+	c, err := r.ReadByte()
+	if err != nil {
+		return errShort
+	}
+	size := func(n int) (int, error) { // a big-endian length of n bytes
+		var v int
+		for range n {
+			b, err := r.ReadByte()
+			if err != nil {
+				return 0, errShort
+			}
+			v = v<<8 | int(b)
+		}
+		return v, nil
+	}
+	skip := func(n int) error {
+		if n < 0 || n > r.Len() {
+			return fmt.Errorf("element of %d bytes, %d left", n, r.Len())
+		}
+		_, err := r.Seek(int64(n), io.SeekCurrent)
+		return err
+	}
+	items := func(n int) error { // n elements follow
+		if n > r.Len() {
+			return fmt.Errorf("%d elements, %d bytes left", n, r.Len())
+		}
+		for range n {
+			if err := skipValue(r, depth+1); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	switch {
+	case c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3: // fixint, nil, bool
+		return nil
+	case c >= 0xa0 && c <= 0xbf: // fixstr
+		return skip(int(c & 0x1f))
+	case c >= 0x90 && c <= 0x9f: // fixarray
+		return items(int(c & 0x0f))
+	case c >= 0x80 && c <= 0x8f: // fixmap
+		return items(2 * int(c&0x0f))
+	}
+	switch c {
+	case 0xcc, 0xd0:
+		return skip(1)
+	case 0xcd, 0xd1:
+		return skip(2)
+	case 0xca, 0xce, 0xd2:
+		return skip(4)
+	case 0xcb, 0xcf, 0xd3:
+		return skip(8)
+	case 0xd4, 0xd5, 0xd6, 0xd7, 0xd8: // fixext 1, 2, 4, 8, 16 (+ type byte)
+		return skip(1 + 1<<(c-0xd4))
+	case 0xc4, 0xd9, 0xc5, 0xda, 0xc6, 0xdb: // bin, str 8/16/32
+		w := map[byte]int{0xc4: 1, 0xd9: 1, 0xc5: 2, 0xda: 2, 0xc6: 4, 0xdb: 4}[c]
+		n, err := size(w)
+		if err != nil {
+			return err
+		}
+		return skip(n)
+	case 0xc7, 0xc8, 0xc9: // ext 8/16/32 (+ type byte)
+		n, err := size(1 << (c - 0xc7))
+		if err != nil {
+			return err
+		}
+		return skip(n + 1)
+	case 0xdc, 0xdd: // array 16/32
+		n, err := size(2 << (c - 0xdc))
+		if err != nil {
+			return err
+		}
+		return items(n)
+	case 0xde, 0xdf: // map 16/32
+		n, err := size(2 << (c - 0xde))
+		if err != nil {
+			return err
+		}
+		if n > r.Len() {
+			return fmt.Errorf("map of %d entries, %d bytes left", n, r.Len())
+		}
+		return items(2 * n)
+	}
+	return fmt.Errorf("msgpack code %#x", c)
 }
 
 func decodeRanges(d *msgpack.Decoder) ([]seqRange, error) {
@@ -830,7 +926,13 @@ func decodeExtra(r *reader) (*flow.Extra, error) {
 		if n == 0 || n > maxHelperLen {
 			return nil, fmt.Errorf("helper name of %d bytes", n)
 		}
-		x.Helper = string(r.take(n))
+		h := r.take(n)
+		for _, c := range h {
+			if c <= ' ' || c >= 0x7f {
+				return nil, fmt.Errorf("helper name %q not printable ASCII", h)
+			}
+		}
+		x.Helper = string(h)
 	}
 	if xf&xSeqAdjOrig != 0 {
 		r.seqAdj(&x.SeqAdjOrig)

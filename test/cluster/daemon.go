@@ -36,7 +36,9 @@ func (fw *Firewall) ReadyFile() string { return filepath.Join(fw.Dir, "ready") }
 // CtsyncdConfig writes a ctsyncd config for fw and returns its path:
 // transport ("udp", "multicast" or "gossip") on sync0 between the two
 // firewalls, a shared key (written once per topology, mode 0600), the
-// control socket and the readiness file in fw.Dir, debug logs. extra is
+// control socket and the readiness file in fw.Dir, debug logs; the
+// firewalls use the ftp, sip and tftp helpers, so their peers' flows may
+// carry them ([peer_policy] helpers; none by default). extra is
 // appended as is (more TOML sections; a section may appear only once, so
 // pass only sections not written here: [kernel], [filter]).
 func (fw *Firewall) CtsyncdConfig(t testing.TB, transport, extra string) string {
@@ -58,6 +60,9 @@ interface = "sync0"
 listen = "%s:%d"
 peers = ["%s:%d"]
 %skey_file = %q
+
+[peer_policy]
+helpers = ["ftp", "sip", "tftp"]
 
 [failover]
 ready_file = %q

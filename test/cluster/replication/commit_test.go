@@ -14,7 +14,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/kernel"
 )
 
-func kernelKeys(t *testing.T, n *node) map[flow.Key]flow.Flow {
+func kernelKeys(t testing.TB, n *node) map[flow.Key]flow.Flow {
 	t.Helper()
 	m := map[flow.Key]flow.Flow{}
 	if err := kernel.Dump(context.Background(), kernel.DumpOptions{NetNS: n.ns.FD(t)}, func(f *flow.Flow) { m[f.Key] = *f }); err != nil {
@@ -30,8 +30,11 @@ func kernelKeys(t *testing.T, n *node) map[flow.Key]flow.Flow {
 func TestClusterKeepalivedMaster(t *testing.T) {
 	a, b := pair(t)
 	key := writeKey(t)
-	a.start(t, syncConfig("udp", a, []*node{b}, key))
-	b.start(t, syncConfig("udp", b, []*node{a}, key))
+	// The nodes use the ftp helper: their peers' flows may carry it (the
+	// receive policy allows no helper by default).
+	helpers := "\n[peer_policy]\nhelpers = [\"ftp\"]\n"
+	a.start(t, syncConfig("udp", a, []*node{b}, key)+helpers)
+	b.start(t, syncConfig("udp", b, []*node{a}, key)+helpers)
 	flows := mkFlows(0, 3000)
 	// An FTP control connection with its helper: the helper name is
 	// replicated and committed (expectations are not).

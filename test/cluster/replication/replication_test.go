@@ -35,7 +35,7 @@ type node struct {
 	proc *daemontest.Proc
 }
 
-func writeKey(t *testing.T) string {
+func writeKey(t testing.TB) string {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "sync.key")
 	if err := os.WriteFile(p, []byte(ctsync.GenerateKey()), 0o600); err != nil {
@@ -45,7 +45,7 @@ func writeKey(t *testing.T) string {
 }
 
 // pair makes two namespaces joined by a veth sync link "sync0".
-func pair(t *testing.T) (a, b *node) {
+func pair(t testing.TB) (a, b *node) {
 	t.Helper()
 	a = &node{name: "fw-a", ns: netnstest.New(t), addr: "10.200.0.1:3780"}
 	b = &node{name: "fw-b", ns: netnstest.New(t), addr: "10.200.0.2:3780"}
@@ -73,7 +73,7 @@ resync_interval = "10s"
 `, transport, self.addr, strings.Join(ps, ", "), key)
 }
 
-func (n *node) start(t *testing.T, cfg string) {
+func (n *node) start(t testing.TB, cfg string) {
 	n.proc = daemontest.Start(t, n.ns, n.name, cfg)
 }
 
@@ -126,7 +126,7 @@ func mkFlows(base, count int) []flow.Flow {
 }
 
 // write creates flows in the namespace's kernel table.
-func write(t *testing.T, ns *netnstest.NS, flows []flow.Flow) {
+func write(t testing.TB, ns *netnstest.NS, flows []flow.Flow) {
 	t.Helper()
 	w, err := kernel.NewWriter(kernel.WriterOptions{NetNS: ns.FD(t)})
 	if err != nil {
@@ -144,7 +144,7 @@ func write(t *testing.T, ns *netnstest.NS, flows []flow.Flow) {
 	}
 }
 
-func remove(t *testing.T, ns *netnstest.NS, flows []flow.Flow) {
+func remove(t testing.TB, ns *netnstest.NS, flows []flow.Flow) {
 	t.Helper()
 	w, err := kernel.NewWriter(kernel.WriterOptions{NetNS: ns.FD(t)})
 	if err != nil {
@@ -184,7 +184,7 @@ func table(lines []map[string]any) string {
 }
 
 // converged waits until dst's external cache equals src's internal cache.
-func converged(t *testing.T, src, dst *node) {
+func converged(t testing.TB, src, dst *node) {
 	t.Helper()
 	daemontest.WaitFor(t, converge, dst.name+"'s external cache to equal "+src.name+"'s internal cache", func() (bool, string) {
 		in := src.proc.Lines("dump", "internal")
@@ -208,7 +208,7 @@ type peerStats struct {
 	Peers map[string]ctsync.PeerStats `json:"peers"`
 }
 
-func (n *node) peers(t *testing.T) map[string]ctsync.PeerStats {
+func (n *node) peers(t testing.TB) map[string]ctsync.PeerStats {
 	var s peerStats
 	n.proc.JSON(&s, "stats")
 	return s.Peers
@@ -216,7 +216,7 @@ func (n *node) peers(t *testing.T) map[string]ctsync.PeerStats {
 
 // testTransport: 20,000 flows made on A reach B with identical attributes;
 // destroys propagate.
-func testTransport(t *testing.T, transport string, v6 bool) {
+func testTransport(t testing.TB, transport string, v6 bool) {
 	a, b := pair(t)
 	if v6 {
 		a.addr, b.addr = "[fd00:200::1]:3780", "[fd00:200::2]:3780"

@@ -49,5 +49,10 @@ func TestClusterRollingUpgrade(t *testing.T) {
 			return missing == 0, fmt.Sprintf("%d of %d missing", missing, len(src))
 		})
 	}
+	// The old node took the current one's newer messages (NODE_INFO)
+	// without counting them malformed.
+	if d := a.peers(t)[b.name].Drops; d.Malformed != 0 {
+		t.Errorf("the old node dropped %d of the current one's datagrams as malformed", d.Malformed)
+	}
 	t.Logf("old (%s) and current replicated %d and %d flows to each other and committed them", previousRelease, len(fromA), len(fromB))
 }
