@@ -215,6 +215,12 @@ func (a *asym) tcpOnce(t *testing.T, v6 bool, timeout time.Duration) error {
 // udpOnce sends one request from a new socket (a new flow) and waits for
 // the reply.
 func (a *asym) udpOnce(t *testing.T, v6 bool, timeout time.Duration) error {
+	return a.udpFrom(t, v6, 0, timeout)
+}
+
+// udpFrom is udpOnce from local port lport (0: an ephemeral one, which may
+// be one whose flow from an earlier request is still tracked).
+func (a *asym) udpFrom(t *testing.T, v6 bool, lport int, timeout time.Duration) error {
 	host := ServerV4
 	if v6 {
 		host = ServerV6
@@ -222,7 +228,8 @@ func (a *asym) udpOnce(t *testing.T, v6 bool, timeout time.Duration) error {
 	addr := net.JoinHostPort(host, strconv.Itoa(asymUDPPort))
 	var c net.Conn
 	var err error
-	a.Client.Do(t, func() { c, err = net.Dial("udp", addr) })
+	d := net.Dialer{LocalAddr: &net.UDPAddr{Port: lport}}
+	a.Client.Do(t, func() { c, err = d.Dial("udp", addr) })
 	if err != nil {
 		return err
 	}
@@ -337,8 +344,9 @@ func TestClusterActiveActive(t *testing.T) {
 		before, seen := a.deferCount(t, a.A, "timed_out"), a.udpSeen.Load()
 		const n = 10
 		answered := 0
-		for range n {
-			if a.udpOnce(t, false, 500*time.Millisecond) == nil {
+		for i := range n {
+			// Ports below the ephemeral range: flows never seen before.
+			if a.udpFrom(t, false, 20000+i, 500*time.Millisecond) == nil {
 				answered++
 			}
 		}
