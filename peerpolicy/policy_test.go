@@ -161,7 +161,9 @@ func TestPeerCannotPlantFlow(t *testing.T) {
 		st := b.Stats()["evil"]
 		t.Logf("policy %v: planted %v, external %d flows, policy refused %d", withPolicy, planted, exB.Len(), st.PolicyRefused)
 		if withPolicy {
-			if planted || st.PolicyRefused != 1 || st.FlowsIn != 1 {
+			// Each flow may arrive more than once (its change, then a bulk):
+			// every copy of the crafted one is refused, the other applied.
+			if planted || st.PolicyRefused == 0 || st.FlowsIn == 0 || st.PolicyRefused != st.FlowsIn {
 				t.Errorf("with the default policy: planted %v, refused %d, applied %d", planted, st.PolicyRefused, st.FlowsIn)
 			}
 			e, ok := exB.Get("evil", good.Key)

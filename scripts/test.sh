@@ -34,6 +34,21 @@ if [ ! -x "$STATICCHECK" ]; then
 fi
 "$STATICCHECK" -tags kernel,cluster,large ./...
 go build -o /dev/null ./cmd/...
+# Man pages are generated from --help and the config struct.
+go run ./internal/mangen -check
+# Alert rules: syntax and their unit tests (promtool: Debian's prometheus).
+promtool check rules configs/ctsyncd-alerts.yml
+(cd configs && promtool test rules ctsyncd-alerts-test.yml)
+# The systemd unit, with ExecStart pointed at a freshly built binary.
+if command -v systemd-analyze >/dev/null; then
+  unit=$(mktemp -d)
+  go build -o "$unit/ctsyncd" ./cmd/ctsyncd
+  sed "s#/usr/sbin/ctsyncd#$unit/ctsyncd#" configs/ctsyncd.service >"$unit/ctsyncd.service"
+  systemd-analyze verify "$unit/ctsyncd.service"
+  rm -rf "$unit"
+elif [ "$CI" = true ]; then
+  echo "systemd-analyze missing: cannot verify configs/ctsyncd.service" >&2; exit 1
+fi
 # Small firewalls run 32-bit ARM and 386; arm64 too. Everything must build
 # and vet there (the kernel tier runs as 386 below).
 for arch in 386 arm arm64; do
