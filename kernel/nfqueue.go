@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/mdlayher/netlink"
-	"github.com/ti-mo/netfilter"
 	"golang.org/x/sys/unix"
 
 	"github.com/ctsyncd/ctsyncd/flow"
@@ -63,9 +62,12 @@ const (
 	ctInfoEstablishedReply = 3
 )
 
+// subsysQueue is NFNL_SUBSYS_QUEUE (linux/netfilter/nfnetlink.h).
+const subsysQueue = 3
+
 // queueMsgType is the netlink message type of an nfnetlink_queue message.
 func queueMsgType(msg uint8) uint16 {
-	return uint16(netfilter.NFSubsysQueue)<<8 | uint16(msg)
+	return subsysQueue<<8 | uint16(msg)
 }
 
 // QueueConfig is what a CONFIG message sets on a bound queue.
