@@ -136,6 +136,7 @@ func (n *Node) dispatch(pr *peer, m *message, size int64, now time.Time) {
 		pr.stats.NacksIn++
 		n.repair(pr, m.Ranges)
 	case MsgResyncRequest:
+		pr.stats.ResyncRequestsIn++
 		n.log.Info("peer requests a resync", "peer", pr.name)
 		n.requestedBulk(now)
 	case MsgHello:

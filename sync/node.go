@@ -205,8 +205,10 @@ type PeerStats struct {
 	// PolicyRefused counts the peer's flows refused by the receive policy.
 	PolicyRefused uint64 `json:"policy_refused"`
 
-	BulksSent     uint64 `json:"bulks_sent"`
-	BulksReceived uint64 `json:"bulks_received"`
+	// ResyncRequestsIn counts the peer's requests for a bulk.
+	ResyncRequestsIn uint64 `json:"resync_requests_in"`
+	BulksSent        uint64 `json:"bulks_sent"`
+	BulksReceived    uint64 `json:"bulks_received"`
 	// FullResyncs counts gaps no NACK could repair: on the sending side,
 	// NACKs for messages gone from the resend queue (answered by a bulk);
 	// on the receiving side, resync requests for a gap that did not heal.

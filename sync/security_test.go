@@ -33,6 +33,15 @@ func injectAndWait(t *testing.T, net *MemNetwork, src string, to *tnode, origin 
 	eventually(t, 5*time.Second, "the injected datagram to be handled", func() bool { return handled(to, origin) > before })
 }
 
+// addressedType reports whether messages of type t go to one peer.
+func addressedType(t MsgType) bool {
+	switch t {
+	case MsgAck, MsgNack, MsgChallenge, MsgResponse, MsgResyncRequest:
+		return true
+	}
+	return false
+}
+
 // TestCrossReceiverReplay: in a three-node cluster, what a sends to b alone
 // (RESYNC_REQUEST, NACK, ACK) is captured and replayed to c from a spoofed
 // source. c must act on none of it: no bulk, no resends (to the spoofed
@@ -148,22 +157,32 @@ func TestCrossReceiverReplay(t *testing.T) {
 		// c sends to every peer; only a reply to the spoofed source makes the
 		// attacker get more than b.
 		sent := map[string]int{}
+		repliedToAttacker := 0
 		net.SetFilter(func(from, to string, p []byte) bool {
 			h, err := parseHeader(p)
 			if from == "c" {
 				sent[to]++
+				if to == "attacker" && err == nil && addressedType(h.Type) {
+					repliedToAttacker++
+				}
 			}
 			return err != nil || to != "c" || h.Type != MsgAck
 		})
 		net.Endpoint("attacker")
 
 		lock := func(f func()) { c.n.mu.Lock(); defer c.n.mu.Unlock(); f() }
-		var bulks uint64
+		// What a sent before it stopped is handled first: every goroutine
+		// of the bubble is idle after it.
+		synctest.Wait()
+		// a is stopped: a resync request c takes as a's from now on is the
+		// replay (b's genuine requests may still start bulks on c, so bulks
+		// are not counted).
+		var requests uint64
 		var acked uint64
 		var ackKnown bool
 		lock(func() {
 			pa := c.n.peers[NodeID("a")]
-			bulks = pa.stats.BulksSent
+			requests = pa.stats.ResyncRequestsIn
 			acked, ackKnown = pa.acked, pa.ackKnown
 		})
 
@@ -172,8 +191,8 @@ func TestCrossReceiverReplay(t *testing.T) {
 		injectAndWait(t, net, "attacker", c, "a", got[MsgAck])
 		lock(func() {
 			pa := c.n.peers[NodeID("a")]
-			if pa.stats.BulksSent != bulks {
-				t.Errorf("a's RESYNC_REQUEST to b, replayed to c, made c start a bulk (%d → %d)", bulks, pa.stats.BulksSent)
+			if pa.stats.ResyncRequestsIn != requests {
+				t.Errorf("a's RESYNC_REQUEST to b, replayed to c, was taken by c (%d → %d requests from a)", requests, pa.stats.ResyncRequestsIn)
 			}
 			if pa.stats.Resends != 0 {
 				t.Errorf("a's NACK to b, replayed to c, made c resend %d messages", pa.stats.Resends)
@@ -186,6 +205,9 @@ func TestCrossReceiverReplay(t *testing.T) {
 			}
 		})
 		net.SetFilter(nil)
+		if repliedToAttacker != 0 {
+			t.Errorf("c sent %d ACK/NACK/CHALLENGE/RESPONSE/RESYNC_REQUEST datagrams to the spoofed source", repliedToAttacker)
+		}
 		if n := sent["attacker"]; n > sent["b"] {
 			t.Errorf("c sent %d datagrams to the spoofed source, %d to b", n, sent["b"])
 		}
