@@ -67,6 +67,7 @@ type origin struct {
 	gen   uint32                       // bumped by BeginBulk; entries applied since carry it
 	bulk  uint64                       // id of the bulk in progress
 	inBlk bool                         // a bulk is in progress
+	dsum  *[fineBuckets]uint64         // digest sums of flows, kept by replace and del (digest.go)
 }
 
 // ExternalStats are counters of the external cache.
@@ -141,11 +142,12 @@ func (c *External) Apply(origin string, ch Change, now time.Time) bool {
 	o := c.originLocked(origin)
 	if ch.Deleted {
 		c.stats.Applied++
-		delete(o.flows, ch.Flow.Key)
+		o.del(ch.Flow.Key)
 		o.dropExpectsOfLocked(ch.Flow.Key)
 		return true
 	}
-	if _, ok := o.flows[ch.Flow.Key]; !ok && c.maxPerOrigin > 0 && len(o.flows) >= c.maxPerOrigin {
+	old, had := o.flows[ch.Flow.Key]
+	if !had && c.maxPerOrigin > 0 && len(o.flows) >= c.maxPerOrigin {
 		c.stats.Refused++
 		return false
 	}
@@ -163,7 +165,7 @@ func (c *External) Apply(origin string, ch Change, now time.Time) bool {
 	if x != nil || f.Reply != f.Orig.Invert(f.Proto) {
 		more = &extMore{reply: f.Reply, extra: x}
 	}
-	o.flows[f.Key] = extEntry{
+	o.replace(f.Key, old, had, extEntry{
 		status:   f.Status,
 		timeout:  f.Timeout,
 		mark:     f.Mark,
@@ -172,7 +174,7 @@ func (c *External) Apply(origin string, ch Change, now time.Time) bool {
 		idleMs:   uint32(min(idle, math.MaxUint32)),
 		received: now.UnixNano(),
 		more:     more,
-	}
+	})
 	return true
 }
 
@@ -186,7 +188,7 @@ func (c *External) Delete(origin string, k flow.Key) {
 	}
 	o := c.origins[i]
 	if _, ok := o.flows[k]; ok {
-		delete(o.flows, k)
+		o.del(k)
 		c.stats.RemovedByKey++
 	}
 }
@@ -223,7 +225,7 @@ func (c *External) EndBulk(origin string, epoch uint64) (removed int) {
 	o.inBlk = false
 	for k, e := range o.flows {
 		if e.gen != o.gen {
-			delete(o.flows, k)
+			o.del(k)
 			removed++
 		}
 	}
@@ -435,7 +437,7 @@ func (c *External) Take(keys []flow.Key) []ExternalEntry {
 		for _, o := range c.origins {
 			if e, ok := o.flows[k]; ok {
 				out = append(out, entryOf(o, k, &e, now))
-				delete(o.flows, k)
+				o.del(k)
 			}
 		}
 	}
@@ -452,7 +454,7 @@ func (c *External) Remove(keys []flow.Key) int {
 	for _, k := range keys {
 		for _, o := range c.origins {
 			if _, ok := o.flows[k]; ok {
-				delete(o.flows, k)
+				o.del(k)
 				n++
 			}
 		}
@@ -471,6 +473,7 @@ func (c *External) Flush(origin string) int {
 		if origin == "" || o.name == origin {
 			n += len(o.flows)
 			o.flows = make(map[flow.Key]extEntry)
+			o.dsum = nil
 			o.exps = nil // the expectations go with their masters
 		}
 	}

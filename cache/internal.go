@@ -106,9 +106,10 @@ type Internal struct {
 	// mu guards every field below.
 	mu        sync.Mutex
 	flows     *store
-	seq       uint32 // bumped by every event-driven change
-	recons    int    // reconciles in progress: keep tombstones while > 0
-	gen       uint32 // reconcile generation
+	dsum      *[fineBuckets]uint64 // digest sums, kept as flows change (digest.go)
+	seq       uint32               // bumped by every event-driven change
+	recons    int                  // reconciles in progress: keep tombstones while > 0
+	gen       uint32               // reconcile generation
 	tombs     map[flow.Key]uint32
 	dirty     map[flow.Key]struct{}
 	queue     []flow.Key // dirty keys in the order they became dirty, from head
@@ -286,6 +287,7 @@ func (c *Internal) Upsert(f *flow.Flow) {
 	if !ok {
 		e = c.flows.add(f.Key)
 		e.set(f)
+		c.dgIn(&f.Key, e)
 		e.ref, e.peak, e.seq = now, c.peak(f, 0), c.seq
 		c.stats.Created++
 		c.born(f.Key, now)
@@ -296,7 +298,14 @@ func (c *Internal) Upsert(f *flow.Flow) {
 	if e.TCP.State != f.TCP.State {
 		prev = 0 // a new state has its own timeout
 	}
+	var kh uint64
+	if changed {
+		kh = c.dgOut(&f.Key, e)
+	}
 	e.set(f)
+	if changed {
+		c.dgInHash(kh, e)
+	}
 	e.ref = now
 	e.peak = c.peak(f, prev)
 	e.seq = c.seq
@@ -314,6 +323,9 @@ func (c *Internal) Delete(k flow.Key) {
 	if c.recons > 0 {
 		c.tombs[k] = c.seq
 	}
+	if e, ok := c.flows.get(k); ok {
+		c.dgOut(&k, e)
+	}
 	if c.flows.del(k) {
 		c.stats.Deleted++
 		c.gone(k)
@@ -327,6 +339,7 @@ func (c *Internal) Flush() int {
 	n := c.flows.len()
 	c.seq++
 	c.flows.clear()
+	c.dsum = nil
 	c.clearDirty()
 	clear(c.tombs)
 	clear(c.young)
@@ -488,6 +501,7 @@ func (r *Reconcile) Add(f *flow.Flow) {
 	if !ok {
 		e = c.flows.add(f.Key)
 		e.set(f)
+		c.dgIn(&f.Key, e)
 		e.ref, e.peak, e.seq, e.gen = r.now, c.peak(f, 0), r.start, r.gen
 		c.stats.Created++
 		c.stats.ReconAdded++
@@ -504,7 +518,9 @@ func (r *Reconcile) Add(f *flow.Flow) {
 		if e.TCP.State != f.TCP.State {
 			prev = 0
 		}
+		kh := c.dgOut(&f.Key, e)
 		e.set(f)
+		c.dgInHash(kh, e)
 		e.ref = r.now
 		e.peak = c.peak(f, prev)
 		c.stats.ReconFixed++
@@ -536,6 +552,7 @@ func (r *Reconcile) Finish() ReconcileResult {
 		if e.gen == r.gen || newer(e.seq, r.start) {
 			return
 		}
+		c.dgOut(&k, e)
 		c.flows.del(k)
 		c.stats.Deleted++
 		c.stats.ReconGone++

@@ -44,6 +44,7 @@ type Config struct {
 	// PeerPolicy is what a peer may put into this node's kernel.
 	PeerPolicy PeerPolicy `toml:"peer_policy"`
 	Failover   Failover   `toml:"failover"`
+	Metrics    Metrics    `toml:"metrics"`
 	Log        Log        `toml:"log"`
 	API        API        `toml:"api"`
 
@@ -149,8 +150,10 @@ type Sync struct {
 	// their master flows. Default true.
 	Expectations bool `toml:"expectations"`
 	// ExpectationHelpers limits the expectations replicated, and accepted
-	// from peers, to those of the named helpers ("ftp", "sip", "tftp").
-	// Empty (the default): every helper.
+	// from peers, to those of the named helpers ("ftp", "sip", "tftp"), and
+	// lets peers' flows carry these helpers (added to PeerPolicy.Helpers).
+	// Empty (the default): every helper is sent; peers' expectations are
+	// accepted for the helpers PeerPolicy.Helpers lists.
 	ExpectationHelpers []string `toml:"expectation_helpers"`
 	// MaxBufferBytes bounds the memory held per peer for its messages
 	// received ahead of a gap. Default 16MiB, 64KiB..4GiB.
@@ -164,6 +167,30 @@ type Sync struct {
 	// ResendRate bounds the bytes per second resent to one peer on its
 	// NACKs. Default 8MiB, 64KiB..1GiB.
 	ResendRate ByteSize `toml:"resend_rate"`
+	// DigestInterval is how often each node sends its peers a digest of
+	// its table (bucketed hashes over flow keys and states), so that a
+	// peer whose copy diverged without anyone noticing repairs the
+	// buckets that differ. Default 10s; "0s" disables; otherwise 1s..1h.
+	DigestInterval Duration `toml:"digest_interval"`
+}
+
+// Link is one more dedicated sync link (see Sync.Link).
+type Link struct {
+	// Interface is the link's network interface.
+	Interface string `toml:"interface"`
+	// Listen is this node's address on the link, "IP:port".
+	Listen string `toml:"listen"`
+	// Peers are the peers' addresses on the link, in the order of
+	// sync.peers.
+	Peers []string `toml:"peers"`
+}
+
+// Metrics is the HTTP listener for Prometheus and health checks.
+type Metrics struct {
+	// Listen is the "IP:port" ("[IPv6]:port") serving /metrics, /healthz
+	// and /readyz over plain HTTP. Default: unset (no listener). Keep it
+	// on a management address: the metrics name peers and addresses.
+	Listen string `toml:"listen"`
 }
 
 // PeerPolicy is the receive policy for peers' flows (package peerpolicy):
@@ -188,17 +215,6 @@ type PeerPolicy struct {
 	// KeepFixedTimeout keeps the FIXED_TIMEOUT status bit of peers'
 	// flows. Default false: cleared.
 	KeepFixedTimeout bool `toml:"keep_fixed_timeout"`
-}
-
-// Link is one more dedicated sync link (see Sync.Link).
-type Link struct {
-	// Interface is the link's network interface.
-	Interface string `toml:"interface"`
-	// Listen is this node's address on the link, "IP:port".
-	Listen string `toml:"listen"`
-	// Peers are the peers' addresses on the link, in the order of
-	// sync.peers.
-	Peers []string `toml:"peers"`
 }
 
 // Filter selects the flows that are replicated.
@@ -303,6 +319,7 @@ const (
 	defaultAckInterval       = "50ms"
 	defaultHeartbeatInterval = "1s"
 	defaultPeerTimeout       = "5s"
+	defaultDigestInterval    = "10s"
 	defaultPurgeTimeout      = "60s"
 	defaultCommitTimeout     = "120s"
 	defaultMinTimeout        = "30s"
@@ -350,6 +367,7 @@ func Default() *Config {
 			AckInterval:        mustDuration(defaultAckInterval),
 			HeartbeatInterval:  mustDuration(defaultHeartbeatInterval),
 			PeerTimeout:        mustDuration(defaultPeerTimeout),
+			DigestInterval:     mustDuration(defaultDigestInterval),
 			Expectations:       true,
 			ExpectationHelpers: []string{},
 			MaxBufferBytes:     defaultMaxBufferBytes,

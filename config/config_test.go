@@ -335,7 +335,9 @@ func TestErrors(t *testing.T) {
 		{"unknown-in-section", base + "key_fille = \"x\"\n", 5, "sync.key_fille", "did you mean key_file?"},
 		{"unknown-top-level", "debug = true\n" + base, 1, "debug", "unknown key at the top level"},
 		{"unknown-top-level-misplaced", "transport = \"udp\"\n" + base, 1, "transport", "did you mean sync.transport"},
-		{"unknown-table", base + "\n[metrics]\nlisten = \":9100\"\n", 6, "metrics", "unknown table"},
+		{"unknown-table", base + "\n[prometheus]\nlisten = \":9100\"\n", 6, "prometheus", "unknown table"},
+		{"metrics-listen-host", base + "\n[metrics]\nlisten = \":9100\"\n", 7, "metrics.listen", "is not an IP address"},
+		{"digest-interval-short", base + "digest_interval = \"100ms\"\n", 5, "sync.digest_interval", "too short"},
 		{"unknown-case", base + "[Log]\nlevel = \"debug\"\n", 5, "Log", "did you mean [log]?"},
 		{"unknown-key-case", base + "MTU = 1500\n", 5, "sync.MTU", "did you mean mtu?"},
 		{"unknown-wrong-section", base + "purge_timeout = \"10s\"\n", 5, "sync.purge_timeout", "belongs in [failover]"},
@@ -514,8 +516,8 @@ f.toml:9: log.level: "verbose" is not one of debug, info, warn, error`
 	// Unknown keys are reported before values are checked, all of them,
 	// but not the keys below an unknown table.
 	_, err = Parse("f.toml", []byte("[sync]\nbogus = 1\n[extra]\na = 1\nb = 2\n[log]\nlevl = \"x\"\n"))
-	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, link, expectations, expectation_helpers, max_buffer_bytes, max_peers, max_flows_per_origin, resend_rate\n" +
-		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [peer_policy], [failover], [log], [api]\n" +
+	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, link, expectations, expectation_helpers, max_buffer_bytes, max_peers, max_flows_per_origin, resend_rate, digest_interval\n" +
+		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [peer_policy], [failover], [metrics], [log], [api]\n" +
 		"f.toml:7: log.levl: unknown key; did you mean level?"
 	if err == nil || err.Error() != want {
 		t.Fatalf("got\n%v\nwant\n%s", err, want)

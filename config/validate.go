@@ -168,6 +168,13 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 		}
 	}
 
+	// [metrics]
+	if l := c.Metrics.Listen; l != "" {
+		if _, err := parseAddrPort(l); err != nil {
+			v.add("metrics.listen", "%v", err)
+		}
+	}
+
 	// [log]
 	v.oneOf("log.level", c.Log.Level, logLevels)
 	v.oneOf("log.format", c.Log.Format, logFormats)
@@ -274,6 +281,9 @@ func (s Sync) validate(v *validator) {
 	v.durRange("sync.ack_interval", s.AckInterval, time.Millisecond, 10*time.Second)
 	v.durRange("sync.heartbeat_interval", s.HeartbeatInterval, 10*time.Millisecond, time.Minute)
 	v.durRange("sync.peer_timeout", s.PeerTimeout, 0, 0)
+	if d := s.DigestInterval.Duration; d != 0 {
+		v.durRange("sync.digest_interval", s.DigestInterval, time.Second, time.Hour)
+	}
 	v.durRange("sync.min_age", s.MinAge, 0, time.Hour)
 	s.validateLinks(v)
 	for i, h := range s.ExpectationHelpers {

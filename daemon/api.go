@@ -18,6 +18,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/api/console"
 	"github.com/ctsyncd/ctsyncd/flow"
 	"github.com/ctsyncd/ctsyncd/kernel"
+	"github.com/ctsyncd/ctsyncd/status"
 )
 
 // The daemon is the API's flow source, status and actions (package api
@@ -197,9 +198,9 @@ type apiStatus struct{ d *Daemon }
 
 func (a apiStatus) Status(ctx context.Context) (any, error) {
 	return struct {
-		Status
+		*status.Status
 		Stats Stats `json:"stats"`
-	}{a.d.status(), a.d.stats()}, nil
+	}{a.d.Status(), a.d.stats()}, nil
 }
 
 // apiActions adapts the daemon to api.Actions: the control socket's

@@ -38,7 +38,11 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 		if err := want(0, "status"); err != nil {
 			return err
 		}
-		return d.writeValue(out, req.JSON, d.status())
+		st := d.Status()
+		if req.JSON {
+			return d.writeValue(out, true, st)
+		}
+		return st.WriteText(out)
 	case "stats":
 		if err := want(0, "stats"); err != nil {
 			return err
@@ -165,62 +169,6 @@ func (d *Daemon) handle(ctx context.Context, req *control.Request, out *control.
 		return d.writeValue(out, req.JSON, map[string]any{"request_resync": "sent"})
 	}
 	return fmt.Errorf("%w %q (this daemon knows: %s)", control.ErrUnknownCommand, req.Command, commandUsage)
-}
-
-// Status is the answer to `ctsyncctl status`.
-type Status struct {
-	Node          string      `json:"node"`
-	Version       string      `json:"version"`
-	Started       time.Time   `json:"started"`
-	Uptime        string      `json:"uptime"`
-	InternalFlows int         `json:"internal_flows"`
-	Transport     string      `json:"transport"`
-	LastReconcile time.Time   `json:"last_reconcile"`
-	EventBuffer   int         `json:"event_buffer_bytes"`
-	OwnAddresses  int         `json:"own_addresses"`
-	Sync          *SyncStatus `json:"sync,omitempty"`
-	Role          string      `json:"role"`
-	// InternalExpectations and ExternalExpectations count the cached
-	// expectations (absent when sync.expectations is off).
-	InternalExpectations *int `json:"internal_expectations,omitempty"`
-	ExternalExpectations *int `json:"external_expectations,omitempty"`
-	// Ruleset is the ruleset guard's state (failover.ruleset_interval).
-	Ruleset *RulesetStatus `json:"ruleset,omitempty"`
-	// Warnings are conditions an operator should look at.
-	Warnings []string `json:"warnings,omitempty"`
-}
-
-func (d *Daemon) status() Status {
-	s := Status{
-		Node: d.cfg.Node.Name, Version: d.version, Started: d.started,
-		Uptime:        time.Since(d.started).Round(time.Second).String(),
-		InternalFlows: d.internal.Len(),
-		Transport:     d.cfg.Sync.Transport,
-		EventBuffer:   d.listener.ReadBuffer(),
-		OwnAddresses:  len(d.filter.Load().Own()),
-	}
-	if d.cfg.Sync.Disabled {
-		s.Transport = "disabled"
-	}
-	if r := d.lastRec.Load(); r != nil {
-		s.LastReconcile = r.At
-	}
-	s.Sync = d.syncStatus()
-	if d.iexp != nil {
-		n := d.iexp.Len()
-		s.InternalExpectations = &n
-		if d.external != nil {
-			x := d.external.ExpectLen()
-			s.ExternalExpectations = &x
-		}
-	}
-	s.Ruleset = d.rulesetStatus()
-	s.Warnings = append(s.Warnings, d.rulesetWarnings()...)
-	s.Role = "unknown (no keepalived notify yet)"
-	if st := d.coord.State(); st != "" {
-		s.Role = string(st)
-	}
-	return s
 }
 
 // Stats is the answer to `ctsyncctl stats`.

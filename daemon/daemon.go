@@ -31,6 +31,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/filter"
 	"github.com/ctsyncd/ctsyncd/flow"
 	"github.com/ctsyncd/ctsyncd/flowlog"
+	"github.com/ctsyncd/ctsyncd/httpd"
 	"github.com/ctsyncd/ctsyncd/kernel"
 	ctsync "github.com/ctsyncd/ctsyncd/sync"
 )
@@ -95,6 +96,11 @@ type Daemon struct {
 	// counters of the event path, written by the listener goroutine only
 	evNew, evUpdate, evDestroy, evOwn, evFiltered atomic.Uint64
 
+	ops           opsState      // readiness and liveness (ops.go)
+	notify        *notifier     // systemd (systemd.go)
+	metrics       *metrics      // Prometheus (metrics.go)
+	metricsSrv    *httpd.Server // [metrics] listener; nil when unset
+	lastCommitEnd atomic.Int64  // Unix ns of the end of the last commit
 	// iexp is the internal expectation cache; nil when sync.expectations
 	// is off (expect.go).
 	iexp                                            *cache.InternalExpect
@@ -152,6 +158,7 @@ func New(opts Options) (*Daemon, error) {
 			return nil, fmt.Errorf("control.group: %w", err)
 		}
 	}
+	d.notify = newNotifier(opts.Log)
 	if err := d.openFlowLog(); err != nil {
 		return nil, fmt.Errorf("log.flows: %w", err)
 	}
@@ -166,10 +173,20 @@ func New(opts Options) (*Daemon, error) {
 		}
 	}
 	d.apiClose = closeAPI
+	if l := cfg.Metrics.Listen; l != "" {
+		d.metricsSrv, err = httpd.Listen(httpd.Options{Name: "metrics", Addr: l, Log: opts.Log})
+		if err != nil {
+			d.closeAPI()
+			return nil, fmt.Errorf("metrics.listen: %w", err)
+		}
+	}
 	d.ctl, err = control.Listen(control.ServerOptions{
 		Path: cfg.Control.Socket, Mode: cfg.Control.FileMode(), GID: gid, Log: opts.Log,
 	})
 	if err != nil {
+		if d.metricsSrv != nil {
+			d.metricsSrv.Close()
+		}
 		d.closeAPI()
 		return nil, err
 	}
@@ -287,6 +304,9 @@ func lookupGroup(g string) (int, error) {
 // removes the control socket before it returns.
 func (d *Daemon) Run(ctx context.Context) error {
 	d.started = time.Now()
+	if d.metricsSrv != nil {
+		defer d.metricsSrv.Close()
+	}
 	defer d.closeAPI()
 	// Subscribe before the first dump, so that no change falls between.
 	if d.cfg.Sync.Expectations {
@@ -338,7 +358,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.node, err = d.newNode(tr)
 		}
 		if err == nil && d.iexp != nil {
-			d.node.SetExpectations(d.iexp, d.acceptHelper)
+			d.node.SetExpectations(d.iexp, d.acceptHelper, d.acceptPeerHelper)
 		}
 		if err != nil {
 			if tr != nil {
@@ -349,6 +369,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 			return fmt.Errorf("sync: %w", err)
 		}
 	}
+	if d.node != nil {
+		d.node.SetDigestInterval(d.cfg.Sync.DigestInterval.Duration)
+	}
+	d.metrics = newMetrics(d)
 	close(d.ready)
 	d.log.Info("ctsyncd started", "version", d.version, "node", d.cfg.Node.Name,
 		"socket", d.cfg.Control.Socket, "event_buffer", l.ReadBuffer())
@@ -380,8 +404,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.cfg.Sync.MinAge.Duration > 0 && !d.cfg.Sync.Disabled {
 		g.Go(func() error { return d.promoteAged(ctx) })
 	}
-	if d.cfg.Failover.ReadyFile != "" {
-		g.Go(func() error { return d.readiness(ctx) })
+	g.Go(func() error { return d.readiness(ctx) })
+	g.Go(func() error { return d.watchdog(ctx) })
+	if d.metricsSrv != nil {
+		g.Go(func() error { return d.serveMetrics(ctx, d.metricsSrv) })
+		d.log.Info("metrics listener", "url", d.metricsSrv.URL()+"/metrics")
 	}
 	if d.node != nil {
 		g.Go(func() error {
@@ -393,6 +420,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		})
 	}
 	err = g.Wait()
+	d.notify.stopping()
 	d.ctl.Close()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -403,6 +431,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 // Event implements kernel.Handler; it runs on the listener goroutine.
 func (d *Daemon) Event(ev *kernel.Event) {
+	d.ops.inEvent.Store(1)
+	defer d.ops.inEvent.Store(0)
 	if ev.PortID != 0 && slices.Contains(*d.ownPorts.Load(), ev.PortID) {
 		d.evOwn.Add(1)
 		return
@@ -460,7 +490,10 @@ func (d *Daemon) reconciler(ctx context.Context) error {
 		tick = t.C
 	}
 	reason := "start"
+	beat := time.NewTicker(reconBeatEvery)
+	defer beat.Stop()
 	for {
+		d.ops.reconBeat.Store(time.Now().UnixNano())
 		if _, err := d.reconcile(ctx, reason); err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -473,13 +506,26 @@ func (d *Daemon) reconciler(ctx context.Context) error {
 			}
 			continue
 		}
+		var ok bool
+		if reason, ok = d.waitResync(ctx, beat.C, tick); !ok {
+			return nil
+		}
+	}
+}
+
+// waitResync waits in the reconciler for the next reason to reconcile,
+// beating every reconBeatEvery to show the loop is alive.
+func (d *Daemon) waitResync(ctx context.Context, beat, tick <-chan time.Time) (string, bool) {
+	for {
 		select {
 		case <-ctx.Done():
-			return nil
+			return "", false
 		case <-d.resyncCh:
-			reason = "overrun or request"
+			return "overrun or request", true
 		case <-tick:
-			reason = "periodic"
+			return "periodic", true
+		case <-beat:
+			d.ops.reconBeat.Store(time.Now().UnixNano())
 		}
 	}
 }
@@ -508,6 +554,7 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 	}
 	rep.Result = r.Finish()
 	d.lastRec.Store(rep)
+	d.ops.dumped.Store(true)
 	if err := d.reconcileExpects(ctx, reason); err != nil {
 		return rep, err
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/ctsyncd/ctsyncd/failover"
 	"github.com/ctsyncd/ctsyncd/flow"
 	"github.com/ctsyncd/ctsyncd/kernel"
+	"github.com/ctsyncd/ctsyncd/status"
 )
 
 // Root-free tests of the daemon's own logic through its Kernel interface
@@ -334,7 +335,7 @@ func TestDaemonControlDispatch(t *testing.T) {
 	if rep.Flows != 2 || rep.Reason != "ctsyncctl resync" {
 		t.Errorf("resync: %+v", rep)
 	}
-	var st Status
+	var st status.Status
 	r.ctlJSON(t, &st, "status")
 	if st.Node != "fw-test" || st.Version != "test" {
 		t.Errorf("status: %+v", st)

@@ -22,11 +22,27 @@ import (
 // reconcile; the node replicates it; commit writes the peers' expectations
 // after their masters; purge caps their timeouts.
 
-// acceptHelper reports whether expectations of helper are replicated and
-// accepted (sync.expectation_helpers).
+// acceptHelper reports whether this node replicates the expectations of
+// helper: those sync.expectation_helpers names (all when empty), but for
+// the helpers filter.ignore_helpers keeps from replication.
 func (d *Daemon) acceptHelper(helper string) bool {
+	if slices.Contains(d.cfg.Filter.IgnoreHelpers, helper) {
+		return false
+	}
 	h := d.cfg.Sync.ExpectationHelpers
 	return len(h) == 0 || slices.Contains(h, helper)
+}
+
+// acceptPeerHelper reports whether this node accepts peers' expectations
+// of helper: those sync.expectation_helpers names, or when it names none,
+// those of the helpers [peer_policy] lets peers' flows carry (an
+// expectation is of no use without its master, which needs its helper).
+// The receive policy allows the helpers of both lists on flows.
+func (d *Daemon) acceptPeerHelper(helper string) bool {
+	if h := d.cfg.Sync.ExpectationHelpers; len(h) > 0 {
+		return slices.Contains(h, helper)
+	}
+	return slices.Contains(d.cfg.PeerPolicy.Helpers, helper)
 }
 
 // ExpectEvent implements kernel.ExpectHandler; it runs on the listener

@@ -67,6 +67,8 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 	}
 	if rep != nil {
 		d.lastCommit.Store(rep)
+		d.lastCommitEnd.Store(time.Now().UnixNano())
+		d.metrics.observeCommit(rep)
 		d.log.Info("commit done", "flows", rep.Flows, "created", rep.Created, "updated", rep.Updated,
 			"replaced", rep.Replaced, "failed", rep.Failed, "seconds", rep.Seconds,
 			"first_chunk_seconds", rep.FirstChunkSeconds)
@@ -109,68 +111,6 @@ func (d *Daemon) flushKernel(ctx context.Context) error {
 	}
 	d.log.Warn("kernel conntrack table flushed by ctsyncctl")
 	return nil
-}
-
-// readiness keeps failover.ready_file current for keepalived's track_file:
-// not ready until every peer that is up has sent this node its table in
-// bulk, or until no peer showed up within two peer timeouts (a lone node
-// has nothing to wait for). The file only lowers priority; it never forces
-// FAULT, so a lone survivor still takes over.
-func (d *Daemon) readiness(ctx context.Context) error {
-	path := d.cfg.Failover.ReadyFile
-	requireSame := d.cfg.Failover.RequireSameRuleset && d.rulesetEnabled()
-	synced := d.node == nil
-	ready := synced && !requireSame
-	if err := failover.WriteReady(path, ready); err != nil {
-		return fmt.Errorf("failover.ready_file: %w", err)
-	}
-	if ready {
-		return nil
-	}
-	start := time.Now()
-	grace := 2 * d.cfg.Sync.PeerTimeout.Duration
-	t := time.NewTicker(100 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-		}
-		if !synced {
-			up, n := 0, 0
-			for _, p := range d.node.Stats() {
-				if p.Up {
-					up++
-					if p.BulksReceived > 0 {
-						n++
-					}
-				}
-			}
-			if (up > 0 && n == up) || (up == 0 && time.Since(start) > grace) {
-				synced = true
-				d.log.Info("initial sync complete", "peers_synced", n)
-			}
-		}
-		same, why := true, ""
-		if requireSame {
-			same, why = d.rulesetSame()
-		}
-		if want := synced && same; want != ready {
-			ready = want
-			if err := failover.WriteReady(path, ready); err != nil {
-				return fmt.Errorf("failover.ready_file: %w", err)
-			}
-			if ready {
-				d.log.Info("ready for keepalived", "file", path)
-			} else {
-				d.log.Warn("not ready for keepalived (failover.require_same_ruleset)", "why", why, "file", path)
-			}
-		}
-		if synced && !requireSame {
-			return nil
-		}
-	}
 }
 
 // CommitPosition is one line of `dump commit`: a flow's key and its place

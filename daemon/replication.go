@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -108,7 +109,10 @@ func (c currentFilter) Match(f *flow.Flow) bool { return c.d.filter.Load().Match
 func (d *Daemon) newPolicy(c config.PeerPolicy) (*peerpolicy.Policy, error) {
 	var opt peerpolicy.Options
 	opt.Filter = currentFilter{d}
-	opt.Helpers = c.Helpers
+	// The helpers of sync.expectation_helpers may ride on peers' flows too:
+	// an expectation is of no use without its master and the master's
+	// helper.
+	opt.Helpers = slices.Concat(c.Helpers, d.cfg.Sync.ExpectationHelpers)
 	for _, m := range []struct {
 		key        string
 		val        string
@@ -129,41 +133,6 @@ func (d *Daemon) newPolicy(c config.PeerPolicy) (*peerpolicy.Policy, error) {
 	opt.TimeoutFactor = uint32(c.TimeoutFactor)
 	opt.KeepFixedTimeout = c.KeepFixedTimeout
 	return peerpolicy.New(opt)
-}
-
-// SyncStatus is the replication part of `ctsyncctl status`.
-type SyncStatus struct {
-	ctsync.NodeStatus
-	Transport     string `json:"transport"`
-	ExternalFlows int    `json:"external_flows"`
-	Peers         int    `json:"peers"`
-	PeersUp       int    `json:"peers_up"`
-	// Links is the state of each sync link when there are several.
-	Links []ctsync.LinkStatus `json:"links,omitempty"`
-	// PeerInfo is each peer's version and capabilities (NODE_INFO); a peer
-	// missing here runs a version older than NODE_INFO, or was not heard
-	// from yet.
-	PeerInfo map[string]ctsync.NodeInfo `json:"peer_info,omitempty"`
-}
-
-func (d *Daemon) syncStatus() *SyncStatus {
-	if d.node == nil {
-		return nil
-	}
-	s := &SyncStatus{NodeStatus: d.node.Status(), Transport: d.cfg.Sync.Transport, ExternalFlows: d.external.Len()}
-	if d.links != nil {
-		s.Links = d.links.Status()
-	}
-	if pi := d.node.PeerInfo(); len(pi) > 0 {
-		s.PeerInfo = pi
-	}
-	for _, p := range d.node.Stats() {
-		s.Peers++
-		if p.Up {
-			s.PeersUp++
-		}
-	}
-	return s
 }
 
 // externalView is one line of `dump external`.

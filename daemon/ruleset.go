@@ -22,7 +22,7 @@ import (
 // it also keeps the node unready.
 
 // capabilities this version announces in NODE_INFO.
-var capabilities = []string{"expect", "node-info", "ruleset"}
+var capabilities = []string{"expect", "node-info", "ruleset", "digest"}
 
 // rulesetGuard is the guard's state, shared by its loop and status.
 type rulesetGuard struct {

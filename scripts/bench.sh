@@ -33,7 +33,7 @@
 #   CPUPROFILE  non-empty: ctsyncd --cpuprofile beside its log (-cpuprofile)
 #   DAEMONS  which daemons, in turn (-daemons, "ctsyncd conntrackd
 #            conntrackd_rr")
-# On a shared machine run it under a lock: flock /tmp/ctsyncd-heavy.lock ...
+# On a shared machine run it under a lock that the other heavy jobs take too (flock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

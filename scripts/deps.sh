@@ -2,7 +2,7 @@
 # Installs the Debian packages ctsyncd's tests and demo need, when missing.
 # Run as root on Debian (bookworm or later).
 set -euo pipefail
-pkgs=(nftables conntrack iproute2 iputils-ping iputils-arping socat keepalived conntrackd procps kmod tcpdump)
+pkgs=(nftables conntrack iproute2 iputils-ping iputils-arping socat keepalived conntrackd procps kmod prometheus systemd tcpdump)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -15,7 +15,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   # keepalived and conntrackd are used as programs by the tests, not as
-  # services: their packages must not start them. Without systemd, a
+  # services (prometheus only for its promtool; systemd for
+  # systemd-analyze): their packages must not start them. Without systemd, a
   # policy-rc.d that denies starts (Debian's standard way) does that; it is
   # removed again, and one that already exists is left alone.
   policy=""
@@ -27,7 +28,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   [ -n "$policy" ] && rm -f /usr/sbin/policy-rc.d
   # With systemd, the units the packages just enabled are stopped. Nothing
   # that ran before this script is touched.
-  for s in keepalived conntrackd; do
+  for s in keepalived conntrackd prometheus; do
     case " ${missing[*]} " in *" $s "*) systemctl disable --now "$s" >/dev/null 2>&1 || true ;; esac
   done
 fi

@@ -5,15 +5,21 @@
 # fresh network namespaces); cluster tests (test/cluster, several
 # namespaces, -p 1); short fuzz runs. With CI=true a skipped kernel or
 # cluster test, or a tier that ran no test, fails the run.
+# On a shared machine, TEST_LOCK=/path runs each package of the kernel and
+# cluster tiers under flock(1) on that file, between other heavy work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CI="${CI:-true}"   # run as CI does unless told otherwise
 export GOFLAGS="${GOFLAGS:-} -mod=readonly"
 log=$(mktemp -d)
-trap 'rm -rf "$log"' EXIT
+# KEEP_LOGS=1 keeps every tier's full go test output (printed at the end).
+if [ -n "${KEEP_LOGS:-}" ]; then trap 'echo "tier logs kept in $log"' EXIT; else trap 'rm -rf "$log"' EXIT; fi
 
 scripts/deps.sh
 
+# took NAME START: prints how long a step took (CI keeps an eye on the budget).
+took() { echo "== $1 took $((SECONDS - $2))s (at $(date -u +%H:%M:%S) UTC)"; }
+start=$SECONDS
 echo "== static checks"
 # go.mod and go.sum say exactly what the code imports.
 GOFLAGS= go mod tidy -diff || { echo "go.mod/go.sum not tidy: run go mod tidy" >&2; exit 1; }
@@ -34,6 +40,21 @@ if [ ! -x "$STATICCHECK" ]; then
 fi
 "$STATICCHECK" -tags kernel,cluster,large ./...
 go build -o /dev/null ./cmd/...
+# Man pages are generated from --help and the config struct.
+go run ./internal/mangen -check
+# Alert rules: syntax and their unit tests (promtool: Debian's prometheus).
+promtool check rules configs/ctsyncd-alerts.yml
+(cd configs && promtool test rules ctsyncd-alerts-test.yml)
+# The systemd unit, with ExecStart pointed at a freshly built binary.
+if command -v systemd-analyze >/dev/null; then
+  unit=$(mktemp -d)
+  go build -o "$unit/ctsyncd" ./cmd/ctsyncd
+  sed "s#/usr/sbin/ctsyncd#$unit/ctsyncd#" configs/ctsyncd.service >"$unit/ctsyncd.service"
+  systemd-analyze verify "$unit/ctsyncd.service"
+  rm -rf "$unit"
+elif [ "$CI" = true ]; then
+  echo "systemd-analyze missing: cannot verify configs/ctsyncd.service" >&2; exit 1
+fi
 # Small firewalls run 32-bit ARM and 386; arm64 too. Everything must build
 # and vet there (the kernel tier runs as 386 below).
 for arch in 386 arm arm64; do
@@ -71,6 +92,7 @@ check_test_tags() {
   return $bad
 }
 check_test_tags
+took "static checks" "$start"
 
 # list_tests TAGS: prints "package test" for every test, fuzz target and
 # example that go test builds with TAGS ("" for none).
@@ -121,8 +143,8 @@ unit() {
 # report a result. GOARCH in the environment applies to listing and runs.
 tagged() {
   local name=$1 tags=$2 base=$3; shift 3
-  list_tests "$tags" >"$log/$name.with"
-  list_tests "$base" >"$log/$name.without"
+  list_tests "$tags" >"$log/$name.with" || return 1
+  list_tests "$base" >"$log/$name.without" || return 1
   comm -23 "$log/$name.with" "$log/$name.without" >"$log/$name.list"
   echo "== $name tier (-tags $tags): $(wc -l <"$log/$name.list") tests; go test $*"
   : >"$log/$name.out"
@@ -130,7 +152,7 @@ tagged() {
   for pkg in $(cut -d' ' -f1 "$log/$name.list" | uniq); do
     local re
     re=$(awk -v p="$pkg" '$1 == p { printf "%s%s", sep, $2; sep = "|" }' "$log/$name.list")
-    go test -v -tags "$tags" "$@" -run "^(${re})\$" "$pkg" >>"$log/$name.out" 2>&1 || rc=$?
+    ${TEST_LOCK:+flock "$TEST_LOCK"} go test -v -tags "$tags" "$@" -run "^(${re})\$" "$pkg" >>"$log/$name.out" 2>&1 || rc=$?
   done
   local missing
   missing=$(while read -r pkg t; do grep -qE "^--- (PASS|FAIL|SKIP): ${t} " "$log/$name.out" || echo "$pkg $t"; done <"$log/$name.list")
@@ -151,8 +173,14 @@ tier_unit_386() { GOARCH=386 unit unit-386 -count=1; }
 tier_kernel_386() { GOARCH=386 tagged kernel-386 kernel "" -count=1 -timeout 20m; }
 tier_cluster_large() { tagged cluster-large cluster,large cluster -count=1 -p 1 -timeout 20m; }
 
-for t in ${TIERS:-unit unit_386 kernel kernel_386 kernel_large cluster cluster_large}; do "tier_$t"; done
+# A failed tier does not stop the run: every tier runs, so one CI run shows
+# every failure; the run fails at the end.
+failed=""
+for t in ${TIERS:-unit unit_386 kernel kernel_386 kernel_large cluster cluster_large}; do
+  start=$SECONDS; "tier_$t" || failed="$failed $t"; took "$t tier" "$start"
+done
 
+start=$SECONDS
 echo "== fuzz (short runs of every target)"
 for pkg in $(go list ./...); do
   for fz in $(go test -list '^Fuzz' "$pkg" 2>/dev/null | grep '^Fuzz' || true); do
@@ -161,4 +189,6 @@ for pkg in $(go list ./...); do
   done
 done
 
+took fuzz "$start"
+if [ -n "$failed" ]; then echo "FAILED tiers:$failed" >&2; exit 1; fi
 echo "total: $TOTAL_PASS passed, 0 failed, $TOTAL_SKIP skipped"

@@ -140,6 +140,8 @@ func (n *Node) dispatch(pr *peer, m *message, size int64, now time.Time) {
 		n.requestedBulk(now)
 	case MsgHello:
 		// Known already; nothing to do.
+	case MsgDigest, MsgDigestRequest, MsgRepair, MsgRepairEnd:
+		n.handleDigest(pr, m, now)
 	case MsgNodeInfo:
 		n.receiveInfo(pr, m, now)
 	default:

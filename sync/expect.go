@@ -5,11 +5,11 @@ package sync
 //
 // EXPECT is a stream message like DATA: sequenced, acknowledged, repaired
 // by NACK (a resend carries the expectations' current state) and part of
-// bulk transfers, between BULK_BEGIN and BULK_END. From EXPECT on, every
-// message type is a stream message whose body begins with its sequence
-// number as a uvarint: a receiver that does not know a type from there on
-// takes its sequence number and ignores the rest, so that a newer peer's
-// additions neither break the stream nor stall it (see decodeBody).
+// bulk transfers, between BULK_BEGIN and BULK_END. It is sent with
+// flagStreamExt (wire.go): its body begins with its sequence number as a
+// uvarint, so that a receiver that does not know the type takes the
+// sequence number and ignores the rest, and the stream neither breaks nor
+// stalls.
 
 import (
 	"encoding/binary"
@@ -221,13 +221,13 @@ func decodeUnknownStream(b []byte, m *message) error {
 
 // SetExpectations makes the node replicate the expectations of c (it
 // becomes the single reader of c's change feed) and apply those peers
-// replicate to the external cache. accept, when not nil, tells which
-// helpers' expectations are sent and accepted (sync.expectation_helpers).
-// Call it before Run.
-func (n *Node) SetExpectations(c *cache.InternalExpect, accept func(helper string) bool) {
+// replicate to the external cache. send and accept, when not nil, tell
+// which helpers' expectations are sent and which are accepted from peers
+// (nil: all). Call it before Run.
+func (n *Node) SetExpectations(c *cache.InternalExpect, send, accept func(helper string) bool) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.iexp, n.acceptExpect = c, accept
+	n.iexp, n.sendExpect, n.acceptExpect = c, send, accept
 }
 
 func (n *Node) expectChanged() <-chan struct{} {
@@ -235,6 +235,10 @@ func (n *Node) expectChanged() <-chan struct{} {
 		return nil
 	}
 	return n.iexp.Changed()
+}
+
+func (n *Node) sends(helper string) bool {
+	return n.sendExpect == nil || n.sendExpect(helper)
 }
 
 func (n *Node) accepts(helper string) bool {
@@ -265,7 +269,7 @@ func (n *Node) sendExpectChanges() {
 func (n *Node) filterExpects(chs []cache.ExpectChange) []cache.ExpectChange {
 	out := chs[:0]
 	for _, ch := range chs {
-		if ch.Deleted || n.accepts(ch.Expect.Helper) {
+		if ch.Deleted || n.sends(ch.Expect.Helper) {
 			out = append(out, ch)
 		}
 	}
@@ -322,7 +326,7 @@ func (n *Node) bulkExpects() int {
 	}
 	var chs []cache.ExpectChange
 	for _, k := range n.iexp.Keys() {
-		if ch := n.iexp.Current(k); !ch.Deleted && n.accepts(ch.Expect.Helper) {
+		if ch := n.iexp.Current(k); !ch.Deleted && n.sends(ch.Expect.Helper) {
 			chs = append(chs, ch)
 		}
 	}

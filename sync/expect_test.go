@@ -98,7 +98,7 @@ func TestNodeReplicatesExpectations(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		n.SetExpectations(ie, accept)
+		n.SetExpectations(ie, nil, accept)
 		go n.Run(ctx)
 		return n, ie, ext
 	}

@@ -234,10 +234,11 @@ type Node struct {
 	external *cache.External
 	tr       Transport
 
-	// iexp and acceptExpect are set by SetExpectations before Run.
-	iexp         *cache.InternalExpect
-	acceptExpect func(helper string) bool
-	now          func() time.Time
+	// iexp, sendExpect and acceptExpect are set by SetExpectations
+	// before Run.
+	iexp                     *cache.InternalExpect
+	sendExpect, acceptExpect func(helper string) bool
+	now                      func() time.Time
 
 	bulkReq   chan struct{} // Bulk() asks; capacity 1
 	resyncReq chan struct{} // RequestResync() asks; capacity 1
@@ -257,9 +258,10 @@ type Node struct {
 	lastBegin    uint64 // sequence number of the last BULK_BEGIN sent
 	scratch      []byte
 	out          []byte
-	lastTwinWarn time.Time // a datagram from another node with our name was logged
-	info         *NodeInfo // what this node announces (NODE_INFO); nil: nothing yet
-	lastInfo     time.Time // when NODE_INFO was last sent
+	lastTwinWarn time.Time   // a datagram from another node with our name was logged
+	info         *NodeInfo   // what this node announces (NODE_INFO); nil: nothing yet
+	lastInfo     time.Time   // when NODE_INFO was last sent
+	dg           digestState // drift detection (digest.go)
 
 	derive       bucket              // key derivations for epochs not accepted
 	hsGlobal     bucket              // CHALLENGEs and RESPONSEs sent
@@ -379,6 +381,8 @@ func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
 	expChanged := n.expectChanged() // nil without expectations: never ready
 	n.mu.Unlock()
+	digestC, stopDigests := n.digestTicker() // nil when off: never ready
+	defer stopDigests()
 	for {
 		select {
 		case <-ctx.Done():
@@ -422,10 +426,15 @@ func (n *Node) Run(ctx context.Context) error {
 		case <-bulkC:
 			n.mu.Lock()
 			n.bulkStep()
+			n.repairStep()
+			n.mu.Unlock()
+		case <-digestC:
+			n.mu.Lock()
+			n.sendDigest()
 			n.mu.Unlock()
 		}
 		n.mu.Lock()
-		active := n.bulk != nil
+		active := n.bulk != nil || n.repairing()
 		n.mu.Unlock()
 		switch {
 		case active && bulkTick == nil:

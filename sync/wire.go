@@ -129,6 +129,7 @@ var msgTypeNames = [...]string{
 	MsgData: "DATA", MsgAck: "ACK", MsgNack: "NACK", MsgHeartbeat: "HEARTBEAT",
 	MsgBulkBegin: "BULK_BEGIN", MsgBulkEnd: "BULK_END", MsgResyncRequest: "RESYNC_REQUEST",
 	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE", MsgExpect: "EXPECT",
+	MsgDigest: "DIGEST", MsgDigestRequest: "DIGEST_REQUEST", MsgRepair: "REPAIR", MsgRepairEnd: "REPAIR_END",
 	MsgNodeInfo: "NODE_INFO",
 }
 
@@ -161,7 +162,8 @@ type header struct {
 // name it in the header.
 func addressed(t MsgType) bool {
 	switch t {
-	case MsgAck, MsgNack, MsgResyncRequest, MsgChallenge, MsgResponse:
+	case MsgAck, MsgNack, MsgResyncRequest, MsgChallenge, MsgResponse,
+		MsgDigestRequest, MsgRepair, MsgRepairEnd:
 		return true
 	}
 	return false
@@ -248,7 +250,8 @@ type message struct {
 	Name    string
 	Nonce   []byte
 	Expects []cache.ExpectChange
-	Info    *NodeInfo // NODE_INFO (nodeinfo.go)
+	Digest  *DigestPart // the digest types (digest.go)
+	Info    *NodeInfo   // NODE_INFO (nodeinfo.go)
 	// infoBudget bounds an encoded NODE_INFO body (the sender's MTU less
 	// the header and the seal); 0: maxInfoBody.
 	infoBudget int
@@ -256,6 +259,9 @@ type message struct {
 
 // appendBody appends the encoded body of m to b.
 func appendBody(b []byte, m *message) []byte {
+	if isDigestType(m.Type) {
+		return appendDigestBody(b, m)
+	}
 	if m.Type == MsgData {
 		b = binary.AppendUvarint(b, m.Seq)
 		b = binary.AppendUvarint(b, uint64(len(m.Changes)))
@@ -326,6 +332,8 @@ func decodeBody(t MsgType, b []byte) (*message, error) {
 		err = decodeControl(b, m)
 	case MsgExpect:
 		err = decodeExpectBody(b, m)
+	case MsgDigest, MsgDigestRequest, MsgRepair, MsgRepairEnd:
+		err = decodeDigestBody(b, m)
 	case MsgNodeInfo:
 		err = decodeNodeInfo(b, m)
 	default:

@@ -66,8 +66,19 @@ type ctsyncd struct{ b *bench }
 
 func (c *ctsyncd) start(s *step, ns *netnstest.NS, name, self, peer, dir string, _ int) *proc {
 	s.Helper()
+	return c.b.startCtsyncd(s, ns, name, "udp", self, fmt.Sprintf("%q", peer+":3780"), dir)
+}
+
+// startCtsyncd runs ctsyncd in ns over transport with the given peers (a
+// TOML list's inside), its files in dir, and waits until it answers.
+func (b *bench) startCtsyncd(s *step, ns *netnstest.NS, name, transport, self, peers, dir string) *proc {
+	s.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		s.Fatal(err)
+	}
+	group := ""
+	if transport == "multicast" {
+		group = "group = \"225.0.0.50:3780\"\n"
 	}
 	conf := fmt.Sprintf(`[node]
 name = %q
@@ -79,29 +90,30 @@ socket = %q
 event_buffer = "64MiB"
 
 [sync]
-transport = "udp"
+transport = %q
 interface = "sync0"
 listen = "%s:3780"
-peers = ["%s:3780"]
-key_file = %q
+peers = [%s]
+%skey_file = %q
 
 [failover]
 commit_timeout = %q
 
 [log]
 level = "warn"
-`, name, filepath.Join(dir, "ctsyncd.sock"), self, peer, c.b.keyFile, c.b.commitTimeout)
+`, name, filepath.Join(dir, "ctsyncd.sock"), transport, self, peers, group, b.keyFile, b.commitTimeout)
 	path := filepath.Join(dir, "ctsyncd.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		s.Fatal(err)
 	}
-	args := []string{filepath.Join(c.b.bin, "ctsyncd"), "--config", path}
-	if c.b.cpuProfile {
+	args := []string{filepath.Join(b.bin, "ctsyncd"), "--config", path}
+	if b.cpuProfile {
 		args = append(args, "--cpuprofile", filepath.Join(dir, "cpu.pprof"))
 	}
 	log := filepath.Join(dir, "ctsyncd.log")
 	p := startIn(s, ns, "", log, args...)
 	p.name = "ctsyncd " + name
+	c := &ctsyncd{b: b}
 	waitReady(s, p, log, func() bool { _, err := c.status(dir, "status"); return err == nil })
 	return p
 }

@@ -106,6 +106,8 @@ func run(args []string, log io.Writer) error {
 	takeoverOnly := fs.Bool("takeover-only", false, "only the takeover runs")
 	fs.IntVar(&b.bg, "bg", 200000, "takeover: idle background flows")
 	fs.IntVar(&b.bgRate, "bg-rate", 50000, "takeover: flows/s at which the background flows are created (a pace both daemons replicate without loss, so that the takeover measures the commit)")
+	clusterSizes := fs.String("cluster-sizes", "", "also replicate in clusters of these sizes, e.g. \"2 3 5\" (every node creates N/size flows; ctsyncd only)")
+	clusterTransports := fs.String("cluster-transports", "gossip multicast", "transports of the cluster runs")
 	tkDaemons := fs.String("tk-daemons", "ctsyncd conntrackd none", "takeover daemons (none: no daemon, the control whose stream must break)")
 	fs.StringVar(&b.bin, "bin", "", "directory holding ctsyncd, ctsyncctl, ctgen and streamgap (required)")
 	fs.StringVar(&b.out, "out", "", "results directory (default bench/results/<UTC time>-n<N>)")
@@ -200,6 +202,23 @@ func run(args []string, log io.Writer) error {
 			for _, d := range b.daemons {
 				heading("stepped rate: %s, %d flows at %d flows/s (load %.2f)", d, b.n, rate, loadavg())
 				b.pairRun(d, "s"+strconv.Itoa(rate), rate)
+			}
+		}
+	}
+	if !*takeoverOnly {
+		for _, tr := range words(*clusterTransports) {
+			for _, ks := range words(*clusterSizes) {
+				k, err := strconv.Atoi(ks)
+				if err != nil || k < 2 || k > 200 {
+					return fmt.Errorf("-cluster-sizes: %q is not a size from 2 to 200", ks)
+				}
+				if tr != "gossip" && tr != "multicast" && tr != "udp" {
+					return fmt.Errorf("-cluster-transports: %q is not gossip, multicast or udp", tr)
+				}
+				for r := b.run0 + 1; r <= b.run0+b.runs; r++ {
+					heading("cluster run %d/%d: %d nodes over %s, %d flows (load %.2f)", r, b.runs, k, tr, b.n, loadavg())
+					b.clusterRun(tr, k, strconv.Itoa(r))
+				}
 			}
 		}
 	}

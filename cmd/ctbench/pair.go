@@ -219,10 +219,19 @@ func (b *bench) keepLogs(from, to string) {
 }
 
 // ceilingRun: ctgen creating N flows into a fresh namespace with only
-// `conntrack -E` listening, on the given number of sockets.
+// `conntrack -E` listening, on the given number of sockets, while another
+// namespace holds N flows, as fwA does during a commit into fwB: the
+// kernel's conntrack hash table is shared by all namespaces, and its
+// buckets do not grow with nf_conntrack_max, so a table holding N more
+// entries has longer chains to search on every create.
 func (b *bench) ceilingRun(sockets int, run string) {
 	lab := fmt.Sprintf("kernel-%dsock", sockets)
 	err := runStep(lab+" run "+run, b.work, b.log, func(s *step) {
+		F := netnstest.New(s)
+		F.Nft(s, natRuleset)
+		if line, err := b.ctgen(F, b.n, 0, 0, 2); err != nil {
+			s.Fatalf("fill the other namespace: %v: %s", err, line)
+		}
 		K := netnstest.New(s)
 		K.Nft(s, natRuleset)
 		l := startIn(s, K, "", "", "conntrack", "-E")

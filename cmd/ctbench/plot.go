@@ -154,6 +154,9 @@ func plotScaling(dir string, sets []string) error {
 	line := func(name, daemon, metric string, scale float64) series {
 		s := series{name: name}
 		for _, v := range sums {
+			if _, pairs := v.Results["ctsyncd"]; !pairs {
+				continue // a set of cluster runs only
+			}
 			if st, ok := v.Results[daemon][metric]; ok {
 				s.x = append(s.x, float64(v.N))
 				s.y = append(s.y, st.Median*scale)
@@ -183,6 +186,54 @@ func plotScaling(dir string, sets []string) error {
 			line("ctsyncd sender", "ctsyncd", "rss_sender_mib", 1), line("ctsyncd receiver", "ctsyncd", "rss_receiver_mib", 1),
 			line("conntrackd sender", "conntrackd", "rss_sender_mib", 1), line("conntrackd receiver", "conntrackd", "rss_receiver_mib", 1),
 			line("conntrackd RR sender", "conntrackd_rr", "rss_sender_mib", 1), line("conntrackd RR receiver", "conntrackd_rr", "rss_receiver_mib", 1))},
+	}
+	// Clusters: per-node CPU and bytes per change over the number of nodes,
+	// one line per transport, from the last set that has cluster runs.
+	for _, v := range sums {
+		byTr := map[string][2]series{}
+		var trs []string
+		for d, m := range v.Results {
+			var tr string
+			var k int
+			if _, err := fmt.Sscanf(strings.ReplaceAll(d, "-", " "), "cluster %s %d", &tr, &k); err != nil {
+				continue
+			}
+			if !slices.Contains(trs, tr) {
+				trs = append(trs, tr)
+			}
+			p := byTr[tr]
+			if st, ok := m["cpu_node_s_per_100k"]; ok {
+				p[0].x, p[0].y = append(p[0].x, float64(k)), append(p[0].y, st.Median)
+			}
+			if st, ok := m["wire_bytes_per_change"]; ok {
+				p[1].x, p[1].y = append(p[1].x, float64(k)), append(p[1].y, st.Median)
+			}
+			byTr[tr] = p
+		}
+		if len(trs) == 0 {
+			continue
+		}
+		slices.Sort(trs)
+		cpu := chart{title: fmt.Sprintf("Cluster: CPU per node per 100k changes (%s flows)", fmtTick(float64(v.N))), xlabel: "nodes", ylabel: "CPU s / 100k changes"}
+		wire := chart{title: fmt.Sprintf("Cluster: bytes on the wire per change (%s flows)", fmtTick(float64(v.N))), xlabel: "nodes", ylabel: "bytes / change"}
+		for _, tr := range trs {
+			for i, c := range []*chart{&cpu, &wire} {
+				sr := byTr[tr][i]
+				sr.name = tr
+				ord := make([]int, len(sr.x))
+				for j := range ord {
+					ord[j] = j
+				}
+				slices.SortFunc(ord, func(a, b int) int { return int(sr.x[a] - sr.x[b]) })
+				var xs, ys []float64
+				for _, j := range ord {
+					xs, ys = append(xs, sr.x[j]), append(ys, sr.y[j])
+				}
+				sr.x, sr.y = xs, ys
+				c.series = append(c.series, sr)
+			}
+		}
+		charts["cluster-cpu.svg"], charts["cluster-bytes.svg"] = cpu, wire
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err

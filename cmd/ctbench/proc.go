@@ -147,9 +147,15 @@ func loadavg() float64 {
 
 // linkBytes is rx+tx bytes of ifc in ns.
 func linkBytes(ns *netnstest.NS, ifc string) float64 {
+	rx, tx := linkRxTx(ns, ifc)
+	return rx + tx
+}
+
+// linkRxTx is the rx and tx bytes of ifc in ns.
+func linkRxTx(ns *netnstest.NS, ifc string) (rx, tx float64) {
 	out, err := exec.Command("ip", "-n", ns.Name, "-s", "-j", "link", "show", ifc).Output()
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	var v []struct {
 		Stats64 struct {
@@ -158,9 +164,9 @@ func linkBytes(ns *netnstest.NS, ifc string) float64 {
 		} `json:"stats64"`
 	}
 	if json.Unmarshal(out, &v) != nil || len(v) == 0 {
-		return 0
+		return 0, 0
 	}
-	return v[0].Stats64.RX.Bytes + v[0].Stats64.TX.Bytes
+	return v[0].Stats64.RX.Bytes, v[0].Stats64.TX.Bytes
 }
 
 // ktable is the number of entries in ns's conntrack table.

@@ -242,6 +242,7 @@ func table(n int, daemons []string, vals map[key][]float64, summ map[string]map[
 		}
 		l = append(l, pacedCPU(steps, daemons, vals)...)
 	}
+	l = append(l, clusterTable(vals)...)
 	if tk != nil {
 		l = append(l, "", fmt.Sprintf("Takeover: live TCP stream, %s idle background flows; stall = largest gap at the server", thousands(float64(bg))),
 			"(median [min..max]); none = no daemon (control: the stream must break)", "",
@@ -317,6 +318,53 @@ func pacedCPU(steps []int, daemons []string, vals map[key][]float64) []string {
 			ratio = fmt.Sprintf(" %.2f / %.2f |", as/bs, ar/br)
 		}
 		l = append(l, row+ratio)
+	}
+	return l
+}
+
+// clusterTable is the table of the cluster runs: per transport and size,
+// convergence, time, CPU per node and bytes on the wire per change.
+func clusterTable(vals map[key][]float64) []string {
+	type ck struct {
+		tr string
+		k  int
+	}
+	var cs []ck
+	for k := range vals {
+		var c ck
+		if _, err := fmt.Sscanf(strings.ReplaceAll(k.daemon, "-", " "), "cluster %s %d", &c.tr, &c.k); err == nil && !slices.Contains(cs, c) {
+			cs = append(cs, c)
+		}
+	}
+	if len(cs) == 0 {
+		return nil
+	}
+	slices.SortFunc(cs, func(a, b ck) int {
+		if a.tr != b.tr {
+			return strings.Compare(a.tr, b.tr)
+		}
+		return a.k - b.k
+	})
+	f := func(v []float64, format string) string {
+		if len(v) == 0 {
+			return "—"
+		}
+		return fmt.Sprintf(format+" ["+format+".."+format+"]", median(v), slices.Min(v), slices.Max(v))
+	}
+	l := []string{"", "Clusters: every node creates N/size flows at once; converged = every node's external cache holds the",
+		"others' flows; per change = per flow created somewhere; bytes = what all nodes sent (median [min..max])", "",
+		"| transport | nodes | converged (of runs) | time (s) | CPU s / 100k changes, per node | wire bytes / change | RSS per node (MiB) |",
+		"| --- | --- | --- | --- | --- | --- | --- |"}
+	for _, c := range cs {
+		d := fmt.Sprintf("cluster-%s-%d", c.tr, c.k)
+		conv := vals[key{d, "converged"}]
+		sum := 0.0
+		for _, v := range conv {
+			sum += v
+		}
+		l = append(l, fmt.Sprintf("| %s | %d | %.0f/%d | %s | %s | %s | %s |", c.tr, c.k, sum, len(conv),
+			f(vals[key{d, "replicate_s"}], "%.3g"), f(vals[key{d, "cpu_node_s_per_100k"}], "%.3g"),
+			f(vals[key{d, "wire_bytes_per_change"}], "%.1f"), f(vals[key{d, "rss_node_mib"}], "%.1f")))
 	}
 	return l
 }

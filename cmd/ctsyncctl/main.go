@@ -18,7 +18,11 @@ Drives a running ctsyncd over its control socket. Exit status 0 on success;
 otherwise 1 with a one-line reason on stderr (2 for a usage error).
 
 Commands:
-  status                  node, version, uptime, cache sizes
+  status                  the node at a glance: role, readiness, each peer
+                          (alive, last seen, lag, flows at risk), cache
+                          sizes, last resync, commit and drift repair,
+                          warnings (--json: the documented, stable form,
+                          docs/status.md)
   stats                   event, cache and reconcile counters
   dump internal           this node's flows, one a line like 'conntrack -L'
                           (--json: one JSON object a line)

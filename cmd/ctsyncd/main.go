@@ -44,6 +44,11 @@ with ctsyncctl over a UNIX socket (control.socket in the config).
 Memory: the Go garbage collector runs at GOGC=50 unless the GOGC
 environment variable says otherwise; "ctsyncctl stats" shows the heap.
 
+Under systemd (Type=notify) it sends READY=1 once the initial dump is done
+and every live peer's table arrived, STATUS= lines, and WATCHDOG=1 while its
+loops are alive when the unit sets WatchdogSec. With [metrics] listen set it
+serves Prometheus metrics on /metrics, /healthz and /readyz.
+
 Signals: SIGTERM or SIGINT stop it cleanly (control socket removed);
 SIGHUP re-reads the config and applies what can change without losing
 state (log level and format excepted: log level only; filters), reporting

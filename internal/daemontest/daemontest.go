@@ -62,22 +62,35 @@ type Proc struct {
 	logs   *bytes.Buffer
 	done   chan error
 	ctl    string
+	env    []string
 }
 
 // Start writes cfg (TOML; the [node] and [control] tables are added) and
 // starts ctsyncd in ns, waiting until it answers on its control socket.
 func Start(t testing.TB, ns *netnstest.NS, name, cfg string) *Proc {
 	t.Helper()
+	return StartEnv(t, ns, name, cfg, nil)
+}
+
+// StartEnv is Start with extra environment variables ("KEY=value") for the
+// daemon, e.g. systemd's NOTIFY_SOCKET.
+func StartEnv(t testing.TB, ns *netnstest.NS, name, cfg string, env []string) *Proc {
+	t.Helper()
 	d, c := Binaries(t)
-	return StartWith(t, ns, name, cfg, d, c)
+	return startWith(t, ns, name, cfg, d, c, env)
 }
 
 // StartWith is Start with other binaries (an earlier version, BuildAt).
 func StartWith(t testing.TB, ns *netnstest.NS, name, cfg, d, c string) *Proc {
 	t.Helper()
+	return startWith(t, ns, name, cfg, d, c, nil)
+}
+
+func startWith(t testing.TB, ns *netnstest.NS, name, cfg, d, c string, env []string) *Proc {
+	t.Helper()
 	dir := t.TempDir()
 	p := &Proc{t: t, NS: ns, Name: name, Dir: dir, Socket: filepath.Join(dir, "ctsyncd.sock"),
-		Config: filepath.Join(dir, "ctsyncd.toml"), ctl: c}
+		Config: filepath.Join(dir, "ctsyncd.toml"), ctl: c, env: env}
 	text := fmt.Sprintf("[node]\nname = %q\n\n[control]\nsocket = %q\n\n%s", name, p.Socket, cfg)
 	if err := os.WriteFile(p.Config, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
@@ -91,6 +104,9 @@ func (p *Proc) start(bin string) {
 	p.t.Helper()
 	p.bin = bin
 	p.cmd = p.NS.Cmd(bin, "--config", p.Config, "--log-level", "debug")
+	if len(p.env) > 0 {
+		p.cmd.Env = append(os.Environ(), p.env...)
+	}
 	p.logs = &bytes.Buffer{}
 	p.cmd.Stderr = &lockedWriter{w: p.logs}
 	if err := p.cmd.Start(); err != nil {

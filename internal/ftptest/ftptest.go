@@ -157,6 +157,8 @@ func (s *Server) session(c net.Conn) {
 			reply("230 logged in")
 		case "TYPE":
 			reply("200 type set")
+		case "NOOP":
+			reply("200 ok")
 		case "PASV":
 			if pasv != nil {
 				pasv.Close()
@@ -278,6 +280,14 @@ func NewClient(c net.Conn) (*Client, error) {
 	return cl, nil
 }
 
+// LocalPort is the control connection's local port.
+func (cl *Client) LocalPort() uint16 {
+	if a, ok := cl.c.LocalAddr().(*net.TCPAddr); ok {
+		return uint16(a.Port)
+	}
+	return 0
+}
+
 // SetDeadline bounds the control connection's reads and writes.
 func (cl *Client) SetDeadline(t time.Time) error { return cl.c.SetDeadline(t) }
 
@@ -312,6 +322,13 @@ func (cl *Client) expect(want int) (string, error) {
 		return line, fmt.Errorf("ftp reply %q, want %d", line, want)
 	}
 	return line, nil
+}
+
+// Noop sends NOOP and reads its reply: when it returns, everything sent on
+// the control connection before it has been acknowledged both ways.
+func (cl *Client) Noop() error {
+	_, err := cl.Cmd(200, "NOOP")
+	return err
 }
 
 // Pasv sends PASV and returns the data address the server announced.

@@ -90,6 +90,9 @@ type Options struct {
 	// NoKeepalived leaves keepalived stopped; start it with
 	// StartKeepalived.
 	NoKeepalived bool
+	// Ruleset, when set, is loaded on the firewalls instead of
+	// Ruleset(SNAT) (e.g. HelperRuleset).
+	Ruleset string
 }
 
 // Topology is an HA pair between a client and a server.
@@ -194,7 +197,11 @@ func New(t testing.TB, opts Options) *Topology {
 			"net.ipv6.conf.all.forwarding=1",
 			"net.netfilter.nf_conntrack_tcp_loose=0",
 			"net.netfilter.nf_conntrack_events=1")
-		fw.NS.Nft(t, Ruleset(opts.SNAT))
+		rs := Ruleset(opts.SNAT)
+		if opts.Ruleset != "" {
+			rs = opts.Ruleset
+		}
+		fw.NS.Nft(t, rs)
 	}
 	for _, fw := range tp.Firewalls() {
 		if opts.Setup != nil {
