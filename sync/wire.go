@@ -103,14 +103,11 @@ const (
 	MsgResponse      MsgType = 10 // the answer to a challenge
 	MsgExpect        MsgType = 11 // a batch of expectation changes, sequenced (expect.go)
 	MsgDataNow       MsgType = 12 // DATA sent ahead of the batch (first-packet defer, urgent.go): acknowledge at once
-	// 13..16: see below. MsgNodeInfo (17) is in nodeinfo.go.
-	msgTypeEnd = MsgNodeInfo + 1 // one past the last known type; move it when appending
-
-	// Numbers taken by work landing next, so that branches do not collide:
-	// 13..16 DIGEST, DIGEST_REQUEST,
-	// REPAIR, REPAIR_END (drift detection), 17 NODE_INFO (version,
-	// capabilities, ruleset digest). A stream type from EXPECT on sets
+	// 13..16 DIGEST, DIGEST_REQUEST, REPAIR, REPAIR_END (drift detection)
+	// are in digest.go; 17 NODE_INFO (version, capabilities, ruleset
+	// digest) in nodeinfo.go. A stream type from EXPECT on sets
 	// flagStreamExt (see streamExt); other new types must not.
+	msgTypeEnd = MsgNodeInfo + 1 // one past the last known type; move it when appending
 
 	// firstStreamExt is the first type that may carry flagStreamExt.
 	firstStreamExt = MsgExpect
