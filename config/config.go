@@ -44,6 +44,7 @@ type Config struct {
 	// PeerPolicy is what a peer may put into this node's kernel.
 	PeerPolicy PeerPolicy `toml:"peer_policy"`
 	Failover   Failover   `toml:"failover"`
+	Defer      Defer      `toml:"defer"`
 	Metrics    Metrics    `toml:"metrics"`
 	Log        Log        `toml:"log"`
 	API        API        `toml:"api"`
@@ -114,8 +115,10 @@ type Sync struct {
 	KeyFile string `toml:"key_file"`
 	// Insecure runs without authentication. Default false.
 	Insecure bool `toml:"insecure"`
-	// Inject writes received flows straight into this node's kernel
-	// instead of keeping them for a commit. Default false.
+	// Inject writes received flows, their updates and their removals
+	// straight into this node's kernel as they arrive, not only at a
+	// commit (active-active, and takeover without a commit; see
+	// docs/active-active.md). Default false.
 	Inject bool `toml:"inject"`
 	// Disabled turns replication off (a single node, tests); Listen,
 	// Peers and KeyFile are then not required. Default false.
@@ -282,6 +285,24 @@ type Failover struct {
 	RulesetIgnoreTables []string `toml:"ruleset_ignore_tables"`
 }
 
+// Defer holds the first packet of each new flow (sent to an NFQUEUE by
+// the operator's ruleset) until every live peer has acknowledged the flow,
+// for two firewalls that both forward (docs/active-active.md).
+type Defer struct {
+	// Enabled turns first-packet defer on. It needs sync.inject = true
+	// (on every node). Default false.
+	Enabled bool `toml:"enabled"`
+	// Queue is the NFQUEUE number the ruleset sends packets to
+	// (--queue-num). Default 0, 0..65535.
+	Queue int `toml:"queue"`
+	// Timeout is how long a packet is held at most; it is released
+	// (accepted, never dropped) then. Default 20ms, 1ms..1s.
+	Timeout Duration `toml:"defer_timeout"`
+	// MaxPending is how many packets may be held at once; beyond it new
+	// ones are released at once. Default 4096, 1..1048576.
+	MaxPending int `toml:"max_pending"`
+}
+
 // Log configures the log/slog handler on stderr.
 type Log struct {
 	// Level is debug, info, warn or error. Default info.
@@ -323,6 +344,8 @@ const (
 	defaultPurgeTimeout      = "60s"
 	defaultCommitTimeout     = "120s"
 	defaultMinTimeout        = "30s"
+	defaultDeferTimeout      = "20ms"
+	defaultDeferMaxPending   = 4096
 	defaultMaxBufferBytes    = 16 << 20
 	defaultMaxPeers          = 64
 	defaultMaxFlowsPerOrigin = 2 << 20
@@ -397,6 +420,10 @@ func Default() *Config {
 
 			RulesetInterval:     mustDuration("30s"),
 			RulesetIgnoreTables: []string{},
+		},
+		Defer: Defer{
+			Timeout:    mustDuration(defaultDeferTimeout),
+			MaxPending: defaultDeferMaxPending,
 		},
 		Log: Log{Level: defaultLogLevel, Format: defaultLogFormat, FlowsFormat: "extended"},
 	}

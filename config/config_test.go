@@ -214,6 +214,10 @@ func TestDefaults(t *testing.T) {
 		{"failover.commit_timeout", c.Failover.CommitTimeout.Duration, 120 * time.Second},
 		{"failover.min_timeout", c.Failover.MinTimeout.Duration, 30 * time.Second},
 		{"failover.ready_file", c.Failover.ReadyFile, ""},
+		{"defer.enabled", c.Defer.Enabled, false},
+		{"defer.queue", c.Defer.Queue, 0},
+		{"defer.defer_timeout", c.Defer.Timeout.Duration, 20 * time.Millisecond},
+		{"defer.max_pending", c.Defer.MaxPending, 4096},
 		{"log.level", c.Log.Level, "info"},
 		{"log.format", c.Log.Format, "text"},
 	}
@@ -345,6 +349,13 @@ func TestErrors(t *testing.T) {
 		{"unknown-dotted-top", "failover.purge = \"1s\"\n" + base, 1, "failover.purge", "unknown key; [failover] has purge_timeout"},
 		{"unknown-quoted", base + "\"key file\" = \"x\"\n", 5, `sync."key file"`, "unknown key"},
 		{"unknown-inline-table", base + "\n[node]\n\n\ncontrol = 1\n", 9, "node.control", "unknown key"},
+
+		// [defer]
+		{"defer-needs-inject", base + "[defer]\nenabled = true\n", 6, "defer.enabled", "needs sync.inject = true"},
+		{"defer-queue-range", base + "inject = true\n[defer]\nenabled = true\nqueue = 70000\n", 8, "defer.queue", "out of range 0..65535"},
+		{"defer-timeout-short", base + "inject = true\n[defer]\nenabled = true\ndefer_timeout = \"100us\"\n", 8, "defer.defer_timeout", "too short"},
+		{"defer-timeout-long", base + "[defer]\ndefer_timeout = \"2s\"\n", 6, "defer.defer_timeout", "too long"},
+		{"defer-max-pending", base + "[defer]\nmax_pending = 0\n", 6, "defer.max_pending", "out of range"},
 		{"unknown-in-inline", "node = { name = \"a\", nick = \"b\" }\n" + base, 1, "node.nick", "unknown key"},
 		{"unknown-after-multiline", base + "# peers = [\"x\"]\ninterface = \"\"\"\nsync0\nbogus = 1\n\"\"\"\nbogus = 2\n", 10, "sync.bogus", "unknown key"},
 		{"unknown-after-array", "[sync]\npeers = [\n  \"10.200.0.2:3780\", # a comment ]\n  \"10.200.0.3:3780\",\n]\nbogus = 2\n", 6, "sync.bogus", "unknown key"},
@@ -517,7 +528,7 @@ f.toml:9: log.level: "verbose" is not one of debug, info, warn, error`
 	// but not the keys below an unknown table.
 	_, err = Parse("f.toml", []byte("[sync]\nbogus = 1\n[extra]\na = 1\nb = 2\n[log]\nlevl = \"x\"\n"))
 	want = "f.toml:2: sync.bogus: unknown key; [sync] has transport, interface, listen, peers, group, key_file, insecure, inject, disabled, mtu, resend_queue, ack_interval, heartbeat_interval, peer_timeout, min_age, link, expectations, expectation_helpers, max_buffer_bytes, max_peers, max_flows_per_origin, resend_rate, digest_interval\n" +
-		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [peer_policy], [failover], [metrics], [log], [api]\n" +
+		"f.toml:3: extra: unknown table; the tables are [node], [control], [kernel], [sync], [filter], [peer_policy], [failover], [defer], [metrics], [log], [api]\n" +
 		"f.toml:7: log.levl: unknown key; did you mean level?"
 	if err == nil || err.Error() != want {
 		t.Fatalf("got\n%v\nwant\n%s", err, want)

@@ -168,6 +168,19 @@ func (c *Config) validate(md *toml.MetaData, loc *locator) error {
 		}
 	}
 
+	// [defer]
+	if d := c.Defer; d.Enabled || v.inFile("defer") {
+		v.intRange("defer.queue", d.Queue, 0, 65535)
+		v.durRange("defer.defer_timeout", d.Timeout, time.Millisecond, time.Second)
+		v.intRange("defer.max_pending", d.MaxPending, 1, 1<<20)
+		switch {
+		case d.Enabled && c.Sync.Disabled:
+			v.add("defer.enabled", "needs replication: sync.disabled is true")
+		case d.Enabled && !c.Sync.Inject:
+			v.add("defer.enabled", "needs sync.inject = true: a peer that only caches a deferred flow cannot forward its reply")
+		}
+	}
+
 	// [metrics]
 	if l := c.Metrics.Listen; l != "" {
 		if _, err := parseAddrPort(l); err != nil {

@@ -513,7 +513,10 @@ func TestKernelExpect(t *testing.T) {
 			if ev.Type != kernel.EventNew || ev.Expect.Master != master.Orig {
 				t.Fatalf("first expectation event %v %s", ev.Type, ev.Expect.String())
 			}
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(time.Second):
+			// The watch was not subscribed yet when the expectation was
+			// made. (A wait that is too short here made the ftp helper's
+			// one-expectation-per-master limit evict the first under load.)
 			continue
 		}
 		break

@@ -202,6 +202,8 @@ type Stats struct {
 	LastReconcile *reconcileReport            `json:"last_reconcile,omitempty"`
 	External      *cache.ExternalStats        `json:"external,omitempty"`
 	Peers         map[string]ctsync.PeerStats `json:"peers,omitempty"`
+	Inject        *InjectStats                `json:"inject,omitempty"`
+	Defer         *DeferStats                 `json:"defer,omitempty"`
 	Expectations  *ExpectStats                `json:"expectations,omitempty"`
 	Runtime       RuntimeStats                `json:"runtime"`
 }
@@ -241,6 +243,12 @@ func (d *Daemon) stats() Stats {
 		es := d.external.Stats()
 		s.External = &es
 		s.Peers = d.node.Stats()
+	}
+	if d.inject != nil {
+		s.Inject = d.inject.stats()
+	}
+	if d.deferrer != nil {
+		s.Defer = d.deferrer.stats()
 	}
 	return s
 }

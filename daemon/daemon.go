@@ -97,6 +97,9 @@ type Daemon struct {
 	ctOnce sync.Once
 	ctErr  error
 
+	inject   *injector // nil unless sync.inject (daemon/inject.go)
+	deferrer *deferrer // nil unless defer.enabled (daemon/defer.go)
+
 	lastOverrunLog time.Time // listener goroutine only
 
 	// counters of the event path, written by the listener goroutine only
@@ -150,9 +153,6 @@ func New(opts Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.policy.p.Store(pol)
-	if cfg.Sync.Inject {
-		return nil, fmt.Errorf("sync.inject: writing received flows straight into the kernel is not supported yet; commit on failover instead")
-	}
 	if d.key, err = loadKey(cfg.Sync); err != nil {
 		return nil, err
 	}
@@ -282,7 +282,7 @@ func (d *Daemon) Reload(path string) {
 	for name, pair := range map[string][2]any{
 		"node": {cfg.Node, d.cfg.Node}, "control": {cfg.Control, d.cfg.Control},
 		"kernel": {cfg.Kernel, d.cfg.Kernel}, "sync": {cfg.Sync, d.cfg.Sync},
-		"failover": {cfg.Failover, d.cfg.Failover}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
+		"failover": {cfg.Failover, d.cfg.Failover}, "defer": {cfg.Defer, d.cfg.Defer}, "log.format": {cfg.Log.Format, d.cfg.Log.Format},
 		"log.flows": {[2]string{cfg.Log.Flows, cfg.Log.FlowsFormat}, [2]string{d.cfg.Log.Flows, d.cfg.Log.FlowsFormat}},
 		"api":       {cfg.API, d.cfg.API},
 	} {
@@ -359,6 +359,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 	ports := w.PortIDs()
 	d.ownPorts.Store(&ports)
 	l.IgnorePorts(ports)
+	if d.cfg.Sync.Inject && !d.cfg.Sync.Disabled {
+		iw, err := d.openInjector()
+		if err != nil {
+			l.Close()
+			d.ctl.Close()
+			return err
+		}
+		defer iw.Close()
+	}
 	var tr ctsync.Transport
 	if !d.cfg.Sync.Disabled {
 		d.external = cache.NewExternal()
@@ -381,6 +390,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.node.SetDigestInterval(d.cfg.Sync.DigestInterval.Duration)
 	}
 	d.metrics = newMetrics(d)
+	var queue *kernel.Queue
+	if d.cfg.Defer.Enabled && d.node != nil {
+		if queue, err = d.openDefer(); err != nil {
+			tr.Close()
+			l.Close()
+			d.ctl.Close()
+			return err
+		}
+	}
 	close(d.ready)
 	d.log.Info("ctsyncd started", "version", d.version, "node", d.cfg.Node.Name,
 		"socket", d.cfg.Control.Socket, "event_buffer", l.ReadBuffer())
@@ -417,6 +435,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.metricsSrv != nil {
 		g.Go(func() error { return d.serveMetrics(ctx, d.metricsSrv) })
 		d.log.Info("metrics listener", "url", d.metricsSrv.URL()+"/metrics")
+	}
+	if d.inject != nil {
+		g.Go(func() error { return d.inject.run(ctx) })
+	}
+	if queue != nil {
+		g.Go(func() error { return d.runDefer(ctx, queue) })
 	}
 	if d.node != nil {
 		g.Go(func() error {
@@ -546,8 +570,9 @@ func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport
 	r := d.internal.BeginReconcile()
 	n := 0
 	flt := d.filter.Load()
+	skip := d.injectedOnly()
 	err := d.kern.Dump(ctx, kernel.DumpOptions{NetNS: d.netns}, func(f *flow.Flow) {
-		if flt.Match(f) {
+		if flt.Match(f) && (skip == nil || !skip(f.Key)) {
 			r.Add(f)
 			n++
 		}

@@ -40,12 +40,20 @@ func (d *Daemon) BecomeBackup(ctx context.Context) error {
 	if d.node != nil {
 		d.node.RequestResync()
 	}
+	if d.inject != nil {
+		d.log.Info("inject mode: no purge on becoming backup; the kernel keeps the peers' flows (ctsyncctl purge still caps timeouts)")
+		return nil
+	}
 	_, err := d.purge(ctx)
 	return err
 }
 
-// Fault purges the flows this node no longer owns.
+// Fault purges the flows this node no longer owns (not in inject mode,
+// where the kernel holds every node's flows all the time).
 func (d *Daemon) Fault(ctx context.Context) error {
+	if d.inject != nil {
+		return nil
+	}
 	_, err := d.purge(ctx)
 	return err
 }
@@ -57,6 +65,17 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 	}
 	d.kernelMu.Lock()
 	defer d.kernelMu.Unlock()
+	if d.inject != nil {
+		// The flows are in the kernel already; expectations are still
+		// replicated to the external cache only, and committed now.
+		rep := d.adopt()
+		err := d.commitExpects(ctx, rep)
+		d.lastCommit.Store(rep)
+		if err != nil {
+			return rep, fmt.Errorf("commit: %w", err)
+		}
+		return rep, nil
+	}
 	rep, err := failover.Commit(ctx, d.external, d.writer, failover.CommitOptions{
 		Timeout: d.cfg.Failover.CommitTimeout.Duration,
 		Admit:   d.policy.Admit,

@@ -128,6 +128,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 		dIntExpects, dExtExpects, dExpEvents, dLinkUp, dLinkBytes, dLinkErrors} {
 		ch <- d
 	}
+	for _, d := range aaDescs {
+		ch <- d
+	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -177,6 +180,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			gauge(dExtExpects, float64(d.external.ExpectLen()))
 		}
 	}
+	d.collectActiveActive(ch)
 	if d.node == nil {
 		return
 	}

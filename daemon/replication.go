@@ -95,6 +95,7 @@ func (d *Daemon) newNode(tr ctsync.Transport) (*ctsync.Node, error) {
 		ResendRate:        int(c.ResendRate),
 		Policy:            d.policy,
 		Logger:            d.log.With("part", "sync"),
+		Applied:           d.injectHook(),
 	}, d.internal, d.external, tr)
 }
 

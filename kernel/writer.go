@@ -35,6 +35,11 @@ type WriterOptions struct {
 	// MinTimeout is the floor, in seconds, of the timeouts Commit writes.
 	// Default 30.
 	MinTimeout uint32
+	// KeepNewerTCP makes Commit leave an existing TCP entry alone (Kept)
+	// when the flow's state is behind the entry's in the TCP state machine
+	// (tcpBehind): inject mode, where a peer's older report of a flow must
+	// not undo what this kernel has seen since.
+	KeepNewerTCP bool
 }
 
 // Defaults of WriterOptions.
@@ -55,6 +60,7 @@ const (
 	Replaced               // an existing entry with another reply tuple/NAT was deleted and created anew
 	Deleted                // the entry was deleted
 	Failed                 // nothing was written; Result.Err says why
+	Kept                   // an existing entry ahead of the flow was left alone (KeepNewerTCP)
 )
 
 func (o Op) String() string {
@@ -69,6 +75,8 @@ func (o Op) String() string {
 		return "deleted"
 	case Failed:
 		return "failed"
+	case Kept:
+		return "kept"
 	}
 	return "unknown"
 }
@@ -291,6 +299,10 @@ func (w *Writer) Commit(ctx context.Context, flows []flow.Flow, age []time.Durat
 	for k, i := range exists {
 		switch {
 		case codes[k] == 0 && found[k]:
+			if w.opts.KeepNewerTCP && tcpBehind(&flows[i], &cur[k]) {
+				res[i].Op = Kept
+				continue
+			}
 			if sameNAT(&flows[i], &cur[k]) {
 				upd = append(upd, i)
 				// SEEN_REPLY and ASSURED can only be set, never cleared.

@@ -2,7 +2,7 @@
 # Installs the Debian packages ctsyncd's tests and demo need, when missing.
 # Run as root on Debian (bookworm or later).
 set -euo pipefail
-pkgs=(nftables conntrack iproute2 iputils-ping iputils-arping socat keepalived conntrackd procps kmod prometheus systemd tcpdump chromium)
+pkgs=(nftables conntrack iproute2 iputils-ping iputils-arping socat keepalived conntrackd procps kmod prometheus systemd tcpdump chromium iptables)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

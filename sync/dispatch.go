@@ -119,7 +119,7 @@ func (n *Node) handle(p Packet) {
 // checked against the replay window.
 func (n *Node) dispatch(pr *peer, m *message, size int64, now time.Time) {
 	switch m.Type {
-	case MsgData, MsgBulkBegin, MsgBulkEnd, MsgExpect:
+	case MsgData, MsgDataNow, MsgBulkBegin, MsgBulkEnd, MsgExpect:
 		n.receiveSeq(pr, m, size, now)
 	case MsgHeartbeat:
 		if m.Seq > pr.rx.maxSeen {
@@ -130,6 +130,7 @@ func (n *Node) dispatch(pr *peer, m *message, size int64, now time.Time) {
 		if m.Seq < n.nextSeq && (!pr.ackKnown || m.Seq > pr.acked) {
 			pr.acked, pr.ackKnown = m.Seq, true
 			n.trimQueue(now)
+			n.releaseWaiters(now)
 		}
 	case MsgNack:
 		pr.stats.NacksIn++

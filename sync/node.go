@@ -71,6 +71,13 @@ type Options struct {
 	// Policy, when set, decides which of a peer's flows enter the external
 	// cache (and may sanitize them); nil admits every flow.
 	Policy Policy
+	// Applied, if set, is called with the changes of each DATA or
+	// DATA_NOW message from origin that the policy admitted and the
+	// external cache took (inject mode writes them into the kernel). It
+	// runs on the node's goroutine with the node locked: it must not call
+	// the Node. urgent is set for DATA_NOW, which is acknowledged as soon
+	// as Applied returns.
+	Applied func(origin string, chs []cache.Change, urgent bool)
 }
 
 // Policy decides what a peer may put into the external cache (and from
@@ -255,7 +262,8 @@ type Node struct {
 	keys         map[[2]uint64]cipher.AEAD // keys of epochs not accepted yet
 	challenges   map[[2]uint64]*challenge  // by (node id, epoch)
 	bulk         *bulkState
-	lastBegin    uint64 // sequence number of the last BULK_BEGIN sent
+	lastBegin    uint64      // sequence number of the last BULK_BEGIN sent
+	waiters      []nowWaiter // SendNow calls waiting for acknowledgements, in sequence order (urgent.go)
 	scratch      []byte
 	out          []byte
 	lastTwinWarn time.Time   // a datagram from another node with our name was logged

@@ -50,6 +50,7 @@ type rxState struct {
 	lastProgress time.Time
 	resyncWanted bool // waiting for a bulk after accepting the epoch
 	lastResync   time.Time
+	ackNow       bool // a DATA_NOW was applied: acknowledge at once
 }
 
 func (n *Node) requestResync(pr *peer, now time.Time) {
@@ -97,7 +98,8 @@ func (n *Node) receiveSeq(pr *peer, m *message, size int64, now time.Time) {
 	if rx.maxSeen >= rx.next && rx.maxSeen > rx.nackedTo {
 		n.sendNewNack(pr, now) // a new gap: ask at once
 	}
-	if rx.sinceAck >= ackEvery {
+	if rx.sinceAck >= ackEvery || rx.ackNow {
+		rx.ackNow = false
 		n.sendAck(pr)
 	}
 }
@@ -136,7 +138,8 @@ func (n *Node) deliver(pr *peer, now time.Time) {
 
 func (n *Node) apply(pr *peer, m *message, now time.Time) {
 	switch m.Type {
-	case MsgData:
+	case MsgData, MsgDataNow:
+		var admitted []cache.Change // for Options.Applied: what the policy and the cache took
 		for i := range m.Changes {
 			ch := &m.Changes[i]
 			if !ch.Deleted && n.opt.Policy != nil && !n.opt.Policy.Admit(pr.name, &ch.Flow) {
@@ -151,6 +154,15 @@ func (n *Node) apply(pr *peer, m *message, now time.Time) {
 				continue
 			}
 			pr.stats.FlowsIn++
+			if n.opt.Applied != nil {
+				admitted = append(admitted, *ch)
+			}
+		}
+		if len(admitted) > 0 {
+			n.opt.Applied(pr.name, admitted, m.Type == MsgDataNow)
+		}
+		if m.Type == MsgDataNow {
+			pr.rx.ackNow = true
 		}
 	case MsgBulkBegin:
 		pr.stats.BulksReceived++
@@ -262,6 +274,7 @@ func (n *Node) ackTick() {
 	if n.bulkPending {
 		n.requestedBulk(now)
 	}
+	n.releaseWaiters(now) // peers may have gone down
 }
 
 // buffered is a stream message received ahead of its turn.

@@ -5,6 +5,7 @@ package sync
 import (
 	"time"
 
+	"github.com/ctsyncd/ctsyncd/cache"
 	"github.com/ctsyncd/ctsyncd/flow"
 )
 
@@ -15,6 +16,7 @@ type queued struct {
 	keys  []flow.Key       // DATA: the flows it carried
 	ekeys []flow.ExpectKey // EXPECT: the expectations it carried
 	bulk  uint64           // BULK_BEGIN/END: the bulk id
+	chs   []cache.Change   // DATA_NOW: the changes, resent as they were (the flows may not be in the internal cache yet)
 	sent  time.Time
 
 	resentTo uint64 // the peer it was last resent to, and when

@@ -121,6 +121,9 @@ func (n *Node) resend(pr *peer, e *queued) int {
 	if e.typ == MsgExpect {
 		return n.resendExpect(pr, e)
 	}
+	if e.typ == MsgDataNow {
+		return n.sendTo(pr, &message{Type: MsgDataNow, Seq: e.seq, Changes: e.chs})
+	}
 	if e.typ != MsgData {
 		return n.sendTo(pr, &message{Type: e.typ, Seq: e.seq, Bulk: e.bulk})
 	}

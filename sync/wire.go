@@ -102,14 +102,12 @@ const (
 	MsgChallenge     MsgType = 9  // prove you hold the key and live in your epoch
 	MsgResponse      MsgType = 10 // the answer to a challenge
 	MsgExpect        MsgType = 11 // a batch of expectation changes, sequenced (expect.go)
-	// 12..16: see below. MsgNodeInfo (17) is in nodeinfo.go.
-	msgTypeEnd = MsgNodeInfo + 1 // one past the last known type; move it when appending
-
-	// Numbers taken by work landing next, so that branches do not collide:
-	// 12 DATA_NOW (first-packet defer), 13..16 DIGEST, DIGEST_REQUEST,
-	// REPAIR, REPAIR_END (drift detection), 17 NODE_INFO (version,
-	// capabilities, ruleset digest). A stream type from EXPECT on sets
+	MsgDataNow       MsgType = 12 // DATA sent ahead of the batch (first-packet defer, urgent.go): acknowledge at once
+	// 13..16 DIGEST, DIGEST_REQUEST, REPAIR, REPAIR_END (drift detection)
+	// are in digest.go; 17 NODE_INFO (version, capabilities, ruleset
+	// digest) in nodeinfo.go. A stream type from EXPECT on sets
 	// flagStreamExt (see streamExt); other new types must not.
+	msgTypeEnd = MsgNodeInfo + 1 // one past the last known type; move it when appending
 
 	// firstStreamExt is the first type that may carry flagStreamExt.
 	firstStreamExt = MsgExpect
@@ -123,14 +121,14 @@ func known(t MsgType) bool {
 
 // streamExt reports whether messages of type t are stream messages sent
 // with flagStreamExt.
-func streamExt(t MsgType) bool { return t == MsgExpect }
+func streamExt(t MsgType) bool { return t == MsgExpect || t == MsgDataNow }
 
 var msgTypeNames = [...]string{
 	MsgData: "DATA", MsgAck: "ACK", MsgNack: "NACK", MsgHeartbeat: "HEARTBEAT",
 	MsgBulkBegin: "BULK_BEGIN", MsgBulkEnd: "BULK_END", MsgResyncRequest: "RESYNC_REQUEST",
 	MsgHello: "HELLO", MsgChallenge: "CHALLENGE", MsgResponse: "RESPONSE", MsgExpect: "EXPECT",
 	MsgDigest: "DIGEST", MsgDigestRequest: "DIGEST_REQUEST", MsgRepair: "REPAIR", MsgRepairEnd: "REPAIR_END",
-	MsgNodeInfo: "NODE_INFO",
+	MsgNodeInfo: "NODE_INFO", MsgDataNow: "DATA_NOW",
 }
 
 func (t MsgType) String() string {
@@ -262,7 +260,7 @@ func appendBody(b []byte, m *message) []byte {
 	if isDigestType(m.Type) {
 		return appendDigestBody(b, m)
 	}
-	if m.Type == MsgData {
+	if m.Type == MsgData || m.Type == MsgDataNow {
 		b = binary.AppendUvarint(b, m.Seq)
 		b = binary.AppendUvarint(b, uint64(len(m.Changes)))
 		for i := range m.Changes {
@@ -325,7 +323,7 @@ func decodeBody(t MsgType, b []byte) (*message, error) {
 	m := &message{Type: t}
 	var err error
 	switch t {
-	case MsgData:
+	case MsgData, MsgDataNow:
 		err = decodeData(b, m)
 	case MsgAck, MsgNack, MsgHeartbeat, MsgBulkBegin, MsgBulkEnd, MsgResyncRequest,
 		MsgHello, MsgChallenge, MsgResponse:

@@ -45,7 +45,7 @@ func (b *bench) clusterRun(transport string, k int, run string) {
 					peers = append(peers, fmt.Sprintf("%q", addrs[j]+":3780"))
 				}
 			}
-			procs[i] = b.startCtsyncd(s, nss[i], fmt.Sprintf("fw-%d", i), transport, addrs[i], strings.Join(peers, ", "), filepath.Join(dir, fmt.Sprintf("n%d", i)))
+			procs[i] = b.startCtsyncd(s, nss[i], fmt.Sprintf("fw-%d", i), transport, addrs[i], strings.Join(peers, ", "), filepath.Join(dir, fmt.Sprintf("n%d", i)), "")
 		}
 		defer func() {
 			for i, p := range procs {

@@ -34,6 +34,8 @@ func daemonByName(b *bench, name string) (daemon, error) {
 	switch name {
 	case "ctsyncd":
 		return &ctsyncd{b: b}, nil
+	case "ctsyncd_inject":
+		return &ctsyncd{b: b, inject: true}, nil
 	case "conntrackd":
 		return &conntrackd{}, nil
 	case "conntrackd_rr":
@@ -41,7 +43,7 @@ func daemonByName(b *bench, name string) (daemon, error) {
 	case "none":
 		return none{}, nil
 	}
-	return nil, fmt.Errorf("unknown daemon %q (ctsyncd, conntrackd, conntrackd_rr, none)", name)
+	return nil, fmt.Errorf("unknown daemon %q (ctsyncd, ctsyncd_inject, conntrackd, conntrackd_rr, none)", name)
 }
 
 // waitReady polls ready every 100 ms for 30 s while p runs.
@@ -62,16 +64,26 @@ func waitReady(s *step, p *proc, log string, ready func() bool) {
 
 // --- ctsyncd ---
 
-type ctsyncd struct{ b *bench }
+// ctsyncd is ctsyncd; inject runs it with sync.inject (the peer's flows
+// written into the kernel as they arrive; a takeover then runs no commit).
+type ctsyncd struct {
+	b      *bench
+	inject bool
+}
 
 func (c *ctsyncd) start(s *step, ns *netnstest.NS, name, self, peer, dir string, _ int) *proc {
 	s.Helper()
-	return c.b.startCtsyncd(s, ns, name, "udp", self, fmt.Sprintf("%q", peer+":3780"), dir)
+	extra := ""
+	if c.inject {
+		extra = "inject = true\n"
+	}
+	return c.b.startCtsyncd(s, ns, name, "udp", self, fmt.Sprintf("%q", peer+":3780"), dir, extra)
 }
 
 // startCtsyncd runs ctsyncd in ns over transport with the given peers (a
-// TOML list's inside), its files in dir, and waits until it answers.
-func (b *bench) startCtsyncd(s *step, ns *netnstest.NS, name, transport, self, peers, dir string) *proc {
+// TOML list's inside), its files in dir, syncExtra as more [sync] lines,
+// and waits until it answers.
+func (b *bench) startCtsyncd(s *step, ns *netnstest.NS, name, transport, self, peers, dir, syncExtra string) *proc {
 	s.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		s.Fatal(err)
@@ -95,13 +107,13 @@ interface = "sync0"
 listen = "%s:3780"
 peers = [%s]
 %skey_file = %q
-
+%s
 [failover]
 commit_timeout = %q
 
 [log]
 level = "warn"
-`, name, filepath.Join(dir, "ctsyncd.sock"), transport, self, peers, group, b.keyFile, b.commitTimeout)
+`, name, filepath.Join(dir, "ctsyncd.sock"), transport, self, peers, group, b.keyFile, syncExtra, b.commitTimeout)
 	path := filepath.Join(dir, "ctsyncd.toml")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		s.Fatal(err)
@@ -151,6 +163,12 @@ func (c *ctsyncd) internal(dir string) (int, error) {
 
 func (c *ctsyncd) external(dir string) (int, error) {
 	v, err := c.status(dir, "status")
+	if c.inject && err == nil {
+		// Received is not yet in the kernel while the injector has work.
+		if st, err := c.status(dir, "stats"); err != nil || num(st, "inject.pending") > 0 {
+			return 0, err
+		}
+	}
 	return int(num(v, "sync.external_flows")), err
 }
 
@@ -165,6 +183,10 @@ func (c *ctsyncd) commit(_ *netnstest.NS, dir string) error {
 		return err
 	}
 	defer f.Close()
+	if c.inject {
+		fmt.Fprintln(f, "inject mode: no commit")
+		return nil
+	}
 	if err := control.Do(filepath.Join(dir, "ctsyncd.sock"), control.Request{Command: "commit"}, f); err != nil {
 		fmt.Fprintln(f, err)
 		return err

@@ -75,7 +75,7 @@ func (b *bench) takeoverRun(name, run string) {
 			}
 		}
 		rec("external_before", "%d", v)
-		if name == "ctsyncd" {
+		if strings.HasPrefix(name, "ctsyncd") {
 			time.Sleep(time.Second)
 			// What the periodic reconcile does: the stream's activity (an
 			// established flow's packets raise no events) reaches fwB.
@@ -84,7 +84,7 @@ func (b *bench) takeoverRun(name, run string) {
 			}
 		}
 		time.Sleep(2 * time.Second)
-		if name == "ctsyncd" {
+		if strings.HasPrefix(name, "ctsyncd") {
 			rec("stream_rank", "%s", streamRank(db))
 		}
 		// fwA dies on the data plane; fwB takes the VIPs, then commits.
