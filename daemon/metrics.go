@@ -131,6 +131,9 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range aaDescs {
 		ch <- d
 	}
+	for _, d := range policyDescs {
+		ch <- d
+	}
 }
 
 func (c *collector) Collect(ch chan<- prometheus.Metric) {
@@ -184,6 +187,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	if d.node == nil {
 		return
 	}
+	d.collectPolicy(ch)
 	if d.links != nil {
 		for _, l := range d.links.Status() {
 			gauge(dLinkUp, b2f(l.Up), l.Name)

@@ -3,7 +3,11 @@
 package replication_test
 
 import (
+	"context"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -47,7 +51,8 @@ func TestClusterRulesetGuard(t *testing.T) {
 	ready := filepath.Join(t.TempDir(), "ready")
 	guard := "\n[failover]\nruleset_interval = \"5s\"\n"
 	a.start(t, syncConfig("udp", a, []*node{b}, key)+guard)
-	b.start(t, syncConfig("udp", b, []*node{a}, key)+guard+fmt.Sprintf("require_same_ruleset = true\nready_file = %q\n", ready))
+	b.start(t, syncConfig("udp", b, []*node{a}, key)+guard+fmt.Sprintf("require_same_ruleset = true\nready_file = %q\n", ready)+
+		"\n[metrics]\nlisten = \"127.0.0.1:9469\"\n")
 	view := func(n *node) rulesetView {
 		var v rulesetView
 		n.proc.JSON(&v, "status")
@@ -76,6 +81,9 @@ func TestClusterRulesetGuard(t *testing.T) {
 	if v := view(b); len(v.Ruleset.Differ["fw-a"]) != 1 {
 		t.Errorf("B names %v as different, want only the forward chain", v.Ruleset.Differ)
 	}
+	if m := metricsOf(t, b); !strings.Contains(m, "\nctsyncd_ruleset_same 0\n") || !strings.Contains(m, `ctsyncd_ruleset_differing_parts{peer="fw-a"} 1`) {
+		t.Errorf("B's metrics do not show the difference:\n%s", grepLines(m, "ctsyncd_ruleset"))
+	}
 
 	// Back to the same ruleset: the warning goes, B is ready again.
 	a.ns.Exec(t, "nft", "flush", "ruleset")
@@ -84,7 +92,45 @@ func TestClusterRulesetGuard(t *testing.T) {
 		va, vb := view(a), view(b)
 		return va.Ruleset.Same && vb.Ruleset.Same && len(vb.Warnings) == 0 && readyFile() == "0", fmt.Sprintf("A %+v B %+v %q", va, vb, readyFile())
 	})
+	if m := metricsOf(t, b); !strings.Contains(m, "\nctsyncd_ruleset_same 1\n") {
+		t.Errorf("B's metrics still show a difference:\n%s", grepLines(m, "ctsyncd_ruleset"))
+	}
 	if !strings.Contains(b.proc.Logs(), "ruleset differs from a peer's") {
 		t.Error("B logged no line about the difference")
 	}
+}
+
+// metricsOf fetches the node's /metrics (its [metrics] listen is
+// 127.0.0.1:9469), connecting from inside its namespace.
+func metricsOf(t *testing.T, n *node) string {
+	t.Helper()
+	var conn net.Conn
+	var err error
+	n.ns.Do(t, func() { conn, err = net.DialTimeout("tcp", "127.0.0.1:9469", 5*time.Second) })
+	if err != nil {
+		t.Fatalf("%s: dial metrics: %v", n.name, err)
+	}
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		DialContext: func(context.Context, string, string) (net.Conn, error) { return conn, nil },
+	}}
+	resp, err := c.Get("http://127.0.0.1:9469/metrics")
+	if err != nil {
+		t.Fatalf("%s: /metrics: %v", n.name, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func grepLines(s, prefix string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.HasPrefix(l, prefix) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
