@@ -498,28 +498,45 @@ func TestKernelExpect(t *testing.T) {
 			events <- ev
 		}
 	}()
+	// The watch subscribes asynchronously: make one expectation at a time
+	// until the watch reports its NEW. One that came too early is removed
+	// again before the next is made (the ftp helper keeps one expectation
+	// per master: a second would evict the first, and its DESTROY would
+	// come first).
 	var ports []uint16
 	for port := uint16(50000); ; port++ {
 		e := exp(port)
 		if err := h.CreateExpect(ctx, &e); err != nil {
 			t.Fatal(err)
 		}
-		ports = append(ports, port)
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				t.Fatal("the expectation watch ended")
+		seen := false
+		for timeout := time.After(time.Second); !seen; {
+			select {
+			case ev, ok := <-events:
+				if !ok {
+					t.Fatal("the expectation watch ended")
+				}
+				if ev.Type == kernel.EventDestroy {
+					continue // of an earlier attempt
+				}
+				if ev.Type != kernel.EventNew || ev.Expect.Master != master.Orig || ev.Expect.Tuple.DstPort != port {
+					t.Fatalf("first expectation event %v %s", ev.Type, ev.Expect.String())
+				}
+				seen = true
+			case <-timeout:
+				if _, err := h.DeleteExpectMatching(ctx, Filter{OrigDst: netip.MustParsePrefix("10.30.0.2/32"), Proto: flow.ProtoTCP}); err != nil {
+					t.Fatal(err)
+				}
+				timeout = nil
 			}
-			if ev.Type != kernel.EventNew || ev.Expect.Master != master.Orig {
-				t.Fatalf("first expectation event %v %s", ev.Type, ev.Expect.String())
+			if timeout == nil {
+				break
 			}
-		case <-time.After(time.Second):
-			// The watch was not subscribed yet when the expectation was
-			// made. (A wait that is too short here made the ftp helper's
-			// one-expectation-per-master limit evict the first under load.)
-			continue
 		}
-		break
+		if seen {
+			ports = append(ports, port)
+			break
+		}
 	}
 	e := exp(ports[0])
 	if err := h.CreateExpect(ctx, &e); !errors.Is(err, ErrExists) {
