@@ -48,9 +48,10 @@ const (
 // removal).
 const minExpectLen = 2 + 12
 
-func appendName(b []byte, s string) []byte {
-	if len(s) > maxHelperLen {
-		s = s[:maxHelperLen]
+// appendName appends s, cut to max bytes, after its length byte.
+func appendName(b []byte, s string, max int) []byte {
+	if len(s) > max {
+		s = s[:max]
 	}
 	b = append(b, byte(len(s)))
 	return append(b, s...)
@@ -95,10 +96,10 @@ func appendExpectChange(b []byte, ch *cache.ExpectChange) []byte {
 	b = binary.AppendUvarint(b, uint64(e.Flags))
 	b = binary.AppendUvarint(b, uint64(e.Class))
 	if fl&expHelper != 0 {
-		b = appendName(b, e.Helper)
+		b = appendName(b, e.Helper, maxHelperLen)
 	}
 	if fl&expFn != 0 {
-		b = appendName(b, e.Fn)
+		b = appendName(b, e.Fn, maxHelperLen)
 	}
 	if fl&expNAT != 0 {
 		b = binary.AppendUvarint(b, uint64(e.NAT.Dir))

@@ -73,11 +73,11 @@ func printableText(s string) bool {
 // marking it truncated) so that the body stays within budget bytes.
 func appendNodeInfo(b []byte, info *NodeInfo, budget int) []byte {
 	start := len(b)
-	b = appendName8(b, info.Version, maxInfoText)
+	b = appendName(b, info.Version, maxInfoText)
 	caps := info.Caps[:min(len(info.Caps), maxInfoCaps)]
 	b = append(b, byte(len(caps)))
 	for _, c := range caps {
-		b = appendName8(b, c, maxInfoText)
+		b = appendName(b, c, maxInfoText)
 	}
 	if len(info.Ruleset) == rulesetSumLen {
 		b = append(b, rulesetSumLen)
@@ -95,7 +95,7 @@ func appendNodeInfo(b []byte, info *NodeInfo, budget int) []byte {
 			continue
 		}
 		h := info.Parts[name]
-		b = appendName8(b, name, maxPartName)
+		b = appendName(b, name, maxPartName)
 		b = append(b, h[:]...)
 		n++
 	}
@@ -104,14 +104,6 @@ func appendNodeInfo(b []byte, info *NodeInfo, budget int) []byte {
 	}
 	binary.BigEndian.PutUint16(b[truncAt+1:], uint16(n))
 	return b
-}
-
-func appendName8(b []byte, s string, max int) []byte {
-	if len(s) > max {
-		s = s[:max]
-	}
-	b = append(b, byte(len(s)))
-	return append(b, s...)
 }
 
 func (r *reader) text(max int) string {
