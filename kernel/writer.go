@@ -18,10 +18,16 @@ type WriterOptions struct {
 	// goroutine each during an operation. Default 2. The kernel runs
 	// ctnetlink's NEW, GET and DELETE under the nfnetlink subsystem mutex,
 	// so more sockets only overlap user-space work (encoding, decoding)
-	// with the kernel's: measured on 2 vCPUs, creates ran no faster with 2
-	// sockets than with 1 (and spent more system CPU), a large update
-	// (EEXIST, read back, update) ran ~25 % faster.
+	// with the kernel's: measured on 2 vCPUs, a large update (EEXIST, read
+	// back, update) ran ~25 % faster with 2 sockets than with 1. Creates
+	// always go out on the first socket alone: with two, the second spent
+	// its time spinning on that mutex (a third of a 200k-flow commit's
+	// CPU, in the kernel's mutex_spin_on_owner) and the commit was no
+	// faster.
 	Sockets int
+	// ParallelCreates spreads creates over all Sockets as well (ctgen's
+	// kernel-ceiling runs compare both ways); the daemon leaves it off.
+	ParallelCreates bool
 	// Batch is the number of messages per sendmsg. Only the last message
 	// of a batch asks for an ACK; failures come back as NLMSG_ERROR with
 	// the failing request's sequence number. Default 256, at most
@@ -434,7 +440,12 @@ func (w *Writer) readExisting(ctx context.Context, flows []flow.Flow, exists []i
 // res (ok on success, Failed otherwise) except for EEXIST, whose indexes it
 // returns.
 func (w *Writer) create(ctx context.Context, flows []flow.Flow, timeouts []uint32, idx []int, res []Result, ok Op) ([]int, error) {
-	codes, err := w.round(ctx, len(idx), func(b []byte, k int, seq uint32, fl netlink.HeaderFlags) []byte {
+	// One socket: creates serialize on the subsystem mutex (see Sockets).
+	socks := w.socks[:1]
+	if w.opts.ParallelCreates {
+		socks = w.socks
+	}
+	codes, err := w.roundOn(ctx, socks, w.opts.Batch, len(idx), func(b []byte, k int, seq uint32, fl netlink.HeaderFlags) []byte {
 		i := idx[k]
 		return appendCreate(b, &flows[i], timeouts[i], seq, fl|netlink.Create|netlink.Excl)
 	}, nil)

@@ -40,7 +40,7 @@ func main() {
 		n       = flag.Int("n", 100000, "number of flows")
 		offset  = flag.Int("offset", 0, "number of the first flow (flows are a function of their number)")
 		mode    = flag.String("mode", "writer", "writer | timo")
-		sockets = flag.Int("sockets", 2, "writer: parallel netlink sockets")
+		sockets = flag.Int("sockets", 2, "writer: parallel netlink sockets (creates too, unlike the daemon's commit, which creates on one)")
 		batch   = flag.Int("batch", 256, "writer: messages per sendmsg")
 		netns   = flag.String("netns", "", "network namespace name (/run/netns/NAME); default the current one")
 		flush   = flag.Bool("flush", false, "flush the table first (not timed)")
@@ -74,7 +74,7 @@ func run(n, offset int, mode string, sockets, batch int, netns string, flush boo
 		flows[i].Timeout = max(flows[i].Timeout, minTimeout)
 	}
 
-	w, err := kernel.NewWriter(kernel.WriterOptions{Sockets: sockets, Batch: batch, NetNS: fd})
+	w, err := kernel.NewWriter(kernel.WriterOptions{Sockets: sockets, ParallelCreates: true, Batch: batch, NetNS: fd})
 	if err != nil {
 		return err
 	}
