@@ -169,7 +169,7 @@ func (c *Internal) DigestForSend(nb int) (sums []uint64, flows int, skip []uint3
 	sums = make([]uint64, nb)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.dirty) > maxSkip {
+	if c.pending() > maxSkip {
 		return nil, 0, nil, false
 	}
 	if c.dsum != nil {
@@ -187,8 +187,8 @@ func (c *Internal) DigestForSend(nb int) (sums []uint64, flows int, skip []uint3
 		}
 	}
 	seen := map[uint32]bool{}
-	for k := range c.dirty {
-		b := BucketOf(&k, nb)
+	for _, q := range c.queue[c.head:] {
+		b := BucketOf(&q.key, nb)
 		if !seen[b] {
 			seen[b] = true
 			skip = append(skip, b)
@@ -239,8 +239,11 @@ func extHash(k *flow.Key, e *extEntry) (uint32, uint64) {
 }
 
 func extStateHash(kh uint64, k *flow.Key, e *extEntry) uint64 {
-	f := e.flow(*k)
-	return stateHash(kh, &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
+	if e.more != nil {
+		return stateHash(kh, &e.more.reply, e.status, e.mark, &e.tcp, e.more.extra)
+	}
+	reply := k.Orig.Invert(k.Proto)
+	return stateHash(kh, &reply, e.status, e.mark, &e.tcp, nil)
 }
 
 // replace stores e for k whose entry was old (had: there was one), keeping

@@ -104,15 +104,19 @@ type Internal struct {
 	base   int64 // Unix nanoseconds that entry.ref counts from
 
 	// mu guards every field below.
-	mu        sync.Mutex
-	flows     *store
-	dsum      *[fineBuckets]uint64 // digest sums, kept as flows change (digest.go)
-	seq       uint32               // bumped by every event-driven change
-	recons    int                  // reconciles in progress: keep tombstones while > 0
-	gen       uint32               // reconcile generation
-	tombs     map[flow.Key]uint32
-	dirty     map[flow.Key]struct{}
-	queue     []flow.Key // dirty keys in the order they became dirty, from head
+	mu     sync.Mutex
+	flows  *store
+	dsum   *[fineBuckets]uint64 // digest sums, kept as flows change (digest.go)
+	seq    uint32               // bumped by every event-driven change
+	recons int                  // reconciles in progress: keep tombstones while > 0
+	gen    uint32               // reconcile generation
+	tombs  map[flow.Key]uint32
+	// queue holds the pending changes from head, oldest first: a live
+	// entry's slot (the entry is marked queued, so it is queued once), a
+	// removed entry's slot (marked dead, freed when taken) or noSlot for a
+	// removal. The pending mark lives in the slab entry: a change costs no
+	// map operation beyond the index lookup the event needs anyway.
+	queue     []queued
 	head      int
 	noChanges bool
 	notify    chan struct{}
@@ -127,6 +131,14 @@ type Internal struct {
 	bulkTick uint32
 }
 
+// queued is one element of Internal's change queue.
+type queued struct {
+	key flow.Key
+	i   uint32 // slot in flows, or noSlot: the flow was removed
+}
+
+const noSlot = ^uint32(0)
+
 type youngRef struct {
 	key  flow.Key
 	born uint32
@@ -140,7 +152,6 @@ func NewInternal(policy TimeoutPolicy) *Internal {
 		base:   time.Now().Add(-time.Hour).UnixNano(),
 		flows:  newStore(),
 		tombs:  make(map[flow.Key]uint32),
-		dirty:  make(map[flow.Key]struct{}),
 		notify: make(chan struct{}, 1),
 		young:  make(map[flow.Key]uint32),
 	}
@@ -157,7 +168,9 @@ func (c *Internal) SetMinAge(d time.Duration) {
 	c.minAge = uint32((d + tick - 1) / tick)
 	if c.minAge == 0 {
 		for k := range c.young {
-			c.markDirty(k)
+			if i, e, ok := c.flows.getIdx(k); ok {
+				c.markDirty(k, i, e)
+			}
 		}
 		clear(c.young)
 		c.youngQ = nil
@@ -182,7 +195,9 @@ func (c *Internal) PromoteAged() time.Duration {
 			break
 		}
 		delete(c.young, r.key)
-		c.markDirty(r.key)
+		if i, e, ok := c.flows.getIdx(r.key); ok {
+			c.markDirty(r.key, i, e)
+		}
 	}
 	c.youngQ = c.youngQ[i:]
 	if len(c.youngQ) == 0 {
@@ -192,15 +207,13 @@ func (c *Internal) PromoteAged() time.Duration {
 	return time.Duration(c.minAge-(now-c.youngQ[0].born)) * tick
 }
 
-// born records a new flow: with a minimum age it waits in young, unless a
-// change for the same key is still pending (the key was replicated before
-// and is being replaced: the peer must hear of it).
-func (c *Internal) born(k flow.Key, now uint32) {
+// born records a new flow (slot i, entry e): with a minimum age it waits in
+// young. A pending removal of an earlier flow with the same key still goes
+// out first, so the peer drops the old flow, then hears of the new one once
+// it is old enough.
+func (c *Internal) born(k flow.Key, i uint32, e *entry, now uint32) {
 	if c.minAge == 0 || c.noChanges {
-		c.markDirty(k)
-		return
-	}
-	if _, pending := c.dirty[k]; pending {
+		c.markDirty(k, i, e)
 		return
 	}
 	c.young[k] = now
@@ -209,23 +222,38 @@ func (c *Internal) born(k flow.Key, now uint32) {
 
 // changed marks a change of an existing flow for replication, unless the
 // flow is still young: its first replication carries its state then.
-func (c *Internal) changed(k flow.Key) {
-	if _, ok := c.young[k]; !ok {
-		c.markDirty(k)
+func (c *Internal) changed(k flow.Key, i uint32, e *entry) {
+	if len(c.young) > 0 {
+		if _, ok := c.young[k]; ok {
+			return
+		}
 	}
+	c.markDirty(k, i, e)
 }
 
-// gone marks a removed flow's destroy for replication, unless the flow was
-// never replicated (still young, and no bulk read it since it was born).
-func (c *Internal) gone(k flow.Key) {
+// gone marks the destroy of a flow just unlinked from the index (slot i,
+// entry e) for replication, unless the flow was never replicated (still
+// young, and no bulk read it since it was born), and frees its slot unless
+// its queued change still refers to it.
+func (c *Internal) gone(k flow.Key, i uint32, e *entry) {
 	if born, ok := c.young[k]; ok {
 		delete(c.young, k)
 		if int32(c.bulkTick-born) < 0 {
 			c.stats.NeverSent++
+			c.flows.release(i)
 			return
 		}
 	}
-	c.markDirty(k)
+	switch {
+	case c.noChanges:
+		c.flows.release(i)
+	case e.queued:
+		e.dead = true // its queue element becomes the removal
+	default:
+		c.flows.release(i)
+		c.queue = append(c.queue, queued{key: k, i: noSlot})
+		c.wake()
+	}
 }
 
 // SetClock replaces the cache's clock (tests).
@@ -249,18 +277,35 @@ func (c *Internal) DisableChanges() {
 
 // clearDirty forgets every pending change.
 func (c *Internal) clearDirty() {
-	clear(c.dirty)
+	for _, q := range c.queue[c.head:] {
+		if q.i == noSlot {
+			continue
+		}
+		if e := c.flows.at(q.i); e.dead {
+			c.flows.release(q.i)
+		} else {
+			e.queued = false
+		}
+	}
 	c.queue, c.head = c.queue[:0], 0
 }
 
-func (c *Internal) markDirty(k flow.Key) {
+// pending is the number of queued changes.
+func (c *Internal) pending() int { return len(c.queue) - c.head }
+
+// markDirty queues the change of the live flow k (slot i, entry e), once.
+func (c *Internal) markDirty(k flow.Key, i uint32, e *entry) {
 	if c.noChanges {
 		return
 	}
-	if _, ok := c.dirty[k]; !ok {
-		c.dirty[k] = struct{}{}
-		c.queue = append(c.queue, k)
+	if !e.queued {
+		e.queued = true
+		c.queue = append(c.queue, queued{key: k, i: i})
 	}
+	c.wake()
+}
+
+func (c *Internal) wake() {
 	select {
 	case c.notify <- struct{}{}:
 	default:
@@ -282,15 +327,17 @@ func (c *Internal) Upsert(f *flow.Flow) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.seq++
-	delete(c.tombs, f.Key)
-	e, ok := c.flows.get(f.Key)
+	if len(c.tombs) > 0 {
+		delete(c.tombs, f.Key)
+	}
+	i, e, ok := c.flows.getIdx(f.Key)
 	if !ok {
-		e = c.flows.add(f.Key)
+		i, e = c.flows.addIdx(f.Key)
 		e.set(f)
 		c.dgIn(&f.Key, e)
 		e.ref, e.peak, e.seq = now, c.peak(f, 0), c.seq
 		c.stats.Created++
-		c.born(f.Key, now)
+		c.born(f.Key, i, e, now)
 		return
 	}
 	changed := !e.sameState(f)
@@ -311,7 +358,7 @@ func (c *Internal) Upsert(f *flow.Flow) {
 	e.seq = c.seq
 	if changed {
 		c.stats.Updated++
-		c.changed(f.Key)
+		c.changed(f.Key, i, e)
 	}
 }
 
@@ -323,12 +370,11 @@ func (c *Internal) Delete(k flow.Key) {
 	if c.recons > 0 {
 		c.tombs[k] = c.seq
 	}
-	if e, ok := c.flows.get(k); ok {
+	if i, e, ok := c.flows.getIdx(k); ok {
 		c.dgOut(&k, e)
-	}
-	if c.flows.del(k) {
+		c.flows.unlink(k)
 		c.stats.Deleted++
-		c.gone(k)
+		c.gone(k, i, e)
 	}
 }
 
@@ -340,7 +386,7 @@ func (c *Internal) Flush() int {
 	c.seq++
 	c.flows.clear()
 	c.dsum = nil
-	c.clearDirty()
+	c.queue, c.head = c.queue[:0], 0 // their slots went with the store
 	clear(c.tombs)
 	clear(c.young)
 	c.youngQ = nil
@@ -393,7 +439,7 @@ func (c *Internal) Stats() InternalStats {
 	defer c.mu.Unlock()
 	s := c.stats
 	s.Flows = c.flows.len()
-	s.Dirty = len(c.dirty)
+	s.Dirty = c.pending()
 	s.Young = len(c.young)
 	s.LastRefresh = c.lastRef
 	return s
@@ -406,22 +452,24 @@ func (c *Internal) TakeChanges(max int) []Change {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	n := len(c.dirty)
+	n := c.pending()
 	if max > 0 && n > max {
 		n = max
 	}
 	out := make([]Change, 0, n)
-	// Oldest first, from the queue: ranging over the map from a random
-	// start while deleting costs a scan of its emptied slots every call.
-	for len(out) < n && c.head < len(c.queue) {
-		k := c.queue[c.head]
+	for len(out) < n {
+		q := c.queue[c.head]
 		c.head++
-		delete(c.dirty, k)
-		if e, ok := c.flows.get(k); ok {
-			out = append(out, c.change(k, e, now))
-		} else {
-			out = append(out, Change{Flow: flow.Flow{Key: k}, Deleted: true})
+		if q.i != noSlot {
+			e := c.flows.at(q.i)
+			e.queued = false
+			if !e.dead {
+				out = append(out, c.change(q.key, e, now))
+				continue
+			}
+			c.flows.release(q.i)
 		}
+		out = append(out, Change{Flow: flow.Flow{Key: q.key}, Deleted: true})
 	}
 	switch {
 	case c.head == len(c.queue) && cap(c.queue) > 1<<12:
@@ -432,11 +480,8 @@ func (c *Internal) TakeChanges(max int) []Change {
 		c.queue = c.queue[:copy(c.queue, c.queue[c.head:])]
 		c.head = 0
 	}
-	if len(c.dirty) > 0 {
-		select {
-		case c.notify <- struct{}{}:
-		default:
-		}
+	if c.pending() > 0 {
+		c.wake()
 	}
 	return out
 }
@@ -497,16 +542,16 @@ func (r *Reconcile) Add(f *flow.Flow) {
 	if s, ok := c.tombs[f.Key]; ok && newer(s, r.start) {
 		return // destroyed after the dump began
 	}
-	e, ok := c.flows.get(f.Key)
+	i, e, ok := c.flows.getIdx(f.Key)
 	if !ok {
-		e = c.flows.add(f.Key)
+		i, e = c.flows.addIdx(f.Key)
 		e.set(f)
 		c.dgIn(&f.Key, e)
 		e.ref, e.peak, e.seq, e.gen = r.now, c.peak(f, 0), r.start, r.gen
 		c.stats.Created++
 		c.stats.ReconAdded++
 		r.res.Added++
-		c.born(f.Key, r.now)
+		c.born(f.Key, i, e, r.now)
 		return
 	}
 	e.gen = r.gen
@@ -525,7 +570,7 @@ func (r *Reconcile) Add(f *flow.Flow) {
 		e.peak = c.peak(f, prev)
 		c.stats.ReconFixed++
 		r.res.Fixed++
-		c.changed(f.Key)
+		c.changed(f.Key, i, e)
 		return
 	}
 	// Same state: refresh the timeout, and tell peers when the flow showed
@@ -538,7 +583,7 @@ func (r *Reconcile) Add(f *flow.Flow) {
 	e.peak = c.peak(f, e.peak)
 	if newExpiry-oldExpiry > int64(activitySlack/tick) {
 		r.res.Active++
-		c.changed(f.Key)
+		c.changed(f.Key, i, e)
 	}
 }
 
@@ -548,16 +593,16 @@ func (r *Reconcile) Finish() ReconcileResult {
 	c := r.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.flows.each(func(k flow.Key, e *entry) {
+	c.flows.eachIdx(func(k flow.Key, i uint32, e *entry) {
 		if e.gen == r.gen || newer(e.seq, r.start) {
 			return
 		}
 		c.dgOut(&k, e)
-		c.flows.del(k)
+		c.flows.unlink(k)
 		c.stats.Deleted++
 		c.stats.ReconGone++
 		r.res.Removed++
-		c.gone(k)
+		c.gone(k, i, e)
 	})
 	c.recons--
 	if c.recons == 0 {

@@ -86,8 +86,9 @@ func TestMinAgeBulkSendsDestroy(t *testing.T) {
 	}
 }
 
-// A key replicated, destroyed and re-created at once is sent again although
-// the new flow is young: the peer must not keep the old one.
+// A key replicated, destroyed and re-created at once: the destroy goes out
+// (the peer must not keep the old flow), and the new flow waits its minimum
+// age like any other.
 func TestMinAgeReplacedKey(t *testing.T) {
 	now := time.Unix(1000, 0)
 	c := NewInternal(nil)
@@ -101,8 +102,13 @@ func TestMinAgeReplacedKey(t *testing.T) {
 	c.Delete(f.Key)
 	f.TCP.State = flow.TCPSynSent
 	c.Upsert(&f)
+	if got := changesText(c.TakeChanges(0)); got != "1001 deleted" {
+		t.Fatalf("got %q, want the old flow's destroy", got)
+	}
+	now = now.Add(6 * time.Second)
+	c.PromoteAged()
 	if got := changesText(c.TakeChanges(0)); got != "1001 SYN_SENT" {
-		t.Fatalf("got %q, want the replacement sent at once", got)
+		t.Fatalf("got %q, want the replacement once old enough", got)
 	}
 	c.Delete(f.Key)
 	if got := changesText(c.TakeChanges(0)); got != "1001 deleted" {

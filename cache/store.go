@@ -9,7 +9,12 @@ type state struct {
 	Timeout uint32
 	Mark    uint32
 	TCP     flow.TCPInfo
-	Extra   *flow.Extra
+	// queued: the entry's change waits in Internal's change queue; dead:
+	// the flow was removed while queued, and the slot is freed when the
+	// queue reaches it (the removal is what is replicated). Both live in
+	// the padding after TCP: an entry stays 80 bytes.
+	queued, dead bool
+	Extra        *flow.Extra
 }
 
 // entry is what the internal cache stores per flow: 80 bytes, in a slab.
@@ -30,7 +35,8 @@ func (e *entry) flow(k flow.Key) flow.Flow {
 }
 
 func (e *entry) set(f *flow.Flow) {
-	e.state = state{Reply: f.Reply, Status: f.Status, Timeout: f.Timeout, Mark: f.Mark, TCP: f.TCP, Extra: f.Extra}
+	e.state = state{Reply: f.Reply, Status: f.Status, Timeout: f.Timeout, Mark: f.Mark, TCP: f.TCP, Extra: f.Extra,
+		queued: e.queued}
 }
 
 func (e *entry) sameState(f *flow.Flow) bool {
@@ -59,15 +65,27 @@ func newStore() *store { return &store{idx: make(map[flow.Key]uint32)} }
 func (s *store) at(i uint32) *entry { return &s.chunks[i>>chunkBits][i&(chunkLen-1)] }
 
 func (s *store) get(k flow.Key) (*entry, bool) {
+	_, e, ok := s.getIdx(k)
+	return e, ok
+}
+
+// getIdx is get with the entry's slot.
+func (s *store) getIdx(k flow.Key) (uint32, *entry, bool) {
 	i, ok := s.idx[k]
 	if !ok {
-		return nil, false
+		return 0, nil, false
 	}
-	return s.at(i), true
+	return i, s.at(i), true
 }
 
 // add returns a zeroed entry for k, which must not be present.
 func (s *store) add(k flow.Key) *entry {
+	_, e := s.addIdx(k)
+	return e
+}
+
+// addIdx is add with the entry's slot.
+func (s *store) addIdx(k flow.Key) (uint32, *entry) {
 	var i uint32
 	if n := len(s.free); n > 0 {
 		i = s.free[n-1]
@@ -80,7 +98,7 @@ func (s *store) add(k flow.Key) *entry {
 		}
 	}
 	s.idx[k] = i
-	return s.at(i)
+	return i, s.at(i)
 }
 
 func (s *store) del(k flow.Key) bool {
@@ -89,9 +107,18 @@ func (s *store) del(k flow.Key) bool {
 		return false
 	}
 	delete(s.idx, k)
+	s.release(i)
+	return true
+}
+
+// unlink removes k from the index and leaves its slot in use: the caller
+// releases it (at once, or when its queued change is taken).
+func (s *store) unlink(k flow.Key) { delete(s.idx, k) }
+
+// release frees slot i, which no key indexes.
+func (s *store) release(i uint32) {
 	*s.at(i) = entry{} // drop the Extra pointer
 	s.free = append(s.free, i)
-	return true
 }
 
 func (s *store) len() int { return len(s.idx) }
@@ -102,5 +129,12 @@ func (s *store) clear() { *s = *newStore() }
 func (s *store) each(fn func(k flow.Key, e *entry)) {
 	for k, i := range s.idx {
 		fn(k, s.at(i))
+	}
+}
+
+// eachIdx is each with the entries' slots.
+func (s *store) eachIdx(fn func(k flow.Key, i uint32, e *entry)) {
+	for k, i := range s.idx {
+		fn(k, i, s.at(i))
 	}
 }
