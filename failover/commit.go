@@ -234,57 +234,42 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 	}
 
 	rep := &Report{keys: &commitKeys{}}
-	var (
-		flows = make([]flow.Flow, 0, opt.MaxChunk)
-		age   = make([]time.Duration, 0, opt.MaxChunk)
-		done  = make([]flow.Key, 0, opt.MaxChunk)
-		err   error
-	)
-	// write commits one chunk and takes what it committed out of ext.
-	write := func(chunk []cache.ExternalEntry) error {
-		flows, age = flows[:0], age[:0]
-		now := time.Now()
-		var refused []flow.Key
-		for i := range chunk {
-			e := &chunk[i]
-			f := e.Flow
-			if opt.Admit != nil && !opt.Admit(e.Origin, &f) {
-				rep.Refused++
-				refused = append(refused, f.Key)
-				continue
-			}
-			flows = append(flows, f)
-			age = append(age, now.Sub(e.Received))
-			rep.keys.order = append(rep.keys.order, e.Flow.Key)
+	var err error
+	// A chunk goes through two stages: prepare (read its entries, admit
+	// them, build the writes) and write (the kernel's part, then taking
+	// what it committed out of ext). While one chunk is in the kernel, a
+	// second goroutine prepares the next and removes the previous: the
+	// kernel serializes creates, so that work would otherwise stall it.
+	write := func(b *batch) ([]flow.Key, error) {
+		rep.Refused += len(b.refused)
+		rep.keys.order = append(rep.keys.order, b.order...)
+		if len(b.refused) > 0 {
+			rep.Removed += ext.Remove(b.refused)
 		}
-		if len(refused) > 0 {
-			rep.Removed += ext.Remove(refused)
+		if len(b.flows) == 0 {
+			return nil, nil
 		}
-		if len(flows) == 0 {
-			return nil
-		}
-		res, err := w.Commit(ctx, flows, age)
-		done = done[:0]
+		res, err := w.Commit(ctx, b.flows, b.age)
+		var done []flow.Key
 		var clash []int
-		for k := range flows {
+		for k := range b.flows {
 			if k < len(res) && res[k].Op == kernel.Failed && errors.Is(res[k].Err, unix.EEXIST) {
 				clash = append(clash, k)
 				continue
 			}
-			if rep.tally(&flows[k], res, k, err, opt.MaxFailures) {
-				done = append(done, flows[k].Key)
+			if rep.tally(&b.flows[k], res, k, err, opt.MaxFailures) {
+				done = append(done, b.flows[k].Key)
 			}
 		}
 		switch {
 		case len(clash) > 0 && err == nil:
-			done = append(done, rep.clear(ctx, w, flows, age, clash, opt.MaxFailures)...)
+			done = append(done, rep.clear(ctx, w, b.flows, b.age, clash, opt.MaxFailures)...)
 		case len(clash) > 0:
 			for _, k := range clash {
-				rep.tally(&flows[k], res, k, err, opt.MaxFailures)
+				rep.tally(&b.flows[k], res, k, err, opt.MaxFailures)
 			}
 		}
-		rep.Removed += ext.Remove(done)
-		return err
+		return done, err
 	}
 	notTried := func(rest []cache.ExternalEntry) {
 		for i := range rest {
@@ -300,7 +285,8 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 	// within milliseconds whatever the cache's size.
 	first := dedup(ext.LeastIdle(opt.FirstChunk))
 	rep.Flows = len(first)
-	err = write(first)
+	done, err := write(prepare(first, opt.Admit))
+	rep.Removed += ext.Remove(done)
 	rep.FirstChunkSeconds = time.Since(start).Seconds()
 
 	// Then the rest, ordered: what the first chunk committed has left the
@@ -319,31 +305,67 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		})
 	}
 	ord := idleOrder(len(rest), func(i int) time.Duration { return rest[i].IdleAt })
-	var (
-		refs []cache.Ref
-		buf  []cache.ExternalEntry
-	)
-	pick := func(from, to int) []cache.ExternalEntry {
-		refs = refs[:0]
+	pick := func(from, to int) ([]cache.ExternalEntry, int) {
+		refs := make([]cache.Ref, 0, to-from)
 		for _, i := range ord[from:to] {
 			refs = append(refs, rest[i])
 		}
-		buf = ext.Entries(refs, buf[:0])
-		rep.Flows -= len(refs) - len(buf) // gone since (deleted by their origin, flushed)
-		return buf
+		got := ext.Entries(refs, make([]cache.ExternalEntry, 0, len(refs)))
+		return got, len(refs) - len(got) // gone since (deleted by their origin, flushed)
 	}
 	rep.Flows += len(rest)
 	rep.keys.order = slices.Grow(rep.keys.order, len(rest))
-	chunk := min(opt.FirstChunk*8, opt.MaxChunk)
-	next := 0
-	for next < len(rest) && err == nil {
-		end := min(next+chunk, len(rest))
-		err = write(pick(next, end))
-		next = end
-		chunk = min(chunk*8, opt.MaxChunk)
+	type stage struct {
+		b       *batch // nil: nothing left
+		gone    int
+		removed int
 	}
+	// background removes what the previous chunk committed and prepares
+	// rest[from:to], in a goroutine of its own, while the caller writes.
+	background := func(prevDone []flow.Key, from, to int) <-chan stage {
+		ch := make(chan stage, 1)
+		go func() {
+			var st stage
+			st.removed = ext.Remove(prevDone)
+			if from < to {
+				var es []cache.ExternalEntry
+				es, st.gone = pick(from, to)
+				st.b = prepare(es, opt.Admit)
+			}
+			ch <- st
+		}()
+		return ch
+	}
+	chunk := min(opt.FirstChunk*8, opt.MaxChunk)
+	var (
+		cur      stage
+		next     int
+		prevDone []flow.Key // committed by the last write, still in ext
+	)
+	if err == nil {
+		next = min(chunk, len(rest))
+		cur = <-background(nil, 0, next)
+		rep.Flows -= cur.gone
+	}
+	for cur.b != nil && err == nil {
+		chunk = min(chunk*8, opt.MaxChunk)
+		from, end := next, min(next+chunk, len(rest))
+		bg := background(prevDone, from, end)
+		prevDone, err = write(cur.b)
+		st := <-bg
+		rep.Removed += st.removed
+		if err != nil {
+			next = from // the prepared chunk was not written
+			break
+		}
+		rep.Flows -= st.gone
+		cur, next = st, end
+	}
+	rep.Removed += ext.Remove(prevDone)
 	if err != nil {
-		notTried(pick(next, len(rest)))
+		es, gone := pick(min(next, len(rest)), len(rest))
+		rep.Flows -= gone
+		notTried(es)
 	}
 	rep.Seconds = time.Since(start).Seconds()
 	if err != nil {
@@ -353,6 +375,36 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		return rep, fmt.Errorf("failover: commit: %w", err)
 	}
 	return rep, nil
+}
+
+// batch is a chunk ready to write: the flows admitted and their ages, in
+// order, and the keys the admission refused.
+type batch struct {
+	flows   []flow.Flow
+	age     []time.Duration
+	order   []flow.Key // every key of the chunk, as the report lists them
+	refused []flow.Key
+}
+
+// prepare builds the writes of a chunk of entries.
+func prepare(chunk []cache.ExternalEntry, admit func(origin string, f *flow.Flow) bool) *batch {
+	b := &batch{
+		flows: make([]flow.Flow, 0, len(chunk)),
+		age:   make([]time.Duration, 0, len(chunk)),
+		order: make([]flow.Key, 0, len(chunk)),
+	}
+	now := time.Now()
+	for i := range chunk {
+		e := &chunk[i]
+		if admit != nil && !admit(e.Origin, &e.Flow) {
+			b.refused = append(b.refused, e.Flow.Key)
+			continue
+		}
+		b.flows = append(b.flows, e.Flow)
+		b.age = append(b.age, now.Sub(e.Received))
+		b.order = append(b.order, e.Flow.Key)
+	}
+	return b
 }
 
 // tally counts the result for flows[k] and reports whether it is in the
