@@ -133,13 +133,36 @@ func (c *External) originLocked(name string) *origin {
 // counts it in ExternalStats.Refused, when a new flow or a new origin is
 // beyond the limits (SetLimits).
 func (c *External) Apply(origin string, ch Change, now time.Time) bool {
+	take := []bool{true}
+	c.ApplyAll(origin, []Change{ch}, now, take)
+	return take[0]
+}
+
+// ApplyAll is Apply for every chs[i] whose take[i] is set (take is as long
+// as chs), under one lock: a datagram's changes at once. A change the
+// limits refuse has its take[i] cleared.
+func (c *External) ApplyAll(origin string, chs []Change, now time.Time, take []bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if _, ok := c.byName[origin]; !ok && c.maxOrigins > 0 && len(c.origins) >= c.maxOrigins {
-		c.stats.Refused++
-		return false
+		for i := range take {
+			if take[i] {
+				c.stats.Refused++
+				take[i] = false
+			}
+		}
+		return
 	}
 	o := c.originLocked(origin)
+	at := now.UnixNano()
+	for i := range chs {
+		if take[i] && !c.applyLocked(o, &chs[i], at) {
+			take[i] = false
+		}
+	}
+}
+
+func (c *External) applyLocked(o *origin, ch *Change, now int64) bool {
 	if ch.Deleted {
 		c.stats.Applied++
 		o.del(ch.Flow.Key)
@@ -172,7 +195,7 @@ func (c *External) Apply(origin string, ch Change, now time.Time) bool {
 		tcp:      f.TCP,
 		gen:      o.gen,
 		idleMs:   uint32(min(idle, math.MaxUint32)),
-		received: now.UnixNano(),
+		received: now,
 		more:     more,
 	})
 	return true

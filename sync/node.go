@@ -252,24 +252,26 @@ type Node struct {
 
 	// mu guards every field below. Run's goroutine holds it while it
 	// handles one event; Stats takes it to copy.
-	mu           sync.Mutex
-	running      bool
-	counter      uint64 // last datagram counter used
-	nextSeq      uint64 // next stream sequence number
-	queue        resendQueue
-	peers        map[uint64]*peer
-	anon         map[string]*PeerStats     // senders not identified, by address
-	keys         map[[2]uint64]cipher.AEAD // keys of epochs not accepted yet
-	challenges   map[[2]uint64]*challenge  // by (node id, epoch)
-	bulk         *bulkState
-	lastBegin    uint64      // sequence number of the last BULK_BEGIN sent
-	waiters      []nowWaiter // SendNow calls waiting for acknowledgements, in sequence order (urgent.go)
-	scratch      []byte
-	out          []byte
-	lastTwinWarn time.Time   // a datagram from another node with our name was logged
-	info         *NodeInfo   // what this node announces (NODE_INFO); nil: nothing yet
-	lastInfo     time.Time   // when NODE_INFO was last sent
-	dg           digestState // drift detection (digest.go)
+	mu         sync.Mutex
+	running    bool
+	counter    uint64 // last datagram counter used
+	nextSeq    uint64 // next stream sequence number
+	queue      resendQueue
+	peers      map[uint64]*peer
+	anon       map[string]*PeerStats     // senders not identified, by address
+	keys       map[[2]uint64]cipher.AEAD // keys of epochs not accepted yet
+	challenges map[[2]uint64]*challenge  // by (node id, epoch)
+	bulk       *bulkState
+	lastBegin  uint64      // sequence number of the last BULK_BEGIN sent
+	waiters    []nowWaiter // SendNow calls waiting for acknowledgements, in sequence order (urgent.go)
+	scratch    []byte
+	// admScratch and takeScratch are apply's per-change verdicts, reused.
+	admScratch, takeScratch []bool
+	out                     []byte
+	lastTwinWarn            time.Time   // a datagram from another node with our name was logged
+	info                    *NodeInfo   // what this node announces (NODE_INFO); nil: nothing yet
+	lastInfo                time.Time   // when NODE_INFO was last sent
+	dg                      digestState // drift detection (digest.go)
 
 	derive       bucket              // key derivations for epochs not accepted
 	hsGlobal     bucket              // CHALLENGEs and RESPONSEs sent

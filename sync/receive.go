@@ -140,22 +140,30 @@ func (n *Node) apply(pr *peer, m *message, now time.Time) {
 	switch m.Type {
 	case MsgData, MsgDataNow:
 		var admitted []cache.Change // for Options.Applied: what the policy and the cache took
+		// adm: the receive policy's verdict; take: what the cache took.
+		adm, take := n.admScratch[:0], n.takeScratch[:0]
 		for i := range m.Changes {
 			ch := &m.Changes[i]
-			if !ch.Deleted && n.opt.Policy != nil && !n.opt.Policy.Admit(pr.name, &ch.Flow) {
+			ok := ch.Deleted || n.opt.Policy == nil || n.opt.Policy.Admit(pr.name, &ch.Flow)
+			if !ok {
 				// Refused by the receive policy: whatever this node held
 				// of the flow goes too, so nothing refused stays.
 				pr.stats.PolicyRefused++
 				n.external.Delete(pr.name, ch.Flow.Key)
-				continue
 			}
-			if !n.external.Apply(pr.name, *ch, now) {
+			adm, take = append(adm, ok), append(take, ok)
+		}
+		n.admScratch, n.takeScratch = adm, take
+		n.external.ApplyAll(pr.name, m.Changes, now, take)
+		for i := range m.Changes {
+			switch {
+			case take[i]:
+				pr.stats.FlowsIn++
+				if n.opt.Applied != nil {
+					admitted = append(admitted, m.Changes[i])
+				}
+			case adm[i]:
 				pr.stats.Drops.Overflow++
-				continue
-			}
-			pr.stats.FlowsIn++
-			if n.opt.Applied != nil {
-				admitted = append(admitted, *ch)
 			}
 		}
 		if len(admitted) > 0 {
