@@ -33,6 +33,8 @@
 #   CPUPROFILE  non-empty: ctsyncd --cpuprofile beside its log (-cpuprofile)
 #   DAEMONS  which daemons, in turn (-daemons, "ctsyncd conntrackd
 #            conntrackd_rr")
+#   CTSYNCD_ENV  more environment for ctsyncd (-ctsyncd-env, e.g.
+#            "GOMAXPROCS=1")
 # On a shared machine run it under a lock that the other heavy jobs take too (flock).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -65,4 +67,5 @@ args=(-bin "$bin")
 [ -z "${PROFILE:-}" ] || args+=(-profile)
 [ -z "${CPUPROFILE:-}" ] || args+=(-cpuprofile)
 [ -z "${DAEMONS:-}" ] || args+=(-daemons "$DAEMONS")
+[ -z "${CTSYNCD_ENV:-}" ] || args+=(-ctsyncd-env "$CTSYNCD_ENV")
 exec "$bin/ctbench" "${args[@]}" "$@"

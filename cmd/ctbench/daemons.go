@@ -118,7 +118,11 @@ level = "warn"
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		s.Fatal(err)
 	}
-	args := []string{filepath.Join(b.bin, "ctsyncd"), "--config", path}
+	var args []string
+	if env := strings.Fields(b.ctsyncdEnv); len(env) > 0 {
+		args = append([]string{"env"}, env...)
+	}
+	args = append(args, filepath.Join(b.bin, "ctsyncd"), "--config", path)
 	if b.cpuProfile {
 		args = append(args, "--cpuprofile", filepath.Join(dir, "cpu.pprof"))
 	}

@@ -75,6 +75,7 @@ type bench struct {
 	bin, out, work       string
 	keyFile              string
 	profile, cpuProfile  bool
+	ctsyncdEnv           string
 	csv, tkCSV           string
 	log                  io.Writer
 	profs                []profiling
@@ -114,6 +115,7 @@ func run(args []string, log io.Writer) error {
 	summaryOnly := fs.Bool("summary-only", false, "only print the summary of -out's runs.csv")
 	fs.BoolVar(&b.profile, "profile", false, "perf-record the daemons while they replicate and commit (needs perf; skews timings)")
 	fs.BoolVar(&b.cpuProfile, "cpuprofile", false, "run ctsyncd with --cpuprofile (cpu.pprof beside each daemon's log)")
+	fs.StringVar(&b.ctsyncdEnv, "ctsyncd-env", "", "more environment for ctsyncd, space-separated NAME=value (e.g. \"GOMAXPROCS=1 GOGC=100\")")
 	keep := fs.Bool("keep", false, "keep the work directory")
 	plot := fs.String("plot", "", "only write the scaling charts (SVG) into this directory, from the result sets given as arguments (one N each)")
 	if err := fs.Parse(args); err != nil {

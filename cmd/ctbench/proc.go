@@ -96,21 +96,29 @@ var clkTck = 100.0 // USER_HZ; 100 on every Linux architecture Go supports
 
 // cpuSeconds is utime+stime of the whole process (all threads).
 func cpuSeconds(pid int) float64 {
+	u, s := cpuSplit(pid)
+	return u + s
+}
+
+// cpuSplit is utime and stime of the whole process (all threads), in
+// seconds: the time in the process's own code and in the kernel on its
+// behalf (system calls: reading events, sending datagrams, creating flows).
+func cpuSplit(pid int) (user, sys float64) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0
+		return 0, 0
 	}
 	f := strings.Fields(string(b[i+2:]))
 	if len(f) < 13 {
-		return 0
+		return 0, 0
 	}
 	u, _ := strconv.ParseFloat(f[11], 64)
 	st, _ := strconv.ParseFloat(f[12], 64)
-	return (u + st) / clkTck
+	return u / clkTck, st / clkTck
 }
 
 // rssBytes is the process's VmRSS.

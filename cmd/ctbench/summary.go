@@ -123,6 +123,8 @@ var tableRows = []struct{ label, metric, kernel string }{
 	{"replication rate (flows/s)", "replicate_flows_per_s", ""},
 	{"CPU s / 100k flows, sender", "cpu_sender_s_per_100k", ""},
 	{"CPU s / 100k flows, receiver", "cpu_receiver_s_per_100k", ""},
+	{"… of which in the kernel (system time), sender", "cpu_sender_sys_s_per_100k", ""},
+	{"… of which in the kernel (system time), receiver", "cpu_receiver_sys_s_per_100k", ""},
 	{"wire bytes / flow (both directions)", "wire_bytes_per_flow", ""},
 	{"RSS bytes / flow, internal (fwA)", "rss_internal_bytes_per_flow", ""},
 	{"RSS bytes / flow, external (fwB)", "rss_external_bytes_per_flow", ""},
@@ -183,6 +185,10 @@ func table(n int, daemons []string, vals map[key][]float64, summ map[string]map[
 		case "converged", "event_overrun", "commit_ok":
 			l = append(l, fmt.Sprintf("| %s | %s | %s | | %s | | |", r.label, total("ctsyncd", r.metric), total("conntrackd", r.metric), total("conntrackd_rr", r.metric)))
 			continue
+		case "cpu_sender_sys_s_per_100k", "cpu_receiver_sys_s_per_100k":
+			if len(vals[key{"ctsyncd", r.metric}]) == 0 && len(vals[key{"conntrackd", r.metric}]) == 0 {
+				continue // results of an older harness
+			}
 		case "load1_before":
 			if len(vals[key{"ctsyncd", r.metric}]) == 0 {
 				continue // results of an older harness
