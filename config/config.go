@@ -85,8 +85,9 @@ type Kernel struct {
 	// internal cache reconciled with it. Default 30s; "0s" disables it;
 	// otherwise at least 1s.
 	ResyncInterval Duration `toml:"resync_interval"`
-	// WriteSockets is the number of netlink sockets a commit writes
-	// through in parallel. Default 2, 1..16.
+	// WriteSockets is the number of netlink sockets a commit reads back
+	// and updates existing entries through in parallel (creates go out on
+	// one: the kernel serializes them). Default 2, 1..16.
 	WriteSockets int `toml:"write_sockets"`
 	// WriteBatch is the number of messages per sendmsg on a write socket.
 	// Default 256, 1..4096.
