@@ -246,32 +246,36 @@ func extStateHash(kh uint64, k *flow.Key, e *extEntry) uint64 {
 	return stateHash(kh, &reply, e.status, e.mark, &e.tcp, nil)
 }
 
-// replace stores e for k whose entry was old (had: there was one), keeping
+// replace stores e for k, overwriting old (nil: k had no entry), keeping
 // the digest sums; the caller looked old up.
-func (o *origin) replace(k flow.Key, old extEntry, had bool, e extEntry) {
+func (o *origin) replace(k flow.Key, old *extEntry, e extEntry) {
 	if o.dsum == nil {
 		o.dsum = new([fineBuckets]uint64)
 	}
 	kh := KeyHash(&k)
 	b := bucketOfHash(kh, fineBuckets)
-	if had {
-		o.dsum[b] -= extStateHash(kh, &k, &old)
+	if old != nil {
+		o.dsum[b] -= extStateHash(kh, &k, old)
+		*old = e
+	} else {
+		*o.flows.add(k) = e
 	}
-	o.flows[k] = e
 	o.dsum[b] += extStateHash(kh, &k, &e)
 }
 
-// del removes k's entry, if any, keeping the digest sums.
-func (o *origin) del(k flow.Key) {
-	old, ok := o.flows[k]
+// del removes k's entry, if any, keeping the digest sums, and reports
+// whether there was one.
+func (o *origin) del(k flow.Key) bool {
+	old, ok := o.flows.get(k)
 	if !ok {
-		return
+		return false
 	}
 	if o.dsum != nil {
-		b, h := extHash(&k, &old)
+		b, h := extHash(&k, old)
 		o.dsum[b] -= h
 	}
-	delete(o.flows, k)
+	o.flows.del(k)
+	return true
 }
 
 // Digest returns the bucket digests among nb buckets (at most 4096) of the
@@ -292,7 +296,7 @@ func (c *External) Digest(origin string, nb int) (sums []uint64, flows int) {
 			sums[b>>shift] += v
 		}
 	}
-	return sums, len(o.flows)
+	return sums, o.flows.len()
 }
 
 // digestByPass is External.Digest computed by a pass over the flows.
@@ -304,11 +308,11 @@ func (c *External) digestByPass(origin string, nb int) []uint64 {
 	if !ok {
 		return sums
 	}
-	for k, e := range c.origins[i].flows {
+	c.origins[i].flows.each(func(k flow.Key, e *extEntry) {
 		f := e.flow(k)
 		kh := KeyHash(&k)
 		sums[bucketOfHash(kh, nb)] += stateHash(kh, &f.Reply, f.Status, f.Mark, &f.TCP, f.Extra)
-	}
+	})
 	return sums
 }
 
@@ -318,7 +322,11 @@ func (c *External) digestByPass(origin string, nb int) []uint64 {
 func (c *External) Repair(origin string, ch Change, now time.Time) bool {
 	c.mu.Lock()
 	o := c.originLocked(origin)
-	old, had := o.flows[ch.Flow.Key]
+	var old extEntry
+	p, had := o.flows.get(ch.Flow.Key)
+	if had {
+		old = *p
+	}
 	c.mu.Unlock()
 	changed := !had
 	if had {
@@ -341,14 +349,14 @@ func (c *External) Prune(origin string, nb int, buckets map[uint32]bool, keep ma
 	}
 	o := c.origins[i]
 	n := 0
-	for k := range o.flows {
+	o.flows.each(func(k flow.Key, _ *extEntry) {
 		if _, kept := keep[k]; kept || !buckets[BucketOf(&k, nb)] {
-			continue
+			return
 		}
 		o.del(k)
 		c.stats.RemovedByKey++
 		n++
-	}
+	})
 	return n
 }
 
@@ -359,7 +367,7 @@ func (c *External) ByOrigin() map[string]int {
 	defer c.mu.Unlock()
 	out := make(map[string]int, len(c.origins))
 	for _, o := range c.origins {
-		out[o.name] = len(o.flows)
+		out[o.name] = o.flows.len()
 	}
 	return out
 }

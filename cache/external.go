@@ -62,7 +62,7 @@ func (e *extEntry) flow(k flow.Key) flow.Flow {
 // origin is the state kept per origin node.
 type origin struct {
 	name  string
-	flows map[flow.Key]extEntry
+	flows *slab[extEntry]
 	exps  map[flow.ExpectKey]extExpect // expectations (expect_external.go)
 	gen   uint32                       // bumped by BeginBulk; entries applied since carry it
 	bulk  uint64                       // id of the bulk in progress
@@ -122,7 +122,7 @@ func (c *External) originLocked(name string) *origin {
 	if i, ok := c.byName[name]; ok {
 		return c.origins[i]
 	}
-	o := &origin{name: name, flows: make(map[flow.Key]extEntry)}
+	o := &origin{name: name, flows: newSlab[extEntry]()}
 	c.byName[name] = len(c.origins)
 	c.origins = append(c.origins, o)
 	return o
@@ -169,8 +169,8 @@ func (c *External) applyLocked(o *origin, ch *Change, now int64) bool {
 		o.dropExpectsOfLocked(ch.Flow.Key)
 		return true
 	}
-	old, had := o.flows[ch.Flow.Key]
-	if !had && c.maxPerOrigin > 0 && len(o.flows) >= c.maxPerOrigin {
+	old, had := o.flows.get(ch.Flow.Key)
+	if !had && c.maxPerOrigin > 0 && o.flows.len() >= c.maxPerOrigin {
 		c.stats.Refused++
 		return false
 	}
@@ -188,7 +188,7 @@ func (c *External) applyLocked(o *origin, ch *Change, now int64) bool {
 	if x != nil || f.Reply != f.Orig.Invert(f.Proto) {
 		more = &extMore{reply: f.Reply, extra: x}
 	}
-	o.replace(f.Key, old, had, extEntry{
+	o.replace(f.Key, old, extEntry{
 		status:   f.Status,
 		timeout:  f.Timeout,
 		mark:     f.Mark,
@@ -210,8 +210,7 @@ func (c *External) Delete(origin string, k flow.Key) {
 		return
 	}
 	o := c.origins[i]
-	if _, ok := o.flows[k]; ok {
-		o.del(k)
+	if o.del(k) {
 		c.stats.RemovedByKey++
 	}
 }
@@ -246,12 +245,12 @@ func (c *External) EndBulk(origin string, epoch uint64) (removed int) {
 		return 0
 	}
 	o.inBlk = false
-	for k, e := range o.flows {
+	o.flows.each(func(k flow.Key, e *extEntry) {
 		if e.gen != o.gen {
 			o.del(k)
 			removed++
 		}
-	}
+	})
 	for k, x := range o.exps {
 		if x.gen != o.gen {
 			delete(o.exps, k)
@@ -269,7 +268,7 @@ func (c *External) Len() int {
 	defer c.mu.Unlock()
 	n := 0
 	for _, o := range c.origins {
-		n += len(o.flows)
+		n += o.flows.len()
 	}
 	return n
 }
@@ -280,7 +279,7 @@ func (c *External) Stats() ExternalStats {
 	defer c.mu.Unlock()
 	s := c.stats
 	for _, o := range c.origins {
-		s.Flows += len(o.flows)
+		s.Flows += o.flows.len()
 		s.Expectations += len(o.exps)
 	}
 	return s
@@ -301,13 +300,11 @@ func (c *External) Snapshot() []ExternalEntry {
 	defer c.mu.Unlock()
 	n := 0
 	for _, o := range c.origins {
-		n += len(o.flows)
+		n += o.flows.len()
 	}
 	out := make([]ExternalEntry, 0, n)
 	for _, o := range c.origins {
-		for k, e := range o.flows {
-			out = append(out, entryOf(o, k, &e, now))
-		}
+		o.flows.each(func(k flow.Key, e *extEntry) { out = append(out, entryOf(o, k, e, now)) })
 	}
 	return out
 }
@@ -333,14 +330,14 @@ func (c *External) Refs() []Ref {
 	defer c.mu.Unlock()
 	n := 0
 	for _, o := range c.origins {
-		n += len(o.flows)
+		n += o.flows.len()
 	}
 	out := make([]Ref, 0, n)
 	for i, o := range c.origins {
-		for k, e := range o.flows {
+		o.flows.each(func(k flow.Key, e *extEntry) {
 			idle := time.Duration(e.idleMs)*time.Millisecond + time.Duration(max(0, now-e.received))
 			out = append(out, Ref{Key: k, IdleAt: idle, Received: e.received, origin: int32(i)})
-		}
+		})
 	}
 	return out
 }
@@ -358,8 +355,8 @@ func (c *External) Entries(refs []Ref, dst []ExternalEntry) []ExternalEntry {
 			continue
 		}
 		o := c.origins[r.origin]
-		if e, ok := o.flows[r.Key]; ok {
-			dst = append(dst, entryOf(o, r.Key, &e, now))
+		if e, ok := o.flows.get(r.Key); ok {
+			dst = append(dst, entryOf(o, r.Key, e, now))
 		}
 	}
 	return dst
@@ -410,7 +407,7 @@ func (c *External) LeastIdle(n int) []ExternalEntry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, o := range c.origins {
-		for k, e := range o.flows {
+		o.flows.each(func(k flow.Key, e *extEntry) {
 			idle := time.Duration(e.idleMs)*time.Millisecond + time.Duration(max(0, now.UnixNano()-e.received))
 			switch {
 			case len(h) < n:
@@ -420,12 +417,12 @@ func (c *External) LeastIdle(n int) []ExternalEntry {
 				h[0] = cand{idle, o, k}
 				down(0)
 			}
-		}
+		})
 	}
 	out := make([]ExternalEntry, len(h))
 	for i, x := range h {
-		e := x.o.flows[x.k]
-		out[i] = entryOf(x.o, x.k, &e, now)
+		e, _ := x.o.flows.get(x.k)
+		out[i] = entryOf(x.o, x.k, e, now)
 	}
 	slices.SortFunc(out, func(a, b ExternalEntry) int { return cmp.Compare(a.IdleAt, b.IdleAt) })
 	return out
@@ -441,11 +438,11 @@ func (c *External) Get(origin string, k flow.Key) (ExternalEntry, bool) {
 		return ExternalEntry{}, false
 	}
 	o := c.origins[i]
-	e, ok := o.flows[k]
+	e, ok := o.flows.get(k)
 	if !ok {
 		return ExternalEntry{}, false
 	}
-	return entryOf(o, k, &e, now), true
+	return entryOf(o, k, e, now), true
 }
 
 // Take removes the entries for keys, of every origin, and returns them (for
@@ -458,8 +455,8 @@ func (c *External) Take(keys []flow.Key) []ExternalEntry {
 	out := make([]ExternalEntry, 0, len(keys))
 	for _, k := range keys {
 		for _, o := range c.origins {
-			if e, ok := o.flows[k]; ok {
-				out = append(out, entryOf(o, k, &e, now))
+			if e, ok := o.flows.get(k); ok {
+				out = append(out, entryOf(o, k, e, now))
 				o.del(k)
 			}
 		}
@@ -476,8 +473,7 @@ func (c *External) Remove(keys []flow.Key) int {
 	n := 0
 	for _, k := range keys {
 		for _, o := range c.origins {
-			if _, ok := o.flows[k]; ok {
-				o.del(k)
+			if o.del(k) {
 				n++
 			}
 		}
@@ -494,8 +490,8 @@ func (c *External) Flush(origin string) int {
 	n := 0
 	for _, o := range c.origins {
 		if origin == "" || o.name == origin {
-			n += len(o.flows)
-			o.flows = make(map[flow.Key]extEntry)
+			n += o.flows.len()
+			o.flows = newSlab[extEntry]()
 			o.dsum = nil
 			o.exps = nil // the expectations go with their masters
 		}
@@ -510,7 +506,7 @@ func (c *External) Origins() []string {
 	defer c.mu.Unlock()
 	var out []string
 	for _, o := range c.origins {
-		if len(o.flows) > 0 {
+		if o.flows.len() > 0 {
 			out = append(out, o.name)
 		}
 	}

@@ -10,6 +10,6 @@ func (c *External) Has(origin string, k flow.Key) bool {
 	if !ok {
 		return false
 	}
-	_, ok = c.origins[i].flows[k]
+	_, ok = c.origins[i].flows.get(k)
 	return ok
 }

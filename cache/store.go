@@ -49,28 +49,34 @@ const (
 	chunkLen  = 1 << chunkBits
 )
 
-// store maps keys to entries kept in fixed-size chunks (a slab), so that an
-// entry costs its 80 bytes plus a 44-byte index slot, with no per-entry
-// allocation and no size-class rounding. Entry pointers stay valid until the
-// entry is deleted. Not safe for concurrent use: Internal's lock guards it.
-type store struct {
+// slab maps keys to values kept in fixed-size chunks, so that a value costs
+// its own size plus a 44-byte index slot, with no per-value allocation and
+// no size-class rounding; the index's slots stay small, so growing it moves
+// 44 bytes a key whatever the value. Value pointers stay valid until the
+// value is deleted. Not safe for concurrent use: the caches' locks guard it.
+type slab[V any] struct {
 	idx    map[flow.Key]uint32
-	chunks [][]entry
+	chunks [][]V
 	free   []uint32
 	next   uint32
 }
 
-func newStore() *store { return &store{idx: make(map[flow.Key]uint32)} }
+// store is the internal cache's slab.
+type store = slab[entry]
 
-func (s *store) at(i uint32) *entry { return &s.chunks[i>>chunkBits][i&(chunkLen-1)] }
+func newStore() *store { return newSlab[entry]() }
 
-func (s *store) get(k flow.Key) (*entry, bool) {
+func newSlab[V any]() *slab[V] { return &slab[V]{idx: make(map[flow.Key]uint32)} }
+
+func (s *slab[V]) at(i uint32) *V { return &s.chunks[i>>chunkBits][i&(chunkLen-1)] }
+
+func (s *slab[V]) get(k flow.Key) (*V, bool) {
 	_, e, ok := s.getIdx(k)
 	return e, ok
 }
 
-// getIdx is get with the entry's slot.
-func (s *store) getIdx(k flow.Key) (uint32, *entry, bool) {
+// getIdx is get with the value's slot.
+func (s *slab[V]) getIdx(k flow.Key) (uint32, *V, bool) {
 	i, ok := s.idx[k]
 	if !ok {
 		return 0, nil, false
@@ -78,14 +84,14 @@ func (s *store) getIdx(k flow.Key) (uint32, *entry, bool) {
 	return i, s.at(i), true
 }
 
-// add returns a zeroed entry for k, which must not be present.
-func (s *store) add(k flow.Key) *entry {
+// add returns a zeroed value for k, which must not be present.
+func (s *slab[V]) add(k flow.Key) *V {
 	_, e := s.addIdx(k)
 	return e
 }
 
-// addIdx is add with the entry's slot.
-func (s *store) addIdx(k flow.Key) (uint32, *entry) {
+// addIdx is add with the value's slot.
+func (s *slab[V]) addIdx(k flow.Key) (uint32, *V) {
 	var i uint32
 	if n := len(s.free); n > 0 {
 		i = s.free[n-1]
@@ -94,14 +100,14 @@ func (s *store) addIdx(k flow.Key) (uint32, *entry) {
 		i = s.next
 		s.next++
 		if int(i>>chunkBits) == len(s.chunks) {
-			s.chunks = append(s.chunks, make([]entry, chunkLen))
+			s.chunks = append(s.chunks, make([]V, chunkLen))
 		}
 	}
 	s.idx[k] = i
 	return i, s.at(i)
 }
 
-func (s *store) del(k flow.Key) bool {
+func (s *slab[V]) del(k flow.Key) bool {
 	i, ok := s.idx[k]
 	if !ok {
 		return false
@@ -113,27 +119,28 @@ func (s *store) del(k flow.Key) bool {
 
 // unlink removes k from the index and leaves its slot in use: the caller
 // releases it (at once, or when its queued change is taken).
-func (s *store) unlink(k flow.Key) { delete(s.idx, k) }
+func (s *slab[V]) unlink(k flow.Key) { delete(s.idx, k) }
 
 // release frees slot i, which no key indexes.
-func (s *store) release(i uint32) {
-	*s.at(i) = entry{} // drop the Extra pointer
+func (s *slab[V]) release(i uint32) {
+	var zero V
+	*s.at(i) = zero // drop pointers the value holds
 	s.free = append(s.free, i)
 }
 
-func (s *store) len() int { return len(s.idx) }
+func (s *slab[V]) len() int { return len(s.idx) }
 
-func (s *store) clear() { *s = *newStore() }
+func (s *slab[V]) clear() { *s = *newSlab[V]() }
 
-// each calls fn for every entry; fn may delete the entry it is given.
-func (s *store) each(fn func(k flow.Key, e *entry)) {
+// each calls fn for every value; fn may delete the value it is given.
+func (s *slab[V]) each(fn func(k flow.Key, e *V)) {
 	for k, i := range s.idx {
 		fn(k, s.at(i))
 	}
 }
 
-// eachIdx is each with the entries' slots.
-func (s *store) eachIdx(fn func(k flow.Key, i uint32, e *entry)) {
+// eachIdx is each with the values' slots.
+func (s *slab[V]) eachIdx(fn func(k flow.Key, i uint32, e *V)) {
 	for k, i := range s.idx {
 		fn(k, i, s.at(i))
 	}
