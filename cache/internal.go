@@ -9,6 +9,7 @@
 package cache
 
 import (
+	"slices"
 	"sync"
 	"time"
 
@@ -448,7 +449,11 @@ func (c *Internal) Stats() InternalStats {
 // TakeChanges removes up to max pending changes (all when max <= 0) and
 // returns them, each with the flow's current state: several changes to one
 // flow since the last call come out as one.
-func (c *Internal) TakeChanges(max int) []Change {
+func (c *Internal) TakeChanges(max int) []Change { return c.AppendChanges(nil, max) }
+
+// AppendChanges is TakeChanges appending to dst (a sender reuses one
+// slice rather than allocating one per call).
+func (c *Internal) AppendChanges(dst []Change, max int) []Change {
 	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -456,7 +461,8 @@ func (c *Internal) TakeChanges(max int) []Change {
 	if max > 0 && n > max {
 		n = max
 	}
-	out := make([]Change, 0, n)
+	out := slices.Grow(dst, n)
+	n += len(out)
 	for len(out) < n {
 		q := c.queue[c.head]
 		c.head++

@@ -75,7 +75,8 @@ func (n *Node) handle(p Packet) {
 	if !known(h.Type) && h.Flags&flagStreamExt == 0 {
 		m = &message{Type: h.Type} // a newer peer's message beside the stream: ignored
 	} else {
-		m, err = decodeBody(h.Type, body)
+		m, err = decodeBodyReuse(h.Type, body, n.freeChanges)
+		n.freeChanges = nil
 	}
 	if err != nil {
 		st.Drops.Malformed++

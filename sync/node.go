@@ -265,13 +265,16 @@ type Node struct {
 	lastBegin  uint64      // sequence number of the last BULK_BEGIN sent
 	waiters    []nowWaiter // SendNow calls waiting for acknowledgements, in sequence order (urgent.go)
 	scratch    []byte
-	// admScratch and takeScratch are apply's per-change verdicts, reused.
-	admScratch, takeScratch []bool
-	out                     []byte
-	lastTwinWarn            time.Time   // a datagram from another node with our name was logged
-	info                    *NodeInfo   // what this node announces (NODE_INFO); nil: nothing yet
-	lastInfo                time.Time   // when NODE_INFO was last sent
-	dg                      digestState // drift detection (digest.go)
+	// admScratch and takeScratch are apply's per-change verdicts, reused;
+	// changeScratch is sendChanges' batch; freeChanges the changes of an
+	// applied DATA message, for the next one to decode into.
+	admScratch, takeScratch    []bool
+	changeScratch, freeChanges []cache.Change
+	out                        []byte
+	lastTwinWarn               time.Time   // a datagram from another node with our name was logged
+	info                       *NodeInfo   // what this node announces (NODE_INFO); nil: nothing yet
+	lastInfo                   time.Time   // when NODE_INFO was last sent
+	dg                         digestState // drift detection (digest.go)
 
 	derive       bucket              // key derivations for epochs not accepted
 	hsGlobal     bucket              // CHALLENGEs and RESPONSEs sent

@@ -113,6 +113,10 @@ func (n *Node) deliver(pr *peer, now time.Time) {
 			delete(rx.buf, rx.next)
 			rx.bufBytes -= b.cost
 			n.apply(pr, b.m, now)
+			if t := b.m.Type; (t == MsgData || t == MsgDataNow) && cap(b.m.Changes) > cap(n.freeChanges) {
+				clear(b.m.Changes) // applied: nothing refers to them now
+				n.freeChanges = b.m.Changes[:0]
+			}
 			rx.next++
 			rx.sinceAck++
 			continue

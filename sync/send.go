@@ -13,11 +13,13 @@ import (
 // sendChanges sends the internal cache's pending changes.
 func (n *Node) sendChanges() {
 	for range 64 { // bounded per call; Changed fires again for the rest
-		chs := n.internal.TakeChanges(1024)
+		chs := n.internal.AppendChanges(n.changeScratch[:0], 1024)
 		if len(chs) == 0 {
 			return
 		}
 		n.sendBatch(chs)
+		clear(chs) // no Extra kept alive by the scratch
+		n.changeScratch = chs[:0]
 	}
 }
 

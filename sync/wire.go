@@ -316,11 +316,19 @@ func appendBody(b []byte, m *message) []byte {
 
 // decodeBody decodes a body of type t. It never panics, refuses trailing
 // bytes and checks every length before allocating.
-func decodeBody(t MsgType, b []byte) (*message, error) {
+func decodeBody(t MsgType, b []byte) (*message, error) { return decodeBodyReuse(t, b, nil) }
+
+// decodeBodyReuse is decodeBody decoding a DATA message's changes into
+// changes' backing array when it is large enough (a receiver recycles the
+// changes of the messages it applied).
+func decodeBodyReuse(t MsgType, b []byte, changes []cache.Change) (*message, error) {
 	if len(b) > MaxDatagram {
 		return nil, fmt.Errorf("%w: body of %d bytes", ErrMalformed, len(b))
 	}
 	m := &message{Type: t}
+	if t == MsgData || t == MsgDataNow {
+		m.Changes = changes[:0]
+	}
 	var err error
 	switch t {
 	case MsgData, MsgDataNow:
@@ -368,7 +376,11 @@ func decodeData(b []byte, m *message) error {
 		return fmt.Errorf("sequence number 0")
 	}
 	m.Seq = seq
-	m.Changes = make([]cache.Change, cnt)
+	if uint64(cap(m.Changes)) >= cnt {
+		m.Changes = m.Changes[:cnt]
+	} else {
+		m.Changes = make([]cache.Change, cnt)
+	}
 	for i := range m.Changes {
 		n, err := decodeChange(b, &m.Changes[i])
 		if err != nil {
