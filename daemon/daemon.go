@@ -79,8 +79,11 @@ type Daemon struct {
 	ready    chan struct{} // closed when Run has set up the caches
 	resyncCh chan struct{} // wakes the reconciler (overrun, request)
 	reconMu  sync.Mutex    // serializes reconciles
-	kernelMu sync.Mutex    // serializes writes to the kernel table (commit, purge, flush)
-	coord    *failover.Coordinator
+	// committing is set while a commit writes the external cache into
+	// the kernel: periodic reconciles are skipped meanwhile.
+	committing atomic.Bool
+	kernelMu   sync.Mutex // serializes writes to the kernel table (commit, purge, flush)
+	coord      *failover.Coordinator
 	// lastCommit is the report of the last commit, for `dump commit`.
 	lastCommit atomic.Pointer[failover.Report]
 	lastRec    atomic.Pointer[reconcileReport]
@@ -539,8 +542,14 @@ func (d *Daemon) reconciler(ctx context.Context) error {
 			continue
 		}
 		var ok bool
-		if reason, ok = d.waitResync(ctx, beat.C, tick); !ok {
-			return nil
+		for {
+			if reason, ok = d.waitResync(ctx, beat.C, tick); !ok {
+				return nil
+			}
+			if reason != "periodic" || !d.committing.Load() {
+				break
+			}
+			d.log.Debug("periodic reconcile skipped: a commit is running")
 		}
 	}
 }

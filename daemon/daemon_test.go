@@ -450,3 +450,36 @@ insecure = true
 		}
 	}
 }
+
+// Periodic reconciles wait while a commit runs (it competes with the
+// commit's creates for the kernel) and resume after it; the control, with
+// no commit, reconciles every tick.
+func TestDaemonPeriodicReconcileWaitsForCommit(t *testing.T) {
+	for _, committing := range []bool{true, false} {
+		t.Run(fmt.Sprintf("committing=%v", committing), func(t *testing.T) {
+			cfg := strings.Replace(baseConfig(t.TempDir(), ""), `resync_interval = "0s"`, `resync_interval = "1s"`, 1)
+			r := startFake(t, cfg)
+			r.d.committing.Store(committing)
+			before := r.k.dumpCount()
+			time.Sleep(2500 * time.Millisecond)
+			n := r.k.dumpCount() - before
+			if committing {
+				if n != 0 {
+					t.Fatalf("%d periodic dumps during a commit, want 0", n)
+				}
+				r.d.committing.Store(false)
+				deadline := time.Now().Add(3 * time.Second)
+				for r.k.dumpCount() == before && time.Now().Before(deadline) {
+					time.Sleep(50 * time.Millisecond)
+				}
+				if r.k.dumpCount() == before {
+					t.Fatal("no periodic dump after the commit ended")
+				}
+				return
+			}
+			if n < 2 {
+				t.Fatalf("%d periodic dumps in 2.5 s at 1 s, want at least 2: the test cannot tell", n)
+			}
+		})
+	}
+}

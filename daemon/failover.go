@@ -76,10 +76,22 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 		}
 		return rep, nil
 	}
+	// While the commit runs, nothing else competes with it for the
+	// kernel or the CPU: drift checks do not ask a live origin for the
+	// flows the commit takes out of the external cache, and periodic
+	// reconciles wait (a commit sequence reconciles after it anyway).
+	d.committing.Store(true)
+	if d.node != nil {
+		d.node.PauseDrift(true)
+	}
 	rep, err := failover.Commit(ctx, d.external, d.writer, failover.CommitOptions{
 		Timeout: d.cfg.Failover.CommitTimeout.Duration,
 		Admit:   d.policy.Admit,
 	})
+	if d.node != nil {
+		d.node.PauseDrift(false)
+	}
+	d.committing.Store(false)
 	if err == nil {
 		// Masters first, then their expectations.
 		err = d.commitExpects(ctx, rep)

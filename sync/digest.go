@@ -309,6 +309,7 @@ type DriftEvent struct {
 // by Node.mu, except those noted.
 type digestState struct {
 	interval time.Duration // 0: off; set before Run
+	paused   bool          // PauseDrift: digests received are not compared
 	rounds   uint64        // last round id sent
 	rx       map[uint64]*digestRx
 	stats    DriftStats
@@ -350,6 +351,18 @@ func (n *Node) SetDigestInterval(d time.Duration) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.dg.interval = d
+}
+
+// PauseDrift stops (on) or resumes comparing the digests peers send with
+// the external cache. The daemon pauses it while a commit empties the
+// external cache into the kernel: an origin still alive (a planned
+// switchover) would otherwise see every bucket differ and be asked for a
+// bulk that competes with the commit. Digests that arrive meanwhile count
+// as skipped.
+func (n *Node) PauseDrift(on bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.dg.paused = on
 }
 
 // DriftStats returns the drift detection counters.
@@ -503,7 +516,8 @@ func (n *Node) compareDigest(pr *peer, drx *digestRx, m *message, now time.Time)
 	}
 	// Comparable: this node applied exactly the stream up to the digest's
 	// point, nothing is missing, no bulk or repair is under way.
-	comparable := rx.buf != nil && rx.next-1 == m.Seq && len(rx.buf) == 0 && !rx.resyncWanted && drx.asked == nil
+	comparable := rx.buf != nil && rx.next-1 == m.Seq && len(rx.buf) == 0 && !rx.resyncWanted && drx.asked == nil &&
+		!n.dg.paused
 	if drx.round != d.Round || drx.nb != int(d.Buckets) {
 		drx.round, drx.nb = d.Round, int(d.Buckets)
 		drx.covered, drx.diff, drx.sums = 0, nil, nil

@@ -224,3 +224,51 @@ func BenchmarkDigestRound1M(b *testing.B) {
 	b.ReportMetric(float64(cache.DigestBuckets(in.Len())), "buckets")
 	b.ReportMetric(n.dg.stats.LastDigestSeconds*1e3, "digest-ms")
 }
+
+// TestDigestPausedDuringCommit: while drift comparison is paused (a commit
+// empties the external cache into the kernel), digests from an origin that
+// is still alive ask for no repair or bulk; the control, not paused, asks
+// for a bulk.
+func TestDigestPausedDuringCommit(t *testing.T) {
+	for _, paused := range []bool{true, false} {
+		name := "not-paused"
+		if paused {
+			name = "paused"
+		}
+		t.Run(name, func(t *testing.T) {
+			net := NewMemNetwork(33)
+			a := startDigests(t, net, testOptions("a", &testKey), 100*time.Millisecond)
+			b := startDigests(t, net, testOptions("b", &testKey), 100*time.Millisecond)
+			for i := range 2000 {
+				f := tcpFlow(i)
+				a.in.Upsert(&f)
+			}
+			established(t, a, b)
+			converged(t, a, b, 10*time.Second)
+			before := b.n.DriftStats().ByOrigin["a"]
+			b.n.PauseDrift(paused)
+			var keys []flow.Key
+			for _, e := range b.ex.Snapshot() {
+				keys = append(keys, e.Flow.Key)
+			}
+			b.ex.Remove(keys) // what a commit does
+			time.Sleep(15 * 100 * time.Millisecond)
+			od := b.n.DriftStats().ByOrigin["a"]
+			t.Logf("b's drift stats: %+v", od)
+			asked := od.BulkRequests+od.Repairs > before.BulkRequests+before.Repairs
+			if paused {
+				if asked || b.ex.Len() != 0 {
+					t.Errorf("paused: bulk requests %d→%d, repairs %d→%d, external %d flows; want none asked, 0 flows",
+						before.BulkRequests, od.BulkRequests, before.Repairs, od.Repairs, b.ex.Len())
+				}
+				if od.Skipped <= before.Skipped {
+					t.Error("paused: no digest counted as skipped")
+				}
+				return
+			}
+			if !asked {
+				t.Error("not paused: the emptied copy asked for nothing: the test cannot tell")
+			}
+		})
+	}
+}
