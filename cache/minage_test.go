@@ -12,6 +12,13 @@ import (
 
 // changesText prints taken changes as sorted "port state" or "port deleted".
 func changesText(ch []Change) string {
+	out := changeLines(ch)
+	slices.Sort(out)
+	return strings.Join(out, ", ")
+}
+
+// changeLines is each change as "port state" or "port deleted", in order.
+func changeLines(ch []Change) []string {
 	var out []string
 	for _, c := range ch {
 		if c.Deleted {
@@ -20,8 +27,7 @@ func changesText(ch []Change) string {
 			out = append(out, fmt.Sprintf("%d %s", c.Flow.Orig.SrcPort, flow.TCPStateName(c.Flow.TCP.State)))
 		}
 	}
-	slices.Sort(out)
-	return strings.Join(out, ", ")
+	return out
 }
 
 func TestMinAge(t *testing.T) {

@@ -10,17 +10,7 @@ import (
 )
 
 // inOrder prints changes in the order they were taken.
-func inOrder(ch []Change) string {
-	var out []string
-	for _, c := range ch {
-		if c.Deleted {
-			out = append(out, fmt.Sprintf("%d deleted", c.Flow.Orig.SrcPort))
-		} else {
-			out = append(out, fmt.Sprintf("%d %s", c.Flow.Orig.SrcPort, flow.TCPStateName(c.Flow.TCP.State)))
-		}
-	}
-	return strings.Join(out, ", ")
-}
+func inOrder(ch []Change) string { return strings.Join(changeLines(ch), ", ") }
 
 // A flow removed while its change is queued keeps its slot until the
 // queue reaches it: a new flow must not take the slot (and be sent as the
