@@ -220,6 +220,9 @@ func (g *Gossip) SendTo(peer string, b []byte) error {
 // Packets returns the channel of received datagrams.
 func (g *Gossip) Packets() <-chan Packet { return g.rx.ch }
 
+// Deliver implements Deliverer.
+func (g *Gossip) Deliver(fn func(Packet)) { g.rx.deliver(fn) }
+
 // Peers returns the data addresses of the other live members, sorted.
 func (g *Gossip) Peers() []string {
 	g.mu.Lock()

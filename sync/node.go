@@ -270,11 +270,17 @@ type Node struct {
 	// applied DATA message, for the next one to decode into.
 	admScratch, takeScratch    []bool
 	changeScratch, freeChanges []cache.Change
-	out                        []byte
-	lastTwinWarn               time.Time   // a datagram from another node with our name was logged
-	info                       *NodeInfo   // what this node announces (NODE_INFO); nil: nothing yet
-	lastInfo                   time.Time   // when NODE_INFO was last sent
-	dg                         digestState // drift detection (digest.go)
+	stopped                    bool // Run returned: datagrams still delivered are dropped
+	// kick wakes Run when a datagram handled on the transport's goroutine
+	// began a bulk or a repair while Run's bulk ticker is off
+	// (bulkTicking).
+	kick         chan struct{}
+	bulkTicking  bool
+	out          []byte
+	lastTwinWarn time.Time   // a datagram from another node with our name was logged
+	info         *NodeInfo   // what this node announces (NODE_INFO); nil: nothing yet
+	lastInfo     time.Time   // when NODE_INFO was last sent
+	dg           digestState // drift detection (digest.go)
 
 	derive       bucket              // key derivations for epochs not accepted
 	hsGlobal     bucket              // CHALLENGEs and RESPONSEs sent
@@ -304,6 +310,7 @@ func New(opt Options, internal *cache.Internal, external *cache.External, tr Tra
 		now:          time.Now,
 		bulkReq:      make(chan struct{}, 1),
 		resyncReq:    make(chan struct{}, 1),
+		kick:         make(chan struct{}, 1),
 		nextSeq:      1,
 		queue:        resendQueue{max: opt.ResendQueue},
 		peers:        make(map[uint64]*peer),
@@ -362,8 +369,9 @@ func (n *Node) RequestResync() {
 
 // Run runs the node until ctx ends, then returns nil; or until the
 // transport's channel closes (ErrClosed). Run does its work on the calling
-// goroutine and starts none. It does not close the transport. A Node runs
-// once.
+// goroutine and starts none, except that a Deliverer transport's datagrams
+// are handled on its receive goroutine (under the same lock). It does not
+// close the transport. A Node runs once.
 func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
 	if n.running {
@@ -390,6 +398,30 @@ func (n *Node) Run(ctx context.Context) error {
 		}
 	}()
 	pkts := n.tr.Packets()
+	if d, ok := n.tr.(Deliverer); ok {
+		// Datagrams are handled on the transport's receive goroutine, under
+		// mu like everything else; the channel only tells that it closed.
+		d.Deliver(func(p Packet) {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			if n.stopped {
+				return
+			}
+			n.handle(p)
+			if !n.bulkTicking && (n.bulk != nil || n.repairing()) {
+				select { // a bulk or repair began: Run starts its ticker
+				case n.kick <- struct{}{}:
+				default:
+				}
+			}
+		})
+		defer func() {
+			n.mu.Lock()
+			n.stopped = true
+			n.mu.Unlock()
+			d.Deliver(nil)
+		}()
+	}
 	changed := n.internal.Changed()
 	n.mu.Lock()
 	expChanged := n.expectChanged() // nil without expectations: never ready
@@ -445,10 +477,10 @@ func (n *Node) Run(ctx context.Context) error {
 			n.mu.Lock()
 			n.sendDigest()
 			n.mu.Unlock()
+		case <-n.kick:
 		}
 		n.mu.Lock()
 		active := n.bulk != nil || n.repairing()
-		n.mu.Unlock()
 		switch {
 		case active && bulkTick == nil:
 			bulkTick = time.NewTicker(time.Millisecond)
@@ -457,6 +489,8 @@ func (n *Node) Run(ctx context.Context) error {
 			bulkTick.Stop()
 			bulkTick, bulkC = nil, nil
 		}
+		n.bulkTicking = bulkTick != nil
+		n.mu.Unlock()
 	}
 }
 

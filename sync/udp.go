@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/net/ipv4"
@@ -204,6 +205,9 @@ func (t *UDP) write(b []byte, to netip.AddrPort) error {
 // Packets returns the channel of received datagrams.
 func (t *UDP) Packets() <-chan Packet { return t.rx.ch }
 
+// Deliver implements Deliverer.
+func (t *UDP) Deliver(fn func(Packet)) { t.rx.deliver(fn) }
+
 // Peers returns the configured peers.
 func (t *UDP) Peers() []string {
 	out := make([]string, len(t.peers))
@@ -222,9 +226,31 @@ func (t *UDP) Close() error {
 // receiver runs the receive goroutine of a socket transport.
 type receiver struct {
 	ch       chan Packet
+	fn       atomic.Pointer[func(Packet)] // Deliver's function, nil: the channel
+	from     netip.AddrPort               // the last sender, and its name
+	fromName string
 	wg       sync.WaitGroup
 	once     sync.Once
 	closeErr error
+}
+
+// deliver makes the receive goroutine call fn for each datagram (nil:
+// send it on the channel again).
+func (r *receiver) deliver(fn func(Packet)) {
+	if fn == nil {
+		r.fn.Store(nil)
+		return
+	}
+	r.fn.Store(&fn)
+}
+
+// name returns from as a Packet's From, formatting it only when the sender
+// changed.
+func (r *receiver) name(from netip.AddrPort) string {
+	if from != r.from || r.fromName == "" {
+		r.from, r.fromName = from, from.String()
+	}
+	return r.fromName
 }
 
 // start runs read in a goroutine until it fails; ok false drops a datagram.
@@ -246,8 +272,13 @@ func (r *receiver) start(read func([]byte) (n int, from netip.AddrPort, ok bool,
 			if !ok || n > MaxDatagram {
 				continue
 			}
+			p := Packet{From: r.name(from), Data: slices.Clone(buf[:n])}
+			if fn := r.fn.Load(); fn != nil {
+				(*fn)(p)
+				continue
+			}
 			select {
-			case r.ch <- Packet{From: from.String(), Data: slices.Clone(buf[:n])}:
+			case r.ch <- p:
 			default: // the node is behind: drop, like a full socket buffer
 			}
 		}
@@ -416,6 +447,9 @@ func (t *Multicast) write(b []byte, to netip.AddrPort) error {
 
 // Packets returns the channel of received datagrams.
 func (t *Multicast) Packets() <-chan Packet { return t.rx.ch }
+
+// Deliver implements Deliverer.
+func (t *Multicast) Deliver(fn func(Packet)) { t.rx.deliver(fn) }
 
 // Peers returns the group address: Send reaches every member at once.
 func (t *Multicast) Peers() []string { return []string{t.group.String()} }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -126,6 +127,13 @@ func TestMulticastOptions(t *testing.T) {
 // external cache holds the n flows of a's internal one.
 func replicateOver(t *testing.T, ta, tb Transport, n int, what string) {
 	t.Helper()
+	replicateOverThen(t, ta, tb, n, what, nil)
+}
+
+// replicateOverThen is replicateOver calling during (when not nil) once b
+// has converged, while both nodes still run.
+func replicateOverThen(t *testing.T, ta, tb Transport, n int, what string, during func()) {
+	t.Helper()
 	ina, exb := cache.NewInternal(nil), cache.NewExternal()
 	for i := range n {
 		f := tcpFlow(i)
@@ -144,10 +152,55 @@ func replicateOver(t *testing.T, ta, tb Transport, n int, what string) {
 	go func() { done <- na.Run(ctx) }()
 	go func() { done <- nb.Run(ctx) }()
 	eventually(t, 10*time.Second, fmt.Sprintf("%d flows over %s", n, what), func() bool { return exb.Len() == n })
+	if during != nil {
+		during()
+	}
 	cancel()
 	for range 2 {
 		if err := <-done; err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// channelOnly hides a transport's Deliver method.
+type channelOnly struct{ Transport }
+
+// TestUDPNodeDeliversDirectly: a node over UDP has its datagrams handled on
+// the transport's receive goroutine (Deliverer) while it runs, and gives
+// that back when Run returns; over a transport without Deliver the channel
+// carries them and replication works the same (the control).
+func TestUDPNodeDeliversDirectly(t *testing.T) {
+	for _, direct := range []bool{true, false} {
+		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
+			ta, err := NewUDP(UDPOptions{Listen: "127.0.0.1:0", Peers: []string{"127.0.0.1:9"}})
+			if err != nil {
+				t.Skipf("no loopback UDP: %v", err)
+			}
+			defer ta.Close()
+			tb, err := NewUDP(UDPOptions{Listen: "127.0.0.1:0", Peers: []string{ta.LocalAddr().String()}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tb.Close()
+			ta.peers = []netip.AddrPort{tb.LocalAddr()}
+			ta.allow[tb.LocalAddr().Addr()] = true
+			var tra, trb Transport = ta, tb
+			if !direct {
+				tra, trb = channelOnly{ta}, channelOnly{tb}
+			}
+			replicateOverThen(t, tra, trb, 500, "UDP", func() {
+				for _, tr := range []*UDP{ta, tb} {
+					if got := tr.rx.fn.Load() != nil; got != direct {
+						t.Errorf("while the nodes run: datagrams handed to a function %v, want %v", got, direct)
+					}
+				}
+			})
+			for _, tr := range []*UDP{ta, tb} {
+				if tr.rx.fn.Load() != nil {
+					t.Error("the node's function stayed with the transport after Run returned")
+				}
+			}
+		})
 	}
 }

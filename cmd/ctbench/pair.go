@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/ctsyncd/ctsyncd/internal/netnstest"
@@ -52,9 +53,11 @@ func waitN(limit time.Duration, want int, get func() (int, error)) (int, bool) {
 
 // ctgen runs the flow generator into ns and returns its output line.
 func (b *bench) ctgen(ns *netnstest.NS, n, offset, rate, sockets int) (string, error) {
-	out, err := exec.Command(filepath.Join(b.bin, "ctgen"), "-netns", ns.Name, "-n", strconv.Itoa(n),
+	cmd := exec.Command(filepath.Join(b.bin, "ctgen"), "-netns", ns.Name, "-n", strconv.Itoa(n),
 		"-offset", strconv.Itoa(offset), "-mode", "writer", "-sockets", strconv.Itoa(sockets),
-		"-min-timeout", "7200", "-rate", strconv.Itoa(rate)).Output()
+		"-min-timeout", "7200", "-rate", strconv.Itoa(rate))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // ends with the harness
+	out, err := cmd.Output()
 	if err != nil {
 		return string(out), fmt.Errorf("ctgen: %w", err)
 	}

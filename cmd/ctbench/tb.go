@@ -4,6 +4,9 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
+	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -22,6 +25,36 @@ type step struct {
 	log      io.Writer
 	cleanups []func()
 	failed   bool
+}
+
+// running is the step under way, whose cleanups a SIGINT or SIGTERM runs
+// before the harness exits: its daemons stop and its namespaces go.
+var running struct {
+	sync.Mutex
+	s *step
+}
+
+func init() {
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		v := <-sig
+		running.Lock() // held until exit: no step starts or ends meanwhile
+		if s := running.s; s != nil {
+			fmt.Fprintf(os.Stderr, "ctbench: %v: stopping %s's daemons and removing its namespaces\n", v, s.name)
+			s.runCleanups()
+		}
+		os.Exit(2)
+	}()
+}
+
+// runCleanups runs the cleanups not run yet, last first.
+func (s *step) runCleanups() {
+	for len(s.cleanups) > 0 {
+		f := s.cleanups[len(s.cleanups)-1]
+		s.cleanups = s.cleanups[:len(s.cleanups)-1]
+		f()
+	}
 }
 
 // stepFatal is the panic value of step.Fatal.
@@ -63,10 +96,14 @@ func (s *step) TempDir() string {
 // fn (or in a builder it calls) ends the step and is returned as an error.
 func runStep(name, dir string, log io.Writer, fn func(s *step)) (err error) {
 	s := &step{name: name, dir: dir, log: log}
+	running.Lock()
+	running.s = s
+	running.Unlock()
 	defer func() {
-		for i := len(s.cleanups) - 1; i >= 0; i-- {
-			s.cleanups[i]()
-		}
+		running.Lock()
+		defer running.Unlock()
+		running.s = nil
+		s.runCleanups()
 	}()
 	defer func() {
 		if r := recover(); r != nil {
