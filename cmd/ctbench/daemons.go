@@ -71,11 +71,14 @@ type ctsyncd struct {
 	inject bool
 }
 
-func (c *ctsyncd) start(s *step, ns *netnstest.NS, name, self, peer, dir string, _ int) *proc {
+func (c *ctsyncd) start(s *step, ns *netnstest.NS, name, self, peer, dir string, flows int) *proc {
 	s.Helper()
 	extra := ""
 	if c.inject {
 		extra = "inject = true\n"
+	}
+	if flows > 1<<20 { // the shipped bound, 2Mi flows per peer, would refuse the rest
+		extra += fmt.Sprintf("max_flows_per_origin = %d\n", 2*flows)
 	}
 	return c.b.startCtsyncd(s, ns, name, "udp", self, fmt.Sprintf("%q", peer+":3780"), dir, extra)
 }
