@@ -112,6 +112,16 @@ func (c *External) SetLimits(maxPerOrigin, maxOrigins int) {
 	c.maxPerOrigin, c.maxOrigins = maxPerOrigin, maxOrigins
 }
 
+// Full reports whether origin holds as many flows as SetLimits lets it:
+// its new flows are being refused, so this copy cannot match the origin's
+// table (drift checks skip it).
+func (c *External) Full(origin string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	i, ok := c.byName[origin]
+	return ok && c.maxPerOrigin > 0 && c.origins[i].flows.len() >= c.maxPerOrigin
+}
+
 // NewExternal returns an empty external cache.
 func NewExternal() *External {
 	return &External{byName: make(map[string]int)}

@@ -516,8 +516,10 @@ func (n *Node) compareDigest(pr *peer, drx *digestRx, m *message, now time.Time)
 	}
 	// Comparable: this node applied exactly the stream up to the digest's
 	// point, nothing is missing, no bulk or repair is under way.
+	// A copy at the per-origin bound refuses the origin's new flows: it
+	// differs by design, and a repair or bulk would be refused again.
 	comparable := rx.buf != nil && rx.next-1 == m.Seq && len(rx.buf) == 0 && !rx.resyncWanted && drx.asked == nil &&
-		!n.dg.paused
+		!n.dg.paused && !n.external.Full(pr.name)
 	if drx.round != d.Round || drx.nb != int(d.Buckets) {
 		drx.round, drx.nb = d.Round, int(d.Buckets)
 		drx.covered, drx.diff, drx.sums = 0, nil, nil

@@ -272,3 +272,31 @@ func TestDigestPausedDuringCommit(t *testing.T) {
 		})
 	}
 }
+
+// TestDigestSkipsFullCopy: a copy held at the per-origin bound refuses the
+// origin's new flows, so it differs by design; drift checks skip it rather
+// than ask, every round, for repairs the bound refuses again.
+func TestDigestSkipsFullCopy(t *testing.T) {
+	net := NewMemNetwork(34)
+	a := startDigests(t, net, testOptions("a", &testKey), 100*time.Millisecond)
+	b := startDigests(t, net, testOptions("b", &testKey), 100*time.Millisecond)
+	b.ex.SetLimits(500, 0)
+	for i := range 2000 {
+		f := tcpFlow(i)
+		a.in.Upsert(&f)
+	}
+	established(t, a, b)
+	eventually(t, 10*time.Second, "b holds 500 of a's flows", func() bool { return b.ex.Len() == 500 })
+	time.Sleep(15 * 100 * time.Millisecond)
+	od := b.n.DriftStats().ByOrigin["a"]
+	t.Logf("b's drift stats: %+v; refused %d", od, b.n.Stats()["a"].Drops.Overflow)
+	if od.Repairs+od.BulkRequests != 0 {
+		t.Errorf("%d repairs and %d bulk requests for a copy the bound keeps short", od.Repairs, od.BulkRequests)
+	}
+	if od.Skipped == 0 {
+		t.Error("no digest counted as skipped")
+	}
+	if b.n.Stats()["a"].Drops.Overflow == 0 {
+		t.Error("no flow counted as refused")
+	}
+}

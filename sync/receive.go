@@ -15,15 +15,16 @@ import (
 // peer is what a node knows of one other node, in both roles: the origin
 // of a stream this node receives, and a receiver of this node's stream.
 type peer struct {
-	id       uint64
-	name     string
-	addr     string      // where replies go: a transport peer, or "" (to every peer)
-	lastFrom string      // source address of the last accepted datagram (not authenticated)
-	epoch    uint64      // accepted epoch
-	aead     cipher.AEAD // the accepted epoch's key; nil when insecure
-	retired  []uint64
-	window   replayWindow
-	seen     time.Time
+	lastFullWarn time.Time // its flows refused at the per-origin bound were logged
+	id           uint64
+	name         string
+	addr         string      // where replies go: a transport peer, or "" (to every peer)
+	lastFrom     string      // source address of the last accepted datagram (not authenticated)
+	epoch        uint64      // accepted epoch
+	aead         cipher.AEAD // the accepted epoch's key; nil when insecure
+	retired      []uint64
+	window       replayWindow
+	seen         time.Time
 
 	rx rxState
 
@@ -159,6 +160,7 @@ func (n *Node) apply(pr *peer, m *message, now time.Time) {
 		}
 		n.admScratch, n.takeScratch = adm, take
 		n.external.ApplyAll(pr.name, m.Changes, now, take)
+		full := 0
 		for i := range m.Changes {
 			switch {
 			case take[i]:
@@ -168,7 +170,13 @@ func (n *Node) apply(pr *peer, m *message, now time.Time) {
 				}
 			case adm[i]:
 				pr.stats.Drops.Overflow++
+				full++
 			}
+		}
+		if full > 0 && now.Sub(pr.lastFullWarn) > time.Minute {
+			pr.lastFullWarn = now
+			n.log.Warn("a peer's flows are refused: this node holds as many of them, or as many peers, as it may (sync.max_flows_per_origin, sync.max_peers)",
+				"peer", pr.name, "refused", full, "refused_total", pr.stats.Drops.Overflow)
 		}
 		if len(admitted) > 0 {
 			n.opt.Applied(pr.name, admitted, m.Type == MsgDataNow)
