@@ -185,6 +185,11 @@ func run(args []string, log io.Writer) error {
 	if err := raiseConntrackMax(4*max(b.n, b.bg) + 100000); err != nil {
 		return err
 	}
+	if restore, err := raiseConntrackBuckets(b.n, log); err != nil {
+		return err
+	} else if restore != nil {
+		defer restore()
+	}
 	b.writeMachine()
 	heading := func(f string, a ...any) { fmt.Fprintf(log, "\033[1m== %s\033[0m\n", fmt.Sprintf(f, a...)) }
 
@@ -277,6 +282,39 @@ func raiseConntrackMax(need int) error {
 	return nil
 }
 
+// hashsizeParam is the conntrack hash table's bucket count, shared by every
+// namespace and writable at run time.
+const hashsizeParam = "/sys/module/nf_conntrack/parameters/hashsize"
+
+// raiseConntrackBuckets gives the kernel's conntrack hash table at least n
+// buckets when n is above 1Mi (it keeps 262,144 here whatever
+// nf_conntrack_max is, and the kernel refuses a create whose chain would
+// pass 64 entries: a 4M run lost flows to ENOSPC), and returns what
+// restores the old count. Up to 1Mi it changes nothing, so that the sets
+// stay comparable with the earlier ones.
+func raiseConntrackBuckets(n int, log io.Writer) (func(), error) {
+	if n <= 1<<20 {
+		return nil, nil
+	}
+	old, err := os.ReadFile(hashsizeParam)
+	if err != nil {
+		return nil, fmt.Errorf("read conntrack hashsize: %w", err)
+	}
+	cur, _ := strconv.Atoi(strings.TrimSpace(string(old)))
+	want := 1
+	for want < n {
+		want <<= 1
+	}
+	if cur >= want {
+		return nil, nil
+	}
+	if err := os.WriteFile(hashsizeParam, []byte(strconv.Itoa(want)), 0o644); err != nil {
+		return nil, fmt.Errorf("raise conntrack hashsize to %d: %w", want, err)
+	}
+	fmt.Fprintf(log, "conntrack hash table: %d buckets for this run (was %d)\n", want, cur)
+	return func() { os.WriteFile(hashsizeParam, old, 0o644) }, nil
+}
+
 // writeMachine records the machine, the versions and the commit measured.
 func (b *bench) writeMachine() {
 	var uts [3]string
@@ -307,7 +345,10 @@ func (b *bench) writeMachine() {
 		}
 	}
 	la, _ := os.ReadFile("/proc/loadavg")
+	hs, _ := os.ReadFile(hashsizeParam)
+	buckets, _ := strconv.Atoi(strings.TrimSpace(string(hs)))
 	m := map[string]any{
+		"conntrack_buckets": buckets,
 		"date": time.Now().UTC().Format(time.RFC3339), "n": b.n, "runs": b.runs,
 		"nproc": runtime.NumCPU(), "mem_kib": memKiB, "cpu": cpu, "kernel": uts[0],
 		"conntrackd": uts[1], "commit": uts[2], "tree_modified": modified,
