@@ -349,7 +349,7 @@ func (b *bench) writeMachine() {
 	buckets, _ := strconv.Atoi(strings.TrimSpace(string(hs)))
 	m := map[string]any{
 		"conntrack_buckets": buckets,
-		"date": time.Now().UTC().Format(time.RFC3339), "n": b.n, "runs": b.runs,
+		"date":              time.Now().UTC().Format(time.RFC3339), "n": b.n, "runs": b.runs,
 		"nproc": runtime.NumCPU(), "mem_kib": memKiB, "cpu": cpu, "kernel": uts[0],
 		"conntrackd": uts[1], "commit": uts[2], "tree_modified": modified,
 		"loadavg_at_start": strings.TrimSpace(string(la)),
