@@ -201,6 +201,35 @@ func (c *ctsyncd) commit(_ *netnstest.NS, dir string) error {
 	return nil
 }
 
+// committed returns the flows the last commit's report says it wrote
+// (created, updated or replaced), -1 when it cannot tell.
+func (c *ctsyncd) committed(dir string) int {
+	b, err := os.ReadFile(filepath.Join(dir, "commit.out"))
+	if err != nil {
+		return -1
+	}
+	n, seen := 0, 0
+	for _, l := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(l, ":")
+		switch strings.TrimSpace(k) {
+		case "created", "updated", "replaced":
+			if !ok {
+				return -1
+			}
+			x, err := strconv.Atoi(strings.TrimSpace(v))
+			if err != nil {
+				return -1
+			}
+			n += x
+			seen++
+		}
+	}
+	if seen != 3 {
+		return -1
+	}
+	return n
+}
+
 func (c *ctsyncd) saveStats(dir string) {
 	var buf bytes.Buffer
 	if control.Do(filepath.Join(dir, "ctsyncd.sock"), control.Request{Command: "stats", JSON: true}, &buf) == nil {

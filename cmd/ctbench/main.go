@@ -188,6 +188,9 @@ func run(args []string, log io.Writer) error {
 	if restore, err := raiseConntrackBuckets(b.n, log); err != nil {
 		return err
 	} else if restore != nil {
+		running.Lock()
+		atExit = append(atExit, restore)
+		running.Unlock()
 		defer restore()
 	}
 	b.writeMachine()

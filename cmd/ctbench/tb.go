@@ -27,6 +27,9 @@ type step struct {
 	failed   bool
 }
 
+// atExit are run by a signal's exit as well (what main defers).
+var atExit []func()
+
 // running is the step under way, whose cleanups a SIGINT or SIGTERM runs
 // before the harness exits: its daemons stop and its namespaces go.
 var running struct {
@@ -43,6 +46,9 @@ func init() {
 		if s := running.s; s != nil {
 			fmt.Fprintf(os.Stderr, "ctbench: %v: stopping %s's daemons and removing its namespaces\n", v, s.name)
 			s.runCleanups()
+		}
+		for _, f := range atExit {
+			f()
 		}
 		os.Exit(2)
 	}()
