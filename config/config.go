@@ -82,7 +82,9 @@ type Kernel struct {
 	// 64KiB..1GiB.
 	EventBuffer ByteSize `toml:"event_buffer"`
 	// ResyncInterval is how often the kernel table is dumped and the
-	// internal cache reconciled with it. Default 30s; "0s" disables it;
+	// internal cache reconciled with it, counted from the last reconcile;
+	// a table whose dump takes longer than a tenth of it is dumped every
+	// ten dump durations instead. Default 30s; "0s" disables it;
 	// otherwise at least 1s.
 	ResyncInterval Duration `toml:"resync_interval"`
 	// WriteSockets is the number of netlink sockets a commit reads back

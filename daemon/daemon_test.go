@@ -483,3 +483,29 @@ func TestDaemonPeriodicReconcileWaitsForCommit(t *testing.T) {
 		})
 	}
 }
+
+// A table whose dump takes long has its periodic reconciles stretched to
+// resyncDutyFactor times the dump; the control, with quick dumps, keeps
+// resync_interval.
+func TestDaemonPeriodicReconcileStretched(t *testing.T) {
+	for _, slow := range []bool{true, false} {
+		t.Run(fmt.Sprintf("slow=%v", slow), func(t *testing.T) {
+			cfg := strings.Replace(baseConfig(t.TempDir(), ""), `resync_interval = "0s"`, `resync_interval = "1s"`, 1)
+			r := startFake(t, cfg)
+			if slow {
+				r.k.mu.Lock()
+				r.k.dumpDelay = 300 * time.Millisecond
+				r.k.mu.Unlock()
+			}
+			before := r.k.dumpCount()
+			time.Sleep(4 * time.Second)
+			n := r.k.dumpCount() - before
+			if slow && n > 2 {
+				t.Fatalf("%d periodic dumps in 4 s of 0.3 s each, want at most 2 (stretched to 3 s apart)", n)
+			}
+			if !slow && n < 3 {
+				t.Fatalf("%d periodic dumps in 4 s at 1 s, want at least 3: the test cannot tell", n)
+			}
+		})
+	}
+}

@@ -22,6 +22,8 @@ type fakeKernel struct {
 	ops     []string // writer operations, in order
 	ignored []uint32 // ports the listener was told to ignore
 	running bool     // the listener's Run has started
+	// dumpDelay is how long a dump takes (a large table).
+	dumpDelay time.Duration
 
 	events chan fakeEvent
 	addrs  chan []netip.Addr
@@ -116,7 +118,9 @@ func (k *fakeKernel) Dump(ctx context.Context, _ kernel.DumpOptions, fn func(*fl
 	for _, f := range k.table {
 		all = append(all, f)
 	}
+	delay := k.dumpDelay
 	k.mu.Unlock()
+	time.Sleep(delay)
 	for i := range all {
 		fn(&all[i])
 	}
