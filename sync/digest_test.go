@@ -57,10 +57,7 @@ func TestDigestRepairsSilentDivergence(t *testing.T) {
 			}
 			a := startDigests(t, net, testOptions("a", &testKey), iv)
 			b := startDigests(t, net, testOptions("b", &testKey), iv)
-			for i := range 2000 {
-				f := tcpFlow(i)
-				a.in.Upsert(&f)
-			}
+			upsertFlows(a.in, 2000)
 			established(t, a, b)
 			converged(t, a, b, 10*time.Second)
 			bulks := a.n.Stats()["b"].BulksSent
@@ -163,10 +160,7 @@ func TestAtRisk(t *testing.T) {
 	net := NewMemNetwork(33)
 	a := start(t, net, testOptions("a", &testKey), nil)
 	b := start(t, net, testOptions("b", &testKey), nil)
-	for i := range 100 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-	}
+	upsertFlows(a.in, 100)
 	established(t, a, b)
 	converged(t, a, b, 10*time.Second)
 	eventually(t, 5*time.Second, "no flow at risk", func() bool { return a.n.AtRisk().Total == 0 })
@@ -239,10 +233,7 @@ func TestDigestPausedDuringCommit(t *testing.T) {
 			net := NewMemNetwork(33)
 			a := startDigests(t, net, testOptions("a", &testKey), 100*time.Millisecond)
 			b := startDigests(t, net, testOptions("b", &testKey), 100*time.Millisecond)
-			for i := range 2000 {
-				f := tcpFlow(i)
-				a.in.Upsert(&f)
-			}
+			upsertFlows(a.in, 2000)
 			established(t, a, b)
 			converged(t, a, b, 10*time.Second)
 			before := b.n.DriftStats().ByOrigin["a"]
@@ -281,10 +272,7 @@ func TestDigestSkipsFullCopy(t *testing.T) {
 	a := startDigests(t, net, testOptions("a", &testKey), 100*time.Millisecond)
 	b := startDigests(t, net, testOptions("b", &testKey), 100*time.Millisecond)
 	b.ex.SetLimits(500, 0)
-	for i := range 2000 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-	}
+	upsertFlows(a.in, 2000)
 	established(t, a, b)
 	eventually(t, 10*time.Second, "b holds 500 of a's flows", func() bool { return b.ex.Len() == 500 })
 	time.Sleep(15 * 100 * time.Millisecond)

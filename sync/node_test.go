@@ -240,10 +240,7 @@ func TestLossyNetwork(t *testing.T) {
 		net.SetFaults(0.3, 0.1, 0.2)
 		a := start(t, net, testOptions("a", &testKey), nil)
 		b := start(t, net, testOptions("b", &testKey), nil)
-		for i := range 300 {
-			f := tcpFlow(i)
-			a.in.Upsert(&f)
-		}
+		upsertFlows(a.in, 300)
 		established(t, a, b)
 		for round := range 20 {
 			churn(a.in, round, 500)
@@ -278,10 +275,7 @@ func TestGapBeyondResendQueue(t *testing.T) {
 		opt.ResendQueue = 16
 		a := start(t, net, opt, nil)
 		b := start(t, net, testOptions("b", &testKey), nil)
-		for i := range 50 {
-			f := tcpFlow(i)
-			a.in.Upsert(&f)
-		}
+		upsertFlows(a.in, 50)
 		established(t, a, b)
 		converged(t, a, b, 10*time.Second)
 
@@ -410,10 +404,7 @@ func TestWrongKey(t *testing.T) {
 		other[5] = 1
 		a := start(t, net, testOptions("a", &testKey), nil)
 		b := start(t, net, testOptions("b", &other), nil)
-		for i := range 20 {
-			f := tcpFlow(i)
-			a.in.Upsert(&f)
-		}
+		upsertFlows(a.in, 20)
 		eventually(t, 5*time.Second, "auth drops", func() bool { return sumDrops(b.n.Stats()).Auth > 5 })
 		if n := b.ex.Len(); n != 0 {
 			t.Fatalf("receiver with the wrong key applied %d flows", n)
@@ -476,10 +467,7 @@ func captureAToB(t *testing.T, net *MemNetwork) (*tnode, *tnode, [][]byte) {
 	})
 	a := start(t, net, testOptions("a", &testKey), nil)
 	b := start(t, net, testOptions("b", &testKey), nil)
-	for i := range 40 {
-		f := tcpFlow(i)
-		a.in.Upsert(&f)
-	}
+	upsertFlows(a.in, 40)
 	established(t, a, b)
 	converged(t, a, b, 10*time.Second)
 	for i := range 20 {
@@ -631,10 +619,7 @@ func TestOnDemand(t *testing.T) {
 		net := NewMemNetwork(17)
 		a := start(t, net, testOptions("a", &testKey), nil)
 		b := start(t, net, testOptions("b", &testKey), nil)
-		for i := range 200 {
-			f := tcpFlow(i)
-			a.in.Upsert(&f)
-		}
+		upsertFlows(a.in, 200)
 		established(t, a, b)
 		converged(t, a, b, 10*time.Second)
 		// No bulk of a may be running or waiting when b's copy is flushed:
@@ -671,10 +656,7 @@ func TestLargeTable(t *testing.T) {
 		net := NewMemNetwork(18)
 		net.SetFaults(0.1, 0.01, 0.05)
 		a := start(t, net, testOptions("a", &testKey), nil)
-		for i := range 20000 {
-			f := tcpFlow(i)
-			a.in.Upsert(&f)
-		}
+		upsertFlows(a.in, 20000)
 		b := start(t, net, testOptions("b", &testKey), nil)
 		converged(t, a, b, 15*time.Second)
 		t.Logf("a→b: %+v", a.n.Stats()["b"])
@@ -689,10 +671,7 @@ func TestPeerDiesFlowsStay(t *testing.T) {
 		net := NewMemNetwork(19)
 		a := start(t, net, testOptions("a", &testKey), nil)
 		b := start(t, net, testOptions("b", &testKey), nil)
-		for i := range 30 {
-			f := tcpFlow(i)
-			a.in.Upsert(&f)
-		}
+		upsertFlows(a.in, 30)
 		established(t, a, b)
 		converged(t, a, b, 10*time.Second)
 		a.stop()
@@ -754,10 +733,7 @@ func BenchmarkReplicate(b *testing.B) {
 			time.Sleep(time.Millisecond)
 		}
 		start := time.Now()
-		for i := range flows {
-			f := tcpFlow(i)
-			ina.Upsert(&f)
-		}
+		upsertFlows(ina, flows)
 		for exb.Len() < flows {
 			time.Sleep(time.Millisecond)
 		}

@@ -272,10 +272,7 @@ func TestChallengeStarvation(t *testing.T) {
 		wait := captureOne(t, net, "a", "b", MsgHeartbeat)
 		a := start(t, net, testOptions("a", &testKey), nil)
 		b := start(t, net, testOptions("b", &testKey), nil)
-		for i := range 50 {
-			f := tcpFlow(i)
-			a.in.Upsert(&f)
-		}
+		upsertFlows(a.in, 50)
 		old := wait()
 		established(t, a, b)
 		a.stop()

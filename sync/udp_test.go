@@ -135,10 +135,7 @@ func replicateOver(t *testing.T, ta, tb Transport, n int, what string) {
 func replicateOverThen(t *testing.T, ta, tb Transport, n int, what string, during func()) {
 	t.Helper()
 	ina, exb := cache.NewInternal(nil), cache.NewExternal()
-	for i := range n {
-		f := tcpFlow(i)
-		ina.Upsert(&f)
-	}
+	upsertFlows(ina, n)
 	na, err := New(testOptions("a", &testKey), ina, cache.NewExternal(), ta)
 	if err != nil {
 		t.Fatal(err)

@@ -27,6 +27,14 @@ func tcpFlow(n int) flow.Flow {
 	return f
 }
 
+// upsertFlows puts tcpFlow(0..n-1) into in, as kernel events would.
+func upsertFlows(in *cache.Internal, n int) {
+	for i := range n {
+		f := tcpFlow(i)
+		in.Upsert(&f)
+	}
+}
+
 // randChange returns a change exercising every part of the encoding.
 func randChange(r *rand.Rand) cache.Change {
 	var f flow.Flow
