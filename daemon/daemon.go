@@ -543,9 +543,10 @@ func (d *Daemon) reconciler(ctx context.Context) error {
 		start := time.Now()
 		_, err := d.reconcile(ctx, reason)
 		if timer != nil {
-			next := max(iv, resyncDutyFactor*time.Since(start))
+			took := time.Since(start)
+			next := max(iv, resyncDutyFactor*took)
 			if next > iv && reason == "periodic" {
-				d.log.Debug("periodic reconcile stretched: the last one took long", "took", time.Since(start).Round(time.Millisecond), "next_in", next.Round(time.Second))
+				d.log.Debug("periodic reconcile stretched: the last one took long", "took", took.Round(time.Millisecond), "next_in", next.Round(time.Second))
 			}
 			timer.Reset(next)
 		}
