@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"testing"
 	"time"
@@ -18,15 +17,7 @@ import (
 // TestUDPLoopback: datagrams both ways on 127.0.0.1, then two nodes
 // replicating over real sockets.
 func TestUDPLoopback(t *testing.T) {
-	probe := func() string {
-		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-		if err != nil {
-			t.Skipf("no loopback UDP: %v", err)
-		}
-		defer c.Close()
-		return c.LocalAddr().String()
-	}
-	addrA, addrB := probe(), probe()
+	addrA, addrB := loopbackAddr(t), loopbackAddr(t)
 	ta, err := NewUDP(UDPOptions{Listen: addrA, Peers: []string{addrB}})
 	if err != nil {
 		t.Fatal(err)
@@ -160,6 +151,18 @@ func replicateOverThen(t *testing.T, ta, tb Transport, n int, what string, durin
 	}
 }
 
+// loopbackAddr returns a free UDP address on 127.0.0.1 (bound, then
+// released), or skips the test where loopback UDP is unavailable.
+func loopbackAddr(t *testing.T) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Skipf("no loopback UDP: %v", err)
+	}
+	defer c.Close()
+	return c.LocalAddr().String()
+}
+
 // channelOnly hides a transport's Deliver method.
 type channelOnly struct{ Transport }
 
@@ -170,18 +173,20 @@ type channelOnly struct{ Transport }
 func TestUDPNodeDeliversDirectly(t *testing.T) {
 	for _, direct := range []bool{true, false} {
 		t.Run(fmt.Sprintf("direct=%v", direct), func(t *testing.T) {
-			ta, err := NewUDP(UDPOptions{Listen: "127.0.0.1:0", Peers: []string{"127.0.0.1:9"}})
+			// Both addresses are known before either transport starts
+			// reading: changing a transport's peers afterwards races
+			// with its receive goroutine.
+			addrA, addrB := loopbackAddr(t), loopbackAddr(t)
+			ta, err := NewUDP(UDPOptions{Listen: addrA, Peers: []string{addrB}})
 			if err != nil {
-				t.Skipf("no loopback UDP: %v", err)
+				t.Fatal(err)
 			}
 			defer ta.Close()
-			tb, err := NewUDP(UDPOptions{Listen: "127.0.0.1:0", Peers: []string{ta.LocalAddr().String()}})
+			tb, err := NewUDP(UDPOptions{Listen: addrB, Peers: []string{addrA}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer tb.Close()
-			ta.peers = []netip.AddrPort{tb.LocalAddr()}
-			ta.allow[tb.LocalAddr().Addr()] = true
 			var tra, trb Transport = ta, tb
 			if !direct {
 				tra, trb = channelOnly{ta}, channelOnly{tb}
