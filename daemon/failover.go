@@ -76,22 +76,7 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 		}
 		return rep, nil
 	}
-	// While the commit runs, nothing else competes with it for the
-	// kernel or the CPU: drift checks do not ask a live origin for the
-	// flows the commit takes out of the external cache, and periodic
-	// reconciles wait (a commit sequence reconciles after it anyway).
-	d.committing.Store(true)
-	if d.node != nil {
-		d.node.PauseDrift(true)
-	}
-	rep, err := failover.Commit(ctx, d.external, d.writer, failover.CommitOptions{
-		Timeout: d.cfg.Failover.CommitTimeout.Duration,
-		Admit:   d.policy.Admit,
-	})
-	if d.node != nil {
-		d.node.PauseDrift(false)
-	}
-	d.committing.Store(false)
+	rep, err := d.commitFlows(ctx)
 	if err == nil {
 		// Masters first, then their expectations.
 		err = d.commitExpects(ctx, rep)
@@ -108,6 +93,24 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 		return rep, fmt.Errorf("commit: %w", err)
 	}
 	return rep, nil
+}
+
+// commitFlows runs failover.Commit with nothing else competing with it
+// for the kernel or the CPU: drift checks do not ask a live origin for the
+// flows the commit takes out of the external cache, and periodic
+// reconciles wait (a commit sequence reconciles after it anyway). Both
+// are restored however the commit ends.
+func (d *Daemon) commitFlows(ctx context.Context) (*failover.Report, error) {
+	d.committing.Store(true)
+	defer d.committing.Store(false)
+	if d.node != nil {
+		d.node.PauseDrift(true)
+		defer d.node.PauseDrift(false)
+	}
+	return failover.Commit(ctx, d.external, d.writer, failover.CommitOptions{
+		Timeout: d.cfg.Failover.CommitTimeout.Duration,
+		Admit:   d.policy.Admit,
+	})
 }
 
 // purge caps the timeouts of the kernel's flows (those the filter accepts:
