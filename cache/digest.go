@@ -275,6 +275,14 @@ func (o *origin) del(k flow.Key) bool {
 		o.dsum[b] -= h
 	}
 	o.flows.del(k)
+	if o.flows.len() == 0 && o.flows.next > chunkLen {
+		// Emptied (a commit took every flow, the peer removed them): a
+		// Go map never shrinks, nor do the slab's chunks, so a standby
+		// that took over would hold its old copy's memory beside the
+		// flows it now owns. Start afresh.
+		o.flows = newSlab[extEntry]()
+		o.dsum = nil
+	}
 	return true
 }
 

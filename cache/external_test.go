@@ -253,3 +253,63 @@ func TestExternalRefsEntries(t *testing.T) {
 		t.Errorf("origins %v", origins)
 	}
 }
+
+// TestExternalEmptiedFreesMemory: once a commit (Remove) or the peer's
+// removals empty an origin's copy, the memory the copy held is given back
+// to the heap; the standby that took over does not keep its old copy's
+// index and slab beside the flows it now owns. A copy that still holds a
+// flow keeps its storage (the control).
+func TestExternalEmptiedFreesMemory(t *testing.T) {
+	const flows = 100000
+	heap := func() int64 {
+		var m runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&m)
+		return int64(m.HeapAlloc)
+	}
+	for _, keepOne := range []bool{false, true} {
+		keys := make([]flow.Key, 0, flows)
+		base := heap()
+		c := NewExternal()
+		now := time.Now()
+		for i := range flows {
+			f := tcp(i, flow.TCPEstablished, 100)
+			f.Orig.Src[2], f.Orig.Src[3] = byte(i>>16), byte(i>>8)
+			f.Reply = f.Orig.Invert(f.Proto)
+			c.Apply("a", Change{Flow: f}, now)
+			keys = append(keys, f.Key)
+		}
+		full := heap()
+		remove := keys
+		if keepOne {
+			remove = keys[1:]
+		}
+		// Half by Remove (a commit), half by the peer's removals.
+		half := len(remove) / 2
+		if n := c.Remove(remove[:half]); n != half {
+			t.Fatalf("Remove = %d, want %d", n, half)
+		}
+		for _, k := range remove[half:] {
+			c.Apply("a", Change{Flow: flow.Flow{Key: k}, Deleted: true}, now)
+		}
+		after := heap()
+		held := float64(after-base) / float64(full-base)
+		t.Logf("keep one flow %v: %d B while full, %d B after the removals (%.0f %%)", keepOne, full-base, after-base, 100*held)
+		switch {
+		case !keepOne && held > 0.2:
+			t.Errorf("emptied copy still holds %.0f %% of its memory", 100*held)
+		case keepOne && held < 0.5:
+			t.Errorf("control: a copy with one flow left holds only %.0f %% of its memory; the test cannot tell", 100*held)
+		}
+		if want := map[bool]int{false: 0, true: 1}[keepOne]; c.Len() != want {
+			t.Fatalf("%d flows left, want %d", c.Len(), want)
+		}
+		// The emptied copy works as before.
+		f := tcp(1, flow.TCPEstablished, 100)
+		c.Apply("a", Change{Flow: f}, now)
+		if sums, n := c.Digest("a", 16); n != c.Len() || sums == nil {
+			t.Fatalf("digest after emptying: %d flows, cache holds %d", n, c.Len())
+		}
+		runtime.KeepAlive(keys)
+	}
+}
