@@ -54,7 +54,7 @@ type CommitOptions struct {
 	// ones, so that the flows that carry traffic land within milliseconds
 	// of the takeover. Default DefaultFirstChunk.
 	FirstChunk int
-	// MaxChunk caps the later writes, which grow eightfold from
+	// MaxChunk caps the later writes, which grow (chunkGrowth) from
 	// FirstChunk. Default DefaultMaxChunk.
 	MaxChunk int
 	// MaxFailures is how many failures the report describes one by one
@@ -112,11 +112,29 @@ type Report struct {
 	keys *commitKeys
 }
 
-// commitKeys is a commit's order and its index by key.
+// commitKeys is a commit's order and its index by key. The commit keeps
+// the keys of each chunk as the chunk was prepared (chunks); Order joins
+// them when first asked: a commit does not copy 40 bytes per flow into
+// one slice on its way.
 type commitKeys struct {
-	order []flow.Key
-	once  sync.Once
-	pos   map[flow.Key]int
+	chunks    [][]flow.Key
+	orderOnce sync.Once
+	order     []flow.Key
+	once      sync.Once
+	pos       map[flow.Key]int
+}
+
+// all returns the keys in commit order, joined once.
+func (ck *commitKeys) all() []flow.Key {
+	ck.orderOnce.Do(func() {
+		if len(ck.chunks) == 1 {
+			ck.order = ck.chunks[0]
+		} else {
+			ck.order = slices.Concat(ck.chunks...)
+		}
+		ck.chunks = nil
+	})
+	return ck.order
 }
 
 // Committed is the number of flows now in the kernel.
@@ -128,7 +146,7 @@ func (r *Report) Order() []flow.Key {
 	if r.keys == nil {
 		return nil
 	}
-	return r.keys.order
+	return r.keys.all()
 }
 
 // Summary returns a copy of the report without the order of the flows
@@ -150,8 +168,9 @@ func (r *Report) Position(k flow.Key) int {
 		return -1
 	}
 	ck.once.Do(func() {
-		ck.pos = make(map[flow.Key]int, len(ck.order))
-		for i, k := range ck.order {
+		order := ck.all()
+		ck.pos = make(map[flow.Key]int, len(order))
+		for i, k := range order {
 			ck.pos[k] = i
 		}
 	})
@@ -242,7 +261,7 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 	// kernel serializes creates, so that work would otherwise stall it.
 	write := func(b *batch) ([]flow.Key, error) {
 		rep.Refused += len(b.refused)
-		rep.keys.order = append(rep.keys.order, b.order...)
+		rep.keys.chunks = append(rep.keys.chunks, b.order)
 		if len(b.refused) > 0 {
 			rep.Removed += ext.Remove(b.refused)
 		}
@@ -272,12 +291,14 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		return done, err
 	}
 	notTried := func(rest []cache.ExternalEntry) {
+		keys := make([]flow.Key, 0, len(rest))
 		for i := range rest {
 			e := &rest[i]
-			rep.keys.order = append(rep.keys.order, e.Flow.Key)
+			keys = append(keys, e.Flow.Key)
 			rep.NotTried++
 			rep.fail(&e.Flow, err, opt.MaxFailures)
 		}
+		rep.keys.chunks = append(rep.keys.chunks, keys)
 	}
 
 	// The least idle flows first, picked in one pass over the cache with
@@ -314,7 +335,6 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		return got, len(refs) - len(got) // gone since (deleted by their origin, flushed)
 	}
 	rep.Flows += len(rest)
-	rep.keys.order = slices.Grow(rep.keys.order, len(rest))
 	type stage struct {
 		b       *batch // nil: nothing left
 		gone    int
@@ -336,7 +356,7 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		}()
 		return ch
 	}
-	chunk := min(opt.FirstChunk*8, opt.MaxChunk)
+	chunk := min(opt.FirstChunk*chunkGrowth, opt.MaxChunk)
 	var (
 		cur      stage
 		next     int
@@ -348,7 +368,7 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 		rep.Flows -= cur.gone
 	}
 	for cur.b != nil && err == nil {
-		chunk = min(chunk*8, opt.MaxChunk)
+		chunk = min(chunk*chunkGrowth, opt.MaxChunk)
 		from, end := next, min(next+chunk, len(rest))
 		bg := background(prevDone, from, end)
 		prevDone, err = write(cur.b)
@@ -376,6 +396,14 @@ func Commit(ctx context.Context, ext *cache.External, w Writer, opt CommitOption
 	}
 	return rep, nil
 }
+
+// chunkGrowth is how much each write grows over the last, up to MaxChunk.
+// While a chunk is written, the next one is prepared (and the last one's
+// flows removed from the cache) beside it: that costs about half as much
+// per flow as the kernel's creates, so a next chunk twice as large is
+// ready when the write ends. Eightfold, the writes waited on it (31 ms of
+// a 200k commit's 0.80 s).
+const chunkGrowth = 2
 
 // batch is a chunk ready to write: the flows admitted and their ages, in
 // order, and the keys the admission refused.
@@ -532,6 +560,10 @@ func dedupRefs(refs []cache.Ref) []cache.Ref {
 // linear in n, and idle is called once per index (a comparison sort of a
 // million entries reads them twenty times, at random).
 func idleOrder(n int, idle func(i int) time.Duration) []int32 {
+	// idleGrain: idleness is compared in units of 2^16 ns (65.5 µs):
+	// flows idle within that of each other keep cache order, and hours of
+	// idleness take four passes rather than six.
+	const idleGrain = 16
 	type pair struct {
 		idle uint64
 		i    int32
@@ -539,7 +571,7 @@ func idleOrder(n int, idle func(i int) time.Duration) []int32 {
 	a := make([]pair, n)
 	var top uint64
 	for i := range a {
-		v := uint64(max(idle(i), 0))
+		v := uint64(max(idle(i), 0)) >> idleGrain
 		a[i] = pair{v, int32(i)}
 		top |= v
 	}

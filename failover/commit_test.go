@@ -291,12 +291,12 @@ func TestCommitTimeout(t *testing.T) {
 	ext := cache.NewExternal()
 	fill(ext, "b", 5000, func(i int) time.Duration { return time.Duration(i) * time.Millisecond }, time.Now())
 	k := newFakeKernel()
-	k.blockAfter = 1 // the first chunk goes in, the second hangs
+	k.blockAfter = 1 // the first chunk goes in, the second (10*chunkGrowth flows) hangs
 	rep, err := Commit(context.Background(), ext, k, CommitOptions{Timeout: 100 * time.Millisecond, FirstChunk: 10, MaxChunk: 100})
 	if !errors.Is(err, ErrCommitTimeout) {
 		t.Fatalf("err %v, want ErrCommitTimeout", err)
 	}
-	if rep.Created != 10 || rep.Failed != 4990 || rep.NotTried != 4990-80 || rep.Errnos["deadline"] != 4990 {
+	if rep.Created != 10 || rep.Failed != 4990 || rep.NotTried != 4990-10*chunkGrowth || rep.Errnos["deadline"] != 4990 {
 		t.Fatalf("report %+v", rep)
 	}
 	if ext.Len() != 4990 {
@@ -419,8 +419,9 @@ func TestPurgeGone(t *testing.T) {
 	}
 }
 
-// idleOrder sorts by idleness, least idle first, ties in index order, like
-// a stable comparison sort, over the whole range of durations.
+// idleOrder sorts by idleness (in units of 65.5 µs), least idle first,
+// ties in index order, like a stable comparison sort, over the whole range
+// of durations.
 func TestIdleOrder(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	for _, n := range []int{0, 1, 2, 100, 5000} {
@@ -441,7 +442,7 @@ func TestIdleOrder(t *testing.T) {
 		for i := range want {
 			want[i] = int32(i)
 		}
-		key := func(i int32) time.Duration { return max(entries[i].IdleAt, 0) }
+		key := func(i int32) time.Duration { return max(entries[i].IdleAt, 0) >> 16 } // idleGrain
 		slices.SortStableFunc(want, func(a, b int32) int { return cmp.Compare(key(a), key(b)) })
 		if got := idleOrder(n, func(i int) time.Duration { return entries[i].IdleAt }); !slices.Equal(got, want) {
 			t.Errorf("n=%d: order differs", n)
