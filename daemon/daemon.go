@@ -82,8 +82,11 @@ type Daemon struct {
 	// committing is set while a commit writes the external cache into
 	// the kernel: periodic reconciles are skipped meanwhile.
 	committing atomic.Bool
-	kernelMu   sync.Mutex // serializes writes to the kernel table (commit, purge, flush)
-	coord      *failover.Coordinator
+	// newOff is set when the listener could not join the NEW events again
+	// after a commit (resumeNew); each reconcile tries again.
+	newOff   atomic.Bool
+	kernelMu sync.Mutex // serializes writes to the kernel table (commit, purge, flush)
+	coord    *failover.Coordinator
 	// lastCommit is the report of the last commit, for `dump commit`.
 	lastCommit atomic.Pointer[failover.Report]
 	lastRec    atomic.Pointer[reconcileReport]
@@ -597,6 +600,14 @@ func (d *Daemon) waitResync(ctx context.Context, beat, tick <-chan time.Time) (s
 func (d *Daemon) reconcile(ctx context.Context, reason string) (*reconcileReport, error) {
 	d.reconMu.Lock()
 	defer d.reconMu.Unlock()
+	if d.newOff.Load() {
+		if err := d.listener.PauseNew(false); err != nil {
+			d.log.Error("cannot listen to NEW events again; new flows are learnt from updates and re-reads", "err", err)
+		} else {
+			d.newOff.Store(false)
+			d.log.Info("listening to NEW events again")
+		}
+	}
 	start := time.Now()
 	r := d.internal.BeginReconcile()
 	n := 0

@@ -21,7 +21,7 @@ import (
 // commit the external cache (the committed entries leave it), re-read the
 // kernel into the internal cache, and send it to the peers in bulk.
 func (d *Daemon) CommitSequence(ctx context.Context) (*failover.Report, error) {
-	rep, err := d.commit(ctx)
+	rep, _, err := d.commitTable(ctx)
 	if err != nil {
 		return rep, err
 	}
@@ -58,10 +58,24 @@ func (d *Daemon) Fault(ctx context.Context) error {
 	return err
 }
 
-// commit writes the external cache into the kernel, live flows first.
+// commit writes the external cache into the kernel, live flows first (a
+// manual commit: the control socket, the API). When the commit paused the
+// NEW events, the reconciler re-reads the table after it, to learn the
+// flows traffic created meanwhile; a commit sequence re-reads it itself.
 func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
+	rep, paused, err := d.commitTable(ctx)
+	if paused {
+		d.requestResync()
+	}
+	return rep, err
+}
+
+// commitTable is commit without the re-read; paused reports whether NEW
+// events were paused while it ran (the flows traffic created meanwhile
+// were not announced).
+func (d *Daemon) commitTable(ctx context.Context) (rep *failover.Report, paused bool, err error) {
 	if d.external == nil {
-		return nil, errNoSync
+		return nil, false, errNoSync
 	}
 	d.kernelMu.Lock()
 	defer d.kernelMu.Unlock()
@@ -72,11 +86,11 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 		err := d.commitExpects(ctx, rep)
 		d.lastCommit.Store(rep)
 		if err != nil {
-			return rep, fmt.Errorf("commit: %w", err)
+			return rep, false, fmt.Errorf("commit: %w", err)
 		}
-		return rep, nil
+		return rep, false, nil
 	}
-	rep, err := d.commitFlows(ctx)
+	rep, paused, err = d.commitFlows(ctx)
 	if err == nil {
 		// Masters first, then their expectations.
 		err = d.commitExpects(ctx, rep)
@@ -87,30 +101,62 @@ func (d *Daemon) commit(ctx context.Context) (*failover.Report, error) {
 		d.metrics.observeCommit(rep)
 		d.log.Info("commit done", "flows", rep.Flows, "created", rep.Created, "updated", rep.Updated,
 			"replaced", rep.Replaced, "failed", rep.Failed, "seconds", rep.Seconds,
-			"first_chunk_seconds", rep.FirstChunkSeconds)
+			"first_chunk_seconds", rep.FirstChunkSeconds, "new_events_paused", paused)
 	}
 	if err != nil {
-		return rep, fmt.Errorf("commit: %w", err)
+		return rep, paused, fmt.Errorf("commit: %w", err)
 	}
-	return rep, nil
+	return rep, paused, nil
 }
 
 // commitFlows runs failover.Commit with nothing else competing with it
 // for the kernel or the CPU: drift checks do not ask a live origin for the
-// flows the commit takes out of the external cache, and periodic
-// reconciles wait (a commit sequence reconciles after it anyway). Both
-// are restored however the commit ends.
-func (d *Daemon) commitFlows(ctx context.Context) (*failover.Report, error) {
+// flows the commit takes out of the external cache, periodic reconciles
+// wait (a re-read follows the commit), and the event listener leaves the
+// NEW events, so that the kernel does not build one per create (with a
+// listener, even one whose BPF filter drops them, the creates take about
+// twice as long). UPDATE and DESTROY events keep coming: a flow traffic
+// creates meanwhile is learnt from its first update or from the re-read.
+// All three are restored however the commit ends; paused reports whether
+// NEW events were paused.
+func (d *Daemon) commitFlows(ctx context.Context) (rep *failover.Report, paused bool, err error) {
 	d.committing.Store(true)
 	defer d.committing.Store(false)
 	if d.node != nil {
 		d.node.PauseDrift(true)
 		defer d.node.PauseDrift(false)
 	}
-	return failover.Commit(ctx, d.external, d.writer, failover.CommitOptions{
+	if d.listener != nil {
+		if perr := d.listener.PauseNew(true); perr != nil {
+			d.log.Warn("commit: NEW events stay on (the commit is slower)", "err", perr)
+		} else {
+			paused = true
+			defer d.resumeNew()
+		}
+	}
+	rep, err = failover.Commit(ctx, d.external, d.writer, failover.CommitOptions{
 		Timeout: d.cfg.Failover.CommitTimeout.Duration,
 		Admit:   d.policy.Admit,
 	})
+	return rep, paused, err
+}
+
+// resumeNew joins the NEW events again after a commit. Without them the
+// internal cache would learn new flows only from updates and re-reads: a
+// failed join is retried a few times, then at every reconcile until it
+// works (newOff), and each failure asks for a re-read.
+func (d *Daemon) resumeNew() {
+	for i := range 3 {
+		err := d.listener.PauseNew(false)
+		if err == nil {
+			d.newOff.Store(false)
+			return
+		}
+		d.log.Error("commit: cannot listen to NEW events again", "err", err, "attempt", i+1)
+		time.Sleep(time.Duration(i+1) * 50 * time.Millisecond)
+	}
+	d.newOff.Store(true)
+	d.requestResync()
 }
 
 // purge caps the timeouts of the kernel's flows (those the filter accepts:

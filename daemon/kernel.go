@@ -39,6 +39,10 @@ type Events interface {
 	// daemon's own writes), in the kernel where it can.
 	IgnorePorts(ports []uint32)
 	KernelFiltered() bool
+	// PauseNew leaves (true) or rejoins (false) the NEW events: while no
+	// socket listens to them the kernel does not build them, and a
+	// commit's creates cost about half as much.
+	PauseNew(pause bool) error
 	ReadBuffer() int
 	Stats() kernel.ListenerStats
 	Close() error

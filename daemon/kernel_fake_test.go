@@ -24,6 +24,12 @@ type fakeKernel struct {
 	running bool     // the listener's Run has started
 	// dumpDelay is how long a dump takes (a large table).
 	dumpDelay time.Duration
+	// newPaused: the listener left the NEW events (PauseNew); feed then
+	// changes the table without a NEW event, as the kernel does.
+	newPaused bool
+	// duringCommit, when set, runs at the start of every writer Commit,
+	// without the lock (traffic while a commit runs).
+	duringCommit func()
 
 	events chan fakeEvent
 	addrs  chan []netip.Addr
@@ -92,6 +98,12 @@ func (k *fakeKernel) feed(typ kernel.EventType, f flow.Flow, port uint32) {
 		k.remove(f.Key)
 	} else {
 		k.put(f)
+	}
+	k.mu.Lock()
+	unheard := typ == kernel.EventNew && k.newPaused
+	k.mu.Unlock()
+	if unheard {
+		return
 	}
 	e := fakeEvent{ev: kernel.Event{Type: typ, Flow: f, PortID: port}, done: make(chan struct{})}
 	k.events <- e
@@ -172,6 +184,14 @@ func (l fakeEvents) IgnorePorts(ports []uint32) {
 	l.k.ignored = slices.Clone(ports)
 }
 
+func (l fakeEvents) PauseNew(pause bool) error {
+	l.k.mu.Lock()
+	defer l.k.mu.Unlock()
+	l.k.newPaused = pause
+	l.k.ops = append(l.k.ops, map[bool]string{true: "pause-new", false: "resume-new"}[pause])
+	return nil
+}
+
 func (fakeEvents) KernelFiltered() bool              { return false }
 func (fakeEvents) ReadBuffer() int                   { return 1 << 20 }
 func (fakeEvents) Stats() kernel.ListenerStats       { return kernel.ListenerStats{} }
@@ -185,6 +205,12 @@ func (fakeWriter) FlushExpect(context.Context) error { return nil }
 type fakeWriter struct{ k *fakeKernel }
 
 func (w fakeWriter) Commit(_ context.Context, flows []flow.Flow, _ []time.Duration) ([]kernel.Result, error) {
+	w.k.mu.Lock()
+	hook := w.k.duringCommit
+	w.k.mu.Unlock()
+	if hook != nil {
+		hook()
+	}
 	w.k.mu.Lock()
 	defer w.k.mu.Unlock()
 	w.k.ops = append(w.k.ops, "commit")

@@ -109,6 +109,30 @@ func (l *Listener) IgnorePorts(ports []uint32) {
 	l.kernelFilter.Store(l.sock.conn.SetBPF(ownPortsFilter(p)) == nil)
 }
 
+// PauseNew leaves (pause true) or joins again (false) the group of NEW
+// events; UPDATE and DESTROY events keep coming. The kernel builds a
+// conntrack event only when some socket listens to its group, and
+// building it is a large part of a create's cost: while no socket listens
+// to NEW events, a failover commit's creates take about half the time
+// (200k creates on this machine: 0.6 s without a NEW listener, 1.0-1.2 s
+// with one, even one whose BPF filter drops them all). Safe to call while
+// Run runs.
+func (l *Listener) PauseNew(pause bool) error {
+	const nfnlgrpConntrackNew = 1
+	var err error
+	op := "join NEW events"
+	if pause {
+		op = "leave NEW events"
+		err = l.sock.conn.LeaveGroup(nfnlgrpConntrackNew)
+	} else {
+		err = l.sock.conn.JoinGroup(nfnlgrpConntrackNew)
+	}
+	if err != nil {
+		return &OpError{Op: op, Err: err}
+	}
+	return nil
+}
+
 // KernelFiltered reports whether the kernel drops the ignored ports' events
 // (the BPF filter is attached): they are then not counted in Stats.Own.
 func (l *Listener) KernelFiltered() bool { return l.kernelFilter.Load() }

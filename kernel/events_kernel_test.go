@@ -66,3 +66,52 @@ func TestKernelListenerDropsOwnWritesInKernel(t *testing.T) {
 		t.Errorf("%d own-write events reached user space, want 0 (dropped by the kernel)", own)
 	}
 }
+
+// PauseNew leaves the NEW events' group and joins it again: while paused
+// a create is not announced but an update of the same flow is; after
+// PauseNew(false) creates are announced again (the control: the same
+// listener, the same kind of create).
+func TestKernelListenerPauseNew(t *testing.T) {
+	ns := netnstest.New(t)
+	netnstest.Need(t, "conntrack")
+	l, err := Listen(ListenOptions{NetNS: ns.FD(t), ReadBuffer: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rec := &eventRecorder{}
+	done := make(chan error, 1)
+	go func() { done <- l.Run(ctx, rec) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	create := func(src string) {
+		ns.Exec(t, "conntrack", "-I", "-p", "udp", "-s", src, "-d", "10.77.0.2",
+			"--sport", "1111", "--dport", "2222", "-t", "100")
+	}
+	from := func(src string) func(*flow.Flow) bool {
+		a := mustAddr(src)
+		return func(f *flow.Flow) bool { return f.Orig.Src == a }
+	}
+
+	if err := l.PauseNew(true); err != nil {
+		t.Fatal(err)
+	}
+	create("10.77.1.1")
+	ns.Exec(t, "conntrack", "-U", "-p", "udp", "-s", "10.77.1.1", "-m", "5")
+	// The update comes after the create would have: once it is in, a
+	// NEW event of the create would be too.
+	waitEventsOf(t, rec, EventUpdate, 1, from("10.77.1.1"))
+	if got := rec.eventsOf(EventNew, from("10.77.1.1")); len(got) != 0 {
+		t.Errorf("%d NEW events while paused, want 0", len(got))
+	}
+
+	if err := l.PauseNew(false); err != nil {
+		t.Fatal(err)
+	}
+	create("10.77.1.2")
+	waitEvents(t, rec, 1, from("10.77.1.2"))
+}

@@ -47,6 +47,14 @@ CPU: GOMAXPROCS=1 in the environment keeps ctsyncd's goroutines on one
 thread: measured on 2 CPUs, 10-20 % less CPU per replicated flow, and a
 commit about a quarter slower (BENCHMARKS.md).
 
+Commit: while it writes the peers' flows into the kernel, ctsyncd stops
+listening to NEW conntrack events, so that the kernel does not build an
+event per create (about half a create's cost); UPDATE and DESTROY events
+keep coming, and the table is re-read after the commit to learn the
+flows created meanwhile. The kernel builds events while any socket on the
+machine listens to them: a "conntrack -E" left running, or another
+daemon listening in another namespace, takes the gain away.
+
 Under systemd (Type=notify) it sends READY=1 once the initial dump is done
 and every live peer's table arrived, STATUS= lines, and WATCHDOG=1 while its
 loops are alive when the unit sets WatchdogSec. With [metrics] listen set it
