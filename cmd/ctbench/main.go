@@ -17,11 +17,15 @@
 //   - resident memory (VmRSS) growth per cached flow, fwA (internal cache)
 //     and fwB (external cache);
 //   - commit: `ctsyncctl commit` / `conntrackd -c` on fwB, until the command
-//     returns and fwB's kernel holds N flows;
+//     returns and fwB's kernel holds N flows; fwA's daemon is stopped first,
+//     as in a failover (on one machine the firewalls share a kernel, which
+//     builds a NEW event per create while a socket of any namespace
+//     listens to them);
 //   - the machine's 1-minute load average at the start and end of each run.
 //
 // Then the kernel ceiling: ctgen creating N flows into a fresh namespace
-// with only `conntrack -E` listening, on 1 and on 2 sockets; stepped rates
+// with only `conntrack -E` listening, on 1 and on 2 sockets, and on 1
+// socket with nothing listening to events; stepped rates
 // (N flows created at a fixed pace); the takeover stall of a live TCP
 // stream with BG idle background flows.
 //
@@ -205,8 +209,10 @@ func run(args []string, log io.Writer) error {
 			}
 			for s := 1; s <= 2; s++ {
 				heading("run %d/%d: kernel ceiling, %d socket(s), %d flows (load %.2f)", r, b.runs, s, b.n, loadavg())
-				b.ceilingRun(s, strconv.Itoa(r))
+				b.ceilingRun(s, true, strconv.Itoa(r))
 			}
+			heading("run %d/%d: kernel ceiling, 1 socket, no event listener, %d flows (load %.2f)", r, b.runs, b.n, loadavg())
+			b.ceilingRun(1, false, strconv.Itoa(r))
 		}
 		for _, rate := range b.rates {
 			for _, d := range b.daemons {

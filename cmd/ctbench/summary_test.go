@@ -63,3 +63,32 @@ func TestMedian(t *testing.T) {
 		t.Errorf("median even = %v", m)
 	}
 }
+
+// A run with the ceiling without an event listener gets a column for it,
+// filled on the commit rows; one without (above) renders as before.
+func TestSummaryQuietCeilingColumn(t *testing.T) {
+	dir := t.TempDir()
+	csv := "daemon,n,run,metric,value\n" +
+		"ctsyncd,1000,1,converged,1\n" +
+		"ctsyncd,1000,1,commit_ok,1\n" +
+		"ctsyncd,1000,1,commit_s,0.5\n" +
+		"kernel-1sock,1000,1,commit_s,0.9\n" +
+		"kernel-2sock,1000,1,commit_s,1.0\n" +
+		"kernel-1sock-quiet,1000,1,commit_s,0.45\n"
+	if err := os.WriteFile(filepath.Join(dir, "runs.csv"), []byte(csv), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	got, err := summary(dir, 1000, []string{"ctsyncd"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"| kernel ceiling 1 socket | kernel ceiling 2 sockets | kernel ceiling 1 socket, no event listener |",
+		"| commit time (s) | 0.5 [0.5..0.5] | — | — | — | 0.9 [0.9..0.9] | 1 [1..1] | 0.45 [0.45..0.45] |",
+		"| commits that finished (of runs) | 1/1 | — | | — | | | |",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("no line %q in:\n%s", want, got)
+		}
+	}
+}
