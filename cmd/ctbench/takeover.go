@@ -87,6 +87,12 @@ func (b *bench) takeoverRun(name, run string) {
 		if strings.HasPrefix(name, "ctsyncd") {
 			rec("stream_rank", "%s", streamRank(db))
 		}
+		// fwA's daemon goes first (the data plane keeps forwarding): on
+		// one machine its NEW listener would make fwB's commit build an
+		// event per create (see pairRun).
+		if pa != nil {
+			pa.Stop(20 * time.Second)
+		}
 		// fwA dies on the data plane; fwB takes the VIPs, then commits.
 		t0 := time.Now()
 		batch := func(ns, cmds string) {
