@@ -177,7 +177,8 @@ func plotScaling(dir string, sets []string) error {
 		"scaling-commit.svg": {title: "Commit time (median)", xlabel: "flows", ylabel: "seconds", logX: true, series: keep(
 			line("ctsyncd", "ctsyncd", "commit_s", 1), line("conntrackd", "conntrackd", "commit_s", 1),
 			line("conntrackd (RR)", "conntrackd_rr", "commit_s", 1),
-			line("kernel, 1 socket", "kernel-1sock", "commit_s", 1), line("kernel, 2 sockets", "kernel-2sock", "commit_s", 1))},
+			line("kernel, 1 socket", "kernel-1sock", "commit_s", 1), line("kernel, 2 sockets", "kernel-2sock", "commit_s", 1),
+			line("kernel, no listener", "kernel-1sock-quiet", "commit_s", 1))},
 		"scaling-cpu.svg": {title: "CPU seconds per 100k replicated flows (median)", xlabel: "flows", ylabel: "CPU s / 100k flows", logX: true, series: keep(
 			line("ctsyncd sender", "ctsyncd", "cpu_sender_s_per_100k", 1), line("ctsyncd receiver", "ctsyncd", "cpu_receiver_s_per_100k", 1),
 			line("conntrackd sender", "conntrackd", "cpu_sender_s_per_100k", 1), line("conntrackd receiver", "conntrackd", "cpu_receiver_s_per_100k", 1),
