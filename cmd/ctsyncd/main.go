@@ -45,7 +45,7 @@ Memory: the Go garbage collector runs at GOGC=50 unless the GOGC
 environment variable says otherwise; "ctsyncctl stats" shows the heap.
 CPU: GOMAXPROCS=1 in the environment keeps ctsyncd's goroutines on one
 thread: measured on 2 CPUs, 10-20 % less CPU per replicated flow, and a
-commit about a quarter slower (BENCHMARKS.md).
+commit about a third slower (BENCHMARKS.md).
 
 Commit: while it writes the peers' flows into the kernel, ctsyncd stops
 listening to NEW conntrack events, so that the kernel does not build an
