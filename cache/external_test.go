@@ -127,9 +127,7 @@ func BenchmarkExternalMemory(b *testing.B) {
 		c := NewExternal()
 		now := time.Now()
 		for i := range flows {
-			f := tcp(i, flow.TCPEstablished, 100)
-			f.Orig.Src[2], f.Orig.Src[3] = byte(i>>16), byte(i>>8)
-			f.Reply = f.Orig.Invert(f.Proto)
+			f := manyTCP(i, flow.TCPEstablished, 100)
 			if i%5 == 0 {
 				f.Reply.Dst[3]++ // NATed: the reply tuple is kept
 			}
@@ -273,9 +271,7 @@ func TestExternalEmptiedFreesMemory(t *testing.T) {
 		c := NewExternal()
 		now := time.Now()
 		for i := range flows {
-			f := tcp(i, flow.TCPEstablished, 100)
-			f.Orig.Src[2], f.Orig.Src[3] = byte(i>>16), byte(i>>8)
-			f.Reply = f.Orig.Invert(f.Proto)
+			f := manyTCP(i, flow.TCPEstablished, 100)
 			c.Apply("a", Change{Flow: f}, now)
 			keys = append(keys, f.Key)
 		}

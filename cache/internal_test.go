@@ -25,6 +25,15 @@ func tcp(n int, state uint8, timeout uint32) flow.Flow {
 	return f
 }
 
+// manyTCP is tcp for n up to 2^24: the source address carries the bits the
+// 16-bit port cannot, so that every n is a flow of its own.
+func manyTCP(n int, state uint8, timeout uint32) flow.Flow {
+	f := tcp(n, state, timeout)
+	f.Orig.Src[2], f.Orig.Src[3] = byte(n>>16), byte(n>>8)
+	f.Reply = f.Orig.Invert(f.Proto)
+	return f
+}
+
 // table prints the cache as sorted text: one "port state timeout" a line.
 func table(c *Internal) string {
 	var lines []string

@@ -13,9 +13,7 @@ import (
 func BenchmarkInternalMemory(b *testing.B) {
 	flows := make([]flow.Flow, 0, b.N)
 	for i := range b.N {
-		f := tcp(i, flow.TCPEstablished, 432000)
-		f.Orig.Src[2], f.Orig.Src[3] = byte(i>>16), byte(i>>8)
-		f.Reply = f.Orig.Invert(f.Proto)
+		f := manyTCP(i, flow.TCPEstablished, 432000)
 		flows = append(flows, f)
 	}
 	runtime.GC()

@@ -396,18 +396,22 @@ func freeUDP(t *testing.T) string {
 	return c.LocalAddr().String()
 }
 
+// udpSyncConfig is baseConfig with sync on: UDP to a peer that never
+// answers, unauthenticated (the tests fill the external cache themselves).
+func udpSyncConfig(t *testing.T) string {
+	return strings.Replace(baseConfig(t.TempDir(), ""), "disabled = true\n", fmt.Sprintf(`transport = "udp"
+listen = %q
+peers = [%q]
+insecure = true
+`, freeUDP(t), freeUDP(t)), 1)
+}
+
 // The failover wiring: keepalived's MASTER notify (through the control
 // socket, as the hook sends it) commits the external cache into the kernel
 // and re-reads the table; `dump commit` reports it; BACKUP purges, capping
 // the timeouts of the filtered flows only.
 func TestDaemonFailoverWiring(t *testing.T) {
-	dir := t.TempDir()
-	text := strings.Replace(baseConfig(dir, ""), "disabled = true\n", fmt.Sprintf(`transport = "udp"
-listen = %q
-peers = [%q]
-insecure = true
-`, freeUDP(t), freeUDP(t)), 1)
-	text += "[failover]\npurge_timeout = \"60s\"\nmin_timeout = \"0s\"\n"
+	text := udpSyncConfig(t) + "[failover]\npurge_timeout = \"60s\"\nmin_timeout = \"0s\"\n"
 	r := startFake(t, text)
 	ext := r.d.External()
 	if ext == nil {
@@ -462,13 +466,7 @@ insecure = true
 func TestDaemonCommitPausesNewEvents(t *testing.T) {
 	for _, how := range []string{"manual", "sequence"} {
 		t.Run(how, func(t *testing.T) {
-			dir := t.TempDir()
-			text := strings.Replace(baseConfig(dir, ""), "disabled = true\n", fmt.Sprintf(`transport = "udp"
-listen = %q
-peers = [%q]
-insecure = true
-`, freeUDP(t), freeUDP(t)), 1)
-			r := startFake(t, text)
+			r := startFake(t, udpSyncConfig(t))
 			now := time.Now()
 			for i := range 3 {
 				r.d.External().Apply("fw-peer", cache.Change{Flow: testFlow(i+1, flow.ProtoTCP)}, now)
