@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -462,9 +463,10 @@ func TestDaemonFailoverWiring(t *testing.T) {
 // therefore never built, is learnt by the re-read that follows: the
 // commit sequence's own, or the one a manual commit asks the reconciler
 // for (periodic re-reads are off here, so nothing else would find it).
-// A flow created after the commit is announced again.
+// A flow created after the commit is announced again. A commit sequence
+// whose commit fails skips its own re-read and asks the reconciler.
 func TestDaemonCommitPausesNewEvents(t *testing.T) {
-	for _, how := range []string{"manual", "sequence"} {
+	for _, how := range []string{"manual", "sequence", "sequence-failing"} {
 		t.Run(how, func(t *testing.T) {
 			r := startFake(t, udpSyncConfig(t))
 			now := time.Now()
@@ -474,7 +476,13 @@ func TestDaemonCommitPausesNewEvents(t *testing.T) {
 			during, after := testFlow(50, flow.ProtoUDP), testFlow(51, flow.ProtoUDP)
 			var once sync.Once
 			r.k.mu.Lock()
-			r.k.duringCommit = func() { once.Do(func() { r.k.feed(kernel.EventNew, during, 0) }) }
+			r.k.duringCommit = func() error {
+				once.Do(func() { r.k.feed(kernel.EventNew, during, 0) })
+				if how == "sequence-failing" {
+					return errors.New("injected write failure")
+				}
+				return nil
+			}
 			r.k.mu.Unlock()
 			switch how {
 			case "manual":
@@ -484,6 +492,10 @@ func TestDaemonCommitPausesNewEvents(t *testing.T) {
 			case "sequence":
 				var res failover.Result
 				r.ctlJSON(t, &res, "keepalived", "INSTANCE", "VI_1", "MASTER", "100")
+			case "sequence-failing":
+				if out, err := r.ctl(t, "keepalived", "INSTANCE", "VI_1", "MASTER", "100"); err == nil {
+					t.Fatalf("MASTER with a failing writer succeeded:\n%s", out)
+				}
 			}
 			ops := r.k.opsDone()
 			p, c, q := slices.Index(ops, "pause-new"), slices.Index(ops, "commit"), slices.Index(ops, "resume-new")

@@ -21,8 +21,11 @@ import (
 // commit the external cache (the committed entries leave it), re-read the
 // kernel into the internal cache, and send it to the peers in bulk.
 func (d *Daemon) CommitSequence(ctx context.Context) (*failover.Report, error) {
-	rep, _, err := d.commitTable(ctx)
+	rep, paused, err := d.commitTable(ctx)
 	if err != nil {
+		if paused {
+			d.requestResync() // the re-read below does not run
+		}
 		return rep, err
 	}
 	if _, err := d.reconcile(ctx, "after commit"); err != nil {
@@ -144,7 +147,7 @@ func (d *Daemon) commitFlows(ctx context.Context) (rep *failover.Report, paused 
 // resumeNew joins the NEW events again after a commit. Without them the
 // internal cache would learn new flows only from updates and re-reads: a
 // failed join is retried a few times, then at every reconcile until it
-// works (newOff), and each failure asks for a re-read.
+// works (newOff), and a re-read is asked for at once.
 func (d *Daemon) resumeNew() {
 	for i := range 3 {
 		err := d.listener.PauseNew(false)

@@ -28,8 +28,9 @@ type fakeKernel struct {
 	// changes the table without a NEW event, as the kernel does.
 	newPaused bool
 	// duringCommit, when set, runs at the start of every writer Commit,
-	// without the lock (traffic while a commit runs).
-	duringCommit func()
+	// without the lock (traffic while a commit runs); an error it returns
+	// is the Commit's, with nothing written.
+	duringCommit func() error
 
 	events chan fakeEvent
 	addrs  chan []netip.Addr
@@ -208,12 +209,16 @@ func (w fakeWriter) Commit(_ context.Context, flows []flow.Flow, _ []time.Durati
 	w.k.mu.Lock()
 	hook := w.k.duringCommit
 	w.k.mu.Unlock()
+	var herr error
 	if hook != nil {
-		hook()
+		herr = hook()
 	}
 	w.k.mu.Lock()
 	defer w.k.mu.Unlock()
 	w.k.ops = append(w.k.ops, "commit")
+	if herr != nil {
+		return nil, herr
+	}
 	res := make([]kernel.Result, len(flows))
 	for i, f := range flows {
 		res[i] = kernel.Result{Key: f.Key, Op: kernel.Created}
