@@ -280,10 +280,16 @@ func (o *origin) del(k flow.Key) bool {
 		// Go map never shrinks, nor do the slab's chunks, so a standby
 		// that took over would hold its old copy's memory beside the
 		// flows it now owns. Start afresh.
-		o.flows = newSlab[extEntry]()
-		o.dsum = nil
+		o.emptyFlows()
 	}
 	return true
+}
+
+// emptyFlows drops every flow of o, and the memory that held them, with
+// their digest sums.
+func (o *origin) emptyFlows() {
+	o.flows = newSlab[extEntry]()
+	o.dsum = nil
 }
 
 // Digest returns the bucket digests among nb buckets (at most 4096) of the

@@ -501,8 +501,7 @@ func (c *External) Flush(origin string) int {
 	for _, o := range c.origins {
 		if origin == "" || o.name == origin {
 			n += o.flows.len()
-			o.flows = newSlab[extEntry]()
-			o.dsum = nil
+			o.emptyFlows()
 			o.exps = nil // the expectations go with their masters
 		}
 	}
